@@ -1,0 +1,1 @@
+//! herald: a real-time push gateway.
