@@ -1,1 +1,8 @@
-//! herald: a real-time push gateway.
+//! herald: a real-time push gateway. This library holds the socket.io-compatible server (`engine` for
+//! Engine.IO transports, `socketio` for namespaces, rooms and acks); the binary is a thin shell over it.
+
+pub mod engine;
+pub mod socketio;
+
+/// The wire codecs, re-exported so users of the engine need no second dependency.
+pub use herald_protocol as protocol;

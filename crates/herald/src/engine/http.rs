@@ -1,0 +1,212 @@
+//! The HTTP face of the engine: query parsing, Engine.IO's JSON error answers, CORS and Origin checks, and
+//! dispatch to the polling or WebSocket transport.
+
+use std::sync::Arc;
+
+use ::http::header::{self, HeaderValue};
+use ::http::{Method, Request, Response, StatusCode};
+use axum::body::Body;
+use herald_protocol::engineio::{Handshake, OutFrame, Version};
+
+use super::session::{Session, Transport};
+use super::{new_sid, polling, websocket, Engine, EngineHandler};
+
+/// Engine.IO's error codes, sent as `{"code":n,"message":"..."}` with status 400 (403 for `Forbidden`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorCode {
+    UnknownTransport = 0,
+    UnknownSid = 1,
+    BadHandshakeMethod = 2,
+    BadRequest = 3,
+    Forbidden = 4,
+    UnsupportedProtocolVersion = 5,
+}
+
+impl ErrorCode {
+    fn message(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownTransport => "Transport unknown",
+            ErrorCode::UnknownSid => "Session ID unknown",
+            ErrorCode::BadHandshakeMethod => "Bad handshake method",
+            ErrorCode::BadRequest => "Bad request",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::UnsupportedProtocolVersion => "Unsupported protocol version",
+        }
+    }
+}
+
+/// The answer for an Engine.IO protocol error.
+pub(crate) fn error(code: ErrorCode) -> Response<Body> {
+    let status = if code == ErrorCode::Forbidden {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let body = format!(
+        "{{\"code\":{},\"message\":\"{}\"}}",
+        code as u8,
+        code.message()
+    );
+    respond(status, "application/json", body)
+}
+
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Body>,
+) -> Response<Body> {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The query parameters the engine reads.
+#[derive(Debug, Default)]
+pub(crate) struct EngineQuery {
+    pub eio: Option<String>,
+    pub transport: Option<String>,
+    pub sid: Option<String>,
+}
+
+impl EngineQuery {
+    fn parse(query: Option<&str>) -> Self {
+        let mut parsed = EngineQuery::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "EIO" => parsed.eio = Some(value.into_owned()),
+                "transport" => parsed.transport = Some(value.into_owned()),
+                "sid" => parsed.sid = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+pub(super) async fn handle<H: EngineHandler>(
+    engine: &Engine<H>,
+    request: Request<Body>,
+) -> Response<Body> {
+    let config = &engine.inner.config;
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    if let (Some(allowed), Some(origin)) = (&config.allowed_origins, &origin) {
+        if !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+            tracing::info!(origin = ?origin, "refused a connection from a disallowed origin");
+            return error(ErrorCode::Forbidden);
+        }
+    }
+    let mut response = if request.method() == Method::OPTIONS {
+        preflight(&request)
+    } else {
+        route(engine, request).await
+    };
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+fn preflight(request: &Request<Body>) -> Response<Body> {
+    let mut response = respond(StatusCode::NO_CONTENT, "text/plain", Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    if let Some(requested) = request
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+    {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+    }
+    response
+}
+
+async fn route<H: EngineHandler>(engine: &Engine<H>, request: Request<Body>) -> Response<Body> {
+    let config = &engine.inner.config;
+    let query = EngineQuery::parse(request.uri().query());
+    let transport = match query.transport.as_deref() {
+        Some("polling") if config.allow_polling => Transport::Polling,
+        Some("websocket") if config.allow_websocket => Transport::WebSocket,
+        _ => return error(ErrorCode::UnknownTransport),
+    };
+    let Some(version) = query.eio.as_deref().and_then(Version::from_query) else {
+        return error(ErrorCode::UnsupportedProtocolVersion);
+    };
+    match transport {
+        Transport::Polling => polling::handle(engine, request, query, version).await,
+        Transport::WebSocket => websocket::handle(engine, request, query, version),
+    }
+}
+
+impl<H: EngineHandler> Engine<H> {
+    /// Starts a session: queues its `open` packet and tells the handler. `None` when the engine is full.
+    pub(super) fn open_session(
+        &self,
+        parts: &::http::request::Parts,
+        version: Version,
+        transport: Transport,
+    ) -> Option<Arc<Session<H::Conn>>> {
+        let inner = &self.inner;
+        let live = inner
+            .live
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if live >= inner.config.max_sessions {
+            inner
+                .live
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                limit = inner.config.max_sessions,
+                "refused a session: the session limit is reached"
+            );
+            return None;
+        }
+        let conn = inner.handler.new_conn(parts, version);
+        let session = Arc::new(Session::new(
+            new_sid(),
+            version,
+            transport,
+            self.outbox_limits(),
+            conn,
+        ));
+        let upgrades: &[&str] = if transport == Transport::Polling && inner.config.allow_websocket {
+            &["websocket"]
+        } else {
+            &[]
+        };
+        let open = Handshake {
+            sid: session.sid(),
+            upgrades,
+            ping_interval: inner.config.ping_interval.as_millis() as u64,
+            ping_timeout: inner.config.ping_timeout.as_millis() as u64,
+            max_payload: (version == Version::V4).then_some(inner.config.max_payload as u64),
+        };
+        // A fresh session's outbox is empty, so this send cannot fail.
+        let _ = session.send(OutFrame::text(open.to_packet()));
+        if transport == Transport::Polling {
+            inner
+                .polling
+                .write()
+                .insert(session.sid().into(), Arc::clone(&session));
+        }
+        inner.handler.on_open(&session);
+        Some(session)
+    }
+}
+
+/// The answer when the session limit is reached.
+pub(crate) fn server_full() -> Response<Body> {
+    respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "application/json",
+        "{\"code\":3,\"message\":\"server is at its session limit\"}",
+    )
+}

@@ -1,0 +1,198 @@
+//! Engine.IO server: the handshake, HTTP long-polling, WebSocket (direct or upgraded from polling), heartbeats
+//! and close. The layer above plugs in through [`EngineHandler`] and sees messages, never transports.
+
+mod heartbeat;
+mod http;
+mod inbound;
+mod polling;
+mod session;
+mod websocket;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use herald_protocol::engineio::Version;
+use parking_lot::RwLock;
+
+pub use session::{CloseReason, SendError, Session, Transport};
+
+/// What the layer above does with sessions. Handlers run on the connection's task: they must not block, and
+/// they spawn whatever has to wait.
+pub trait EngineHandler: Send + Sync + 'static {
+    /// Per-session state of the layer above, stored inside the [`Session`].
+    type Conn: Send + Sync + 'static;
+
+    /// Builds the state for a new session from its handshake request.
+    fn new_conn(&self, request: &::http::request::Parts, version: Version) -> Self::Conn;
+
+    /// The session is open and its `open` packet queued.
+    fn on_open(&self, session: &Arc<Session<Self::Conn>>);
+
+    /// A message arrived from the client.
+    fn on_message(&self, session: &Arc<Session<Self::Conn>>, message: Message<'_>);
+
+    /// The session closed; called exactly once, after which nothing more is delivered.
+    fn on_close(&self, session: &Arc<Session<Self::Conn>>, reason: CloseReason);
+
+    /// Called on every heartbeat tick, so the layer above can expire what it is waiting for.
+    fn on_heartbeat(&self, _session: &Arc<Session<Self::Conn>>) {}
+}
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(bytes::Bytes),
+}
+
+/// Engine settings; the defaults are socket.io's.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// URL path the engine answers on, with leading and trailing slash. Default `/socket.io/`.
+    pub path: String,
+    /// Time between heartbeats. Default 25 s.
+    pub ping_interval: Duration,
+    /// Time a heartbeat may take. Default 20 s.
+    pub ping_timeout: Duration,
+    /// Largest payload in bytes the server accepts in one HTTP body or WebSocket message. Default 1 MB.
+    pub max_payload: usize,
+    /// Time a WebSocket may take to finish an upgrade from polling. Default 10 s.
+    pub upgrade_timeout: Duration,
+    /// Most frames queued for one client before it is disconnected as too slow. Default 1024.
+    pub outbox_frames: usize,
+    /// Most bytes queued for one client before it is disconnected as too slow. Default 4 MiB.
+    pub outbox_bytes: usize,
+    /// Initial read buffer of a WebSocket, in bytes; it grows for larger messages. Default 4 KiB.
+    pub ws_read_buffer: usize,
+    /// Most concurrent sessions. Default 100 000.
+    pub max_sessions: usize,
+    /// Whether the polling transport is offered. Default true.
+    pub allow_polling: bool,
+    /// Whether the WebSocket transport is offered. Default true.
+    pub allow_websocket: bool,
+    /// Origins allowed to connect (`https://app.example.com`); `None` allows any origin. Default `None`.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            path: "/socket.io/".into(),
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_payload: 1_000_000,
+            upgrade_timeout: Duration::from_secs(10),
+            outbox_frames: 1024,
+            outbox_bytes: 4 << 20,
+            ws_read_buffer: 4096,
+            max_sessions: 100_000,
+            allow_polling: true,
+            allow_websocket: true,
+            allowed_origins: None,
+        }
+    }
+}
+
+/// The engine: a cheap-to-clone handle shared by every connection.
+pub struct Engine<H: EngineHandler> {
+    inner: Arc<Inner<H>>,
+}
+
+impl<H: EngineHandler> Clone for Engine<H> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+type SessionMap<C> = HashMap<Box<str>, Arc<Session<C>>>;
+
+struct Inner<H: EngineHandler> {
+    config: EngineConfig,
+    handler: H,
+    /// Polling sessions by sid. A std-style lock is fine: lookups are short and never held across an await.
+    /// Sessions that start on WebSocket never need a lookup and are not stored.
+    polling: RwLock<SessionMap<H::Conn>>,
+    live: std::sync::atomic::AtomicUsize,
+}
+
+impl<H: EngineHandler> Engine<H> {
+    pub fn new(config: EngineConfig, handler: H) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                config,
+                handler,
+                polling: RwLock::new(HashMap::new()),
+                live: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.inner.handler
+    }
+
+    /// Sessions open right now.
+    pub fn session_count(&self) -> usize {
+        self.inner.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers one HTTP request under the engine's path.
+    pub async fn handle(&self, request: ::http::Request<Body>) -> ::http::Response<Body> {
+        http::handle(self, request).await
+    }
+
+    /// An axum router that serves the engine on its path.
+    pub fn router(&self) -> axum::Router {
+        let engine = self.clone();
+        let path = self.inner.config.path.trim_end_matches('/').to_string();
+        let service = axum::routing::any(move |req: ::http::Request<Body>| {
+            let engine = engine.clone();
+            async move { engine.handle(req).await }
+        });
+        axum::Router::new()
+            .route(&format!("{path}/"), service.clone())
+            .route(&path, service)
+    }
+
+    fn outbox_limits(&self) -> session::OutboxLimits {
+        session::OutboxLimits {
+            frames: self.inner.config.outbox_frames,
+            bytes: self.inner.config.outbox_bytes,
+        }
+    }
+
+    /// Runs the close handlers once and forgets the session.
+    fn finalize(&self, session: &Arc<Session<H::Conn>>) {
+        if !session.take_finalization() {
+            return;
+        }
+        self.inner.polling.write().remove(session.sid());
+        self.inner
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let reason = session.closed().unwrap_or(CloseReason::TransportClose);
+        tracing::debug!(
+            sid = session.sid(),
+            reason = reason.as_str(),
+            "session closed"
+        );
+        self.inner.handler.on_close(session, reason);
+    }
+}
+
+/// A fresh random session id: 16 random bytes in URL-safe base64.
+pub(crate) fn new_sid() -> Box<str> {
+    use base64::Engine as _;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(bytes)
+        .into_boxed_str()
+}

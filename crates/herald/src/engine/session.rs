@@ -1,0 +1,223 @@
+//! One Engine.IO session: its bounded outbox, its transport state and why it closed. Cloning the `Arc` is
+//! cheap; the transport that currently owns the session (a polling driver or a WebSocket task) drains the
+//! outbox, everyone else only pushes to it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use herald_protocol::engineio::{OutFrame, Version};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Why a session ended; the strings are socket.io's disconnect reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close packet or closed its WebSocket.
+    TransportClose,
+    /// The connection failed (read or write error).
+    TransportError,
+    /// No heartbeat answer within `pingTimeout`.
+    PingTimeout,
+    /// The client sent bytes that are not a valid packet.
+    ParseError,
+    /// The server closed the session (API, shutdown).
+    ServerClose,
+    /// The client does not read fast enough: its outbox hit the limit.
+    OutboxFull,
+    /// The client sent a payload larger than `maxPayload`.
+    PayloadTooLarge,
+    /// Two GET (or two POST) requests were pending at once.
+    RequestOverlap,
+}
+
+impl CloseReason {
+    /// The reason as socket.io names it in a `disconnect` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::TransportClose => "transport close",
+            CloseReason::TransportError => "transport error",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::ParseError => "parse error",
+            CloseReason::ServerClose => "forced close",
+            CloseReason::OutboxFull => "outbox full",
+            CloseReason::PayloadTooLarge => "payload too large",
+            CloseReason::RequestOverlap => "request overlap",
+        }
+    }
+}
+
+/// Which transport currently carries the session's outbound frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Polling,
+    WebSocket,
+}
+
+/// The session's outbox limit was hit, so the session is now closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("session is closed")]
+    Closed,
+    #[error("outbox is full: the client does not read fast enough")]
+    Full,
+}
+
+/// Limits every session gets from the engine config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub outbox: VecDeque<OutFrame>,
+    pub outbox_bytes: usize,
+    pub transport: Transport,
+    /// A WebSocket answered the upgrade probe; pending and new GETs get a noop so the client can pause polling.
+    pub upgrading: bool,
+    pub get_pending: bool,
+    pub post_pending: bool,
+    pub closed: Option<CloseReason>,
+}
+
+/// An Engine.IO session; `C` is the state of the layer above (socket.io's namespaces on this connection).
+pub struct Session<C> {
+    sid: Box<str>,
+    version: Version,
+    limits: OutboxLimits,
+    pub(crate) state: Mutex<State>,
+    /// Wakes whoever writes the outbox to the client: the WebSocket task or the pending GET.
+    pub(crate) writable: Notify,
+    /// Wakes the heartbeat owner when a heartbeat arrives or the session changes hands or closes.
+    pub(crate) heartbeat: Notify,
+    /// Set when a heartbeat arrived over polling, for the driver task to note.
+    pub(crate) heard: AtomicBool,
+    finalized: AtomicBool,
+    opened_at: Instant,
+    /// The state of the protocol layer above, owned by the session so it lives exactly as long.
+    pub conn: C,
+}
+
+impl<C> std::fmt::Debug for Session<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("sid", &self.sid)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl<C> Session<C> {
+    pub(crate) fn new(
+        sid: Box<str>,
+        version: Version,
+        transport: Transport,
+        limits: OutboxLimits,
+        conn: C,
+    ) -> Self {
+        Session {
+            sid,
+            version,
+            limits,
+            state: Mutex::new(State {
+                outbox: VecDeque::new(),
+                outbox_bytes: 0,
+                transport,
+                upgrading: false,
+                get_pending: false,
+                post_pending: false,
+                closed: None,
+            }),
+            writable: Notify::new(),
+            heartbeat: Notify::new(),
+            heard: AtomicBool::new(false),
+            finalized: AtomicBool::new(false),
+            opened_at: Instant::now(),
+            conn,
+        }
+    }
+
+    /// The session id the client sends back as `sid`.
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// The Engine.IO revision the client speaks.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// When the handshake happened.
+    pub fn opened_at(&self) -> Instant {
+        self.opened_at
+    }
+
+    /// Which transport carries the session now.
+    pub fn transport(&self) -> Transport {
+        self.state.lock().transport
+    }
+
+    /// Queues one frame. When the outbox is full the session is closed with [`CloseReason::OutboxFull`]: a client
+    /// that cannot keep up is disconnected, never buffered without limit.
+    pub fn send(&self, frame: OutFrame) -> Result<(), SendError> {
+        self.send_all(std::iter::once(frame))
+    }
+
+    /// Queues frames that belong together (a packet and its binary attachments) all or none.
+    pub fn send_all(&self, frames: impl IntoIterator<Item = OutFrame>) -> Result<(), SendError> {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        let start = state.outbox.len();
+        let start_bytes = state.outbox_bytes;
+        for frame in frames {
+            state.outbox_bytes += frame.len();
+            state.outbox.push_back(frame);
+        }
+        if state.outbox.len() > self.limits.frames || state.outbox_bytes > self.limits.bytes {
+            state.outbox.truncate(start);
+            state.outbox_bytes = start_bytes;
+            state.closed = Some(CloseReason::OutboxFull);
+            drop(state);
+            self.wake_all();
+            return Err(SendError::Full);
+        }
+        drop(state);
+        self.writable.notify_one();
+        Ok(())
+    }
+
+    /// Closes the session; the transport that owns it tells the client (when it still can) and cleans up.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.state.lock();
+        if state.closed.is_none() {
+            state.closed = Some(reason);
+        }
+        drop(state);
+        self.wake_all();
+    }
+
+    /// Why the session closed, if it did.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.state.lock().closed
+    }
+
+    pub(crate) fn wake_all(&self) {
+        self.writable.notify_one();
+        self.heartbeat.notify_one();
+    }
+
+    /// Takes every queued frame, for one write.
+    pub(crate) fn drain(state: &mut State) -> VecDeque<OutFrame> {
+        state.outbox_bytes = 0;
+        std::mem::take(&mut state.outbox)
+    }
+
+    /// True exactly once: for the caller that must run the close handlers.
+    pub(crate) fn take_finalization(&self) -> bool {
+        !self.finalized.swap(true, Ordering::AcqRel)
+    }
+}

@@ -1,0 +1,300 @@
+//! The WebSocket transport: the HTTP upgrade, the probe that moves a polling session over, and the one task per
+//! connection that reads frames, writes the outbox (coalesced into one flush) and keeps the heartbeat.
+
+use std::sync::Arc;
+
+use ::http::header::{self, HeaderValue};
+use ::http::{Method, Request, Response, StatusCode};
+use axum::body::Body;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use herald_protocol::engineio::{OutFrame, Packet, Version};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::heartbeat::{Due, Heartbeat};
+use super::http::{error, server_full, EngineQuery, ErrorCode};
+use super::inbound::Heard;
+use super::session::{CloseReason, Session, Transport};
+use super::{Engine, EngineHandler};
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+pub(super) fn handle<H: EngineHandler>(
+    engine: &Engine<H>,
+    mut request: Request<Body>,
+    query: EngineQuery,
+    version: Version,
+) -> Response<Body> {
+    let Some(accept) = accept_key(&request) else {
+        return error(ErrorCode::BadRequest);
+    };
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return error(ErrorCode::BadRequest);
+    };
+    let engine = engine.clone();
+    match query.sid {
+        Some(sid) => {
+            let session = engine.inner.polling.read().get(sid.as_str()).cloned();
+            let Some(session) = session else {
+                return error(ErrorCode::UnknownSid);
+            };
+            {
+                let state = session.state.lock();
+                if state.transport != Transport::Polling || state.upgrading {
+                    return error(ErrorCode::BadRequest);
+                }
+            }
+            tokio::spawn(async move {
+                if let Some(ws) = upgraded(&engine, on_upgrade).await {
+                    upgrade(engine, session, ws).await;
+                }
+            });
+        }
+        None => {
+            if engine.session_count() >= engine.inner.config.max_sessions {
+                return server_full();
+            }
+            let (parts, _) = request.into_parts();
+            tokio::spawn(async move {
+                let Some(ws) = upgraded(&engine, on_upgrade).await else {
+                    return;
+                };
+                let Some(session) = engine.open_session(&parts, version, Transport::WebSocket)
+                else {
+                    return;
+                };
+                drop(parts);
+                run(engine, session, ws).await;
+            });
+        }
+    }
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// Validates the WebSocket handshake headers and derives the accept key.
+fn accept_key(request: &Request<Body>) -> Option<HeaderValue> {
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if request.method() != Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+        || headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+    {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes())).ok()
+}
+
+async fn upgraded<H: EngineHandler>(
+    engine: &Engine<H>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<Ws> {
+    let io = match on_upgrade.await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            return None;
+        }
+    };
+    let config = &engine.inner.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_payload))
+        .max_frame_size(Some(config.max_payload));
+    Some(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(ws_config)).await)
+}
+
+/// Moves a polling session onto this WebSocket: answer `2probe` with `3probe`, release the pending GET with a
+/// noop, and switch over when the client sends `5`.
+async fn upgrade<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn>>, mut ws: Ws) {
+    let probe = tokio::time::timeout(engine.inner.config.upgrade_timeout, async {
+        loop {
+            let Some(Ok(WsMessage::Text(text))) = ws.next().await else {
+                return false;
+            };
+            match Packet::decode_text(text.as_str(), session.version()) {
+                Ok(Packet::Ping("probe")) => {
+                    if ws
+                        .send(WsMessage::Text(Utf8Bytes::from_static("3probe")))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    session.state.lock().upgrading = true;
+                    session.writable.notify_one();
+                }
+                Ok(Packet::Upgrade) => return session.state.lock().upgrading,
+                Ok(Packet::Noop) => {}
+                _ => return false,
+            }
+        }
+    })
+    .await;
+    let upgraded = {
+        let mut state = session.state.lock();
+        state.upgrading = false;
+        let upgraded = probe == Ok(true);
+        if upgraded {
+            state.transport = Transport::WebSocket;
+        }
+        upgraded
+    };
+    if !upgraded {
+        tracing::debug!(sid = session.sid(), "WebSocket upgrade abandoned");
+        return;
+    }
+    // The polling driver exits and any pending GET returns a noop.
+    session.wake_all();
+    run(engine, session, ws).await;
+}
+
+/// The session's one task once it is on WebSocket.
+async fn run<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn>>, mut ws: Ws) {
+    let config = &engine.inner.config;
+    let mut heartbeat =
+        Heartbeat::new(session.version(), config.ping_interval, config.ping_timeout);
+    loop {
+        let (frames, closed) = {
+            let mut state = session.state.lock();
+            (Session::<H::Conn>::drain(&mut state), state.closed)
+        };
+        if !frames.is_empty()
+            && write_frames(&mut ws, frames, session.version())
+                .await
+                .is_err()
+        {
+            session.close(CloseReason::TransportError);
+            break;
+        }
+        if let Some(reason) = closed {
+            say_goodbye(&mut ws, reason, session.version()).await;
+            break;
+        }
+        tokio::select! {
+            message = ws.next() => {
+                let outcome = match message {
+                    Some(Ok(message)) => on_ws_message(&engine, &session, message),
+                    Some(Err(e)) => Err(ws_error_reason(&session, &e)),
+                    None => Err(CloseReason::TransportClose),
+                };
+                match outcome {
+                    Ok(Heard::Heartbeat) => heartbeat.on_peer_heartbeat(),
+                    Ok(Heard::Nothing) => {}
+                    Err(reason) => session.close(reason),
+                }
+            }
+            () = session.writable.notified() => {}
+            () = tokio::time::sleep_until(heartbeat.deadline()) => match heartbeat.fire() {
+                Due::SendPing => {
+                    let _ = session.send(OutFrame::text("2"));
+                    engine.inner.handler.on_heartbeat(&session);
+                }
+                Due::TimedOut => session.close(CloseReason::PingTimeout),
+            },
+        }
+    }
+    engine.finalize(&session);
+}
+
+fn on_ws_message<H: EngineHandler>(
+    engine: &Engine<H>,
+    session: &Arc<Session<H::Conn>>,
+    message: WsMessage,
+) -> Result<Heard, CloseReason> {
+    let packet = match &message {
+        WsMessage::Text(text) => Packet::decode_text(text.as_str(), session.version()),
+        WsMessage::Binary(data) => Packet::decode_binary_frame(data.clone(), session.version()),
+        WsMessage::Close(_) => return Err(CloseReason::TransportClose),
+        // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
+        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return Ok(Heard::Nothing),
+    };
+    match packet {
+        Ok(packet) => engine.on_packet(session, packet),
+        Err(e) => {
+            tracing::info!(sid = session.sid(), error = %e, "closed a session: malformed packet");
+            Err(CloseReason::ParseError)
+        }
+    }
+}
+
+fn ws_error_reason<C>(session: &Session<C>, error: &tungstenite::Error) -> CloseReason {
+    match error {
+        tungstenite::Error::Capacity(e) => {
+            tracing::info!(sid = session.sid(), error = %e, "closed a session: message over maxPayload");
+            CloseReason::PayloadTooLarge
+        }
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            CloseReason::TransportClose
+        }
+        e => {
+            tracing::debug!(sid = session.sid(), error = %e, "WebSocket error");
+            CloseReason::TransportError
+        }
+    }
+}
+
+/// Writes every queued frame, then flushes once: a burst of messages costs one write call.
+async fn write_frames(
+    ws: &mut Ws,
+    frames: std::collections::VecDeque<OutFrame>,
+    version: Version,
+) -> Result<(), tungstenite::Error> {
+    for frame in frames {
+        let message = match frame {
+            OutFrame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => WsMessage::Text(text),
+                Err(_) => continue,
+            },
+            OutFrame::Binary(bytes) => WsMessage::Binary(binary_frame(bytes, version)),
+        };
+        ws.feed(message).await?;
+    }
+    ws.flush().await
+}
+
+/// v3 binary frames start with the message type byte; v4 frames are the raw data.
+fn binary_frame(data: Bytes, version: Version) -> Bytes {
+    match version {
+        Version::V4 => data,
+        Version::V3 => {
+            let mut framed = BytesMut::with_capacity(data.len() + 1);
+            framed.put_u8(4);
+            framed.put_slice(&data);
+            framed.freeze()
+        }
+    }
+}
+
+/// Tells the client the session is over when we are the ones ending it, then closes the socket.
+async fn say_goodbye(ws: &mut Ws, reason: CloseReason, _version: Version) {
+    if !matches!(
+        reason,
+        CloseReason::TransportClose | CloseReason::TransportError
+    ) {
+        let _ = ws.feed(WsMessage::Text(Utf8Bytes::from_static("1"))).await;
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
+}

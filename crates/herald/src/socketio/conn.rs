@@ -1,0 +1,95 @@
+//! Socket.IO's state for one Engine.IO session: its handshake, the sockets it has in each namespace, and a
+//! binary packet waiting for its attachments.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::socketio::PacketType;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::socket::Socket;
+
+/// Per-session state, stored in the engine session.
+#[derive(Debug)]
+pub struct Conn {
+    query: Box<str>,
+    cookie: Option<Box<str>>,
+    sockets: Mutex<Sockets>,
+    pub(crate) partial: Mutex<Option<Partial>>,
+}
+
+#[derive(Debug, Default)]
+struct Sockets {
+    list: Vec<Arc<Socket>>,
+    /// Set when the session closed; no socket may attach after that.
+    closed: bool,
+}
+
+/// A binary packet whose attachments are still arriving.
+#[derive(Debug)]
+pub(crate) struct Partial {
+    pub kind: PacketType,
+    pub nsp: String,
+    pub id: Option<u64>,
+    pub data: Option<Value>,
+    pub expected: usize,
+    pub binaries: Vec<Bytes>,
+}
+
+impl Conn {
+    pub(crate) fn new(query: &str, cookie: Option<&str>) -> Self {
+        Conn {
+            query: query.into(),
+            cookie: cookie.map(Into::into),
+            sockets: Mutex::new(Sockets::default()),
+            partial: Mutex::new(None),
+        }
+    }
+
+    /// The handshake's raw query string.
+    pub fn query(&self) -> &str {
+        &self.query
+    }
+
+    /// The handshake's `Cookie` header.
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
+    /// This session's socket in namespace `nsp`.
+    pub fn socket(&self, nsp: &str) -> Option<Arc<Socket>> {
+        self.sockets
+            .lock()
+            .list
+            .iter()
+            .find(|s| s.namespace().name() == nsp)
+            .cloned()
+    }
+
+    /// Whether any namespace is joined.
+    pub fn has_sockets(&self) -> bool {
+        !self.sockets.lock().list.is_empty()
+    }
+
+    /// Records a new socket; false when the session already closed.
+    pub(crate) fn attach(&self, socket: &Arc<Socket>) -> bool {
+        let mut sockets = self.sockets.lock();
+        if sockets.closed {
+            return false;
+        }
+        sockets.list.push(Arc::clone(socket));
+        true
+    }
+
+    pub(crate) fn detach(&self, socket: &Arc<Socket>) {
+        self.sockets.lock().list.retain(|s| !Arc::ptr_eq(s, socket));
+    }
+
+    /// Closes the list and returns every socket, for the session's close.
+    pub(crate) fn take_all(&self) -> Vec<Arc<Socket>> {
+        let mut sockets = self.sockets.lock();
+        sockets.closed = true;
+        std::mem::take(&mut sockets.list)
+    }
+}

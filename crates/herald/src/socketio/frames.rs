@@ -1,0 +1,107 @@
+//! Encoding outbound Socket.IO packets into Engine.IO frames, once, so a broadcast shares them.
+
+use bytes::Bytes;
+use herald_protocol::engineio::OutFrame;
+use herald_protocol::socketio::{encode, Event, Header, PacketType};
+use serde::Serialize;
+use serde_json::Value;
+
+/// An event (or ack) could not be encoded: its arguments are not JSON-serializable.
+#[derive(Debug, thiserror::Error)]
+#[error("arguments are not serializable as JSON: {0}")]
+pub struct EncodeError(#[from] serde_json::Error);
+
+/// Frames for `event(...args)` in `nsp`: the text packet, then one frame per binary attachment.
+pub(crate) fn event(
+    nsp: &str,
+    ack_id: Option<u64>,
+    name: &str,
+    args: &[Value],
+    binaries: &[Bytes],
+) -> Result<Vec<OutFrame>, EncodeError> {
+    let kind = if binaries.is_empty() {
+        PacketType::Event
+    } else {
+        PacketType::BinaryEvent
+    };
+    packet(kind, nsp, ack_id, &Event { name, args }, binaries)
+}
+
+/// Frames answering the client's ack `id` with `args`.
+pub(crate) fn ack(
+    nsp: &str,
+    id: u64,
+    args: &[Value],
+    binaries: &[Bytes],
+) -> Result<Vec<OutFrame>, EncodeError> {
+    let kind = if binaries.is_empty() {
+        PacketType::Ack
+    } else {
+        PacketType::BinaryAck
+    };
+    packet(kind, nsp, Some(id), args, binaries)
+}
+
+/// A packet without binary attachments, as one text frame.
+pub(crate) fn simple<T: Serialize + ?Sized>(
+    kind: PacketType,
+    nsp: &str,
+    data: Option<&T>,
+) -> OutFrame {
+    let mut out = Vec::with_capacity(32);
+    out.push(b'4');
+    // Only string-keyed JSON values reach here, which always serialize.
+    let _ = encode(&Header::new(kind, nsp), data, &mut out);
+    OutFrame::Text(Bytes::from(out))
+}
+
+fn packet<T: Serialize + ?Sized>(
+    kind: PacketType,
+    nsp: &str,
+    id: Option<u64>,
+    data: &T,
+    binaries: &[Bytes],
+) -> Result<Vec<OutFrame>, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'4');
+    let header = Header {
+        kind,
+        nsp,
+        id,
+        attachments: binaries.len(),
+    };
+    encode(&header, Some(data), &mut out)?;
+    let mut frames = Vec::with_capacity(1 + binaries.len());
+    frames.push(OutFrame::Text(Bytes::from(out)));
+    frames.extend(binaries.iter().cloned().map(OutFrame::Binary));
+    Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_frames_carry_the_engine_message_prefix() {
+        let frames = event(
+            "/chat",
+            Some(3),
+            "hi",
+            &[json!(1)],
+            &[Bytes::from_static(b"\x01")],
+        )
+        .expect("encodes");
+        assert_eq!(
+            frames,
+            vec![
+                OutFrame::text("451-/chat,3[\"hi\",1]"),
+                OutFrame::Binary(Bytes::from_static(b"\x01"))
+            ]
+        );
+        assert_eq!(
+            simple::<Value>(PacketType::Disconnect, "/", None),
+            OutFrame::text("41")
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! What an application plugs into a namespace: who may connect, and what to do with events and disconnects.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::engineio::Version;
+use serde_json::Value;
+
+use super::ack::AckSender;
+use super::socket::Socket;
+
+/// A client asking to join a namespace.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The namespace, `/` or `/<name>`.
+    pub nsp: String,
+    /// The `auth` payload of a v5 CONNECT (socket.io 3+ clients).
+    pub auth: Option<Value>,
+    /// The handshake query pairs, then for v4 clients the namespace query pairs.
+    pub query: Vec<(String, String)>,
+    /// The handshake's `Cookie` header, for backends that authenticate by session cookie.
+    pub cookie: Option<String>,
+    /// The client's Engine.IO revision.
+    pub version: Version,
+}
+
+impl ConnectRequest {
+    /// The first value of query parameter `key`.
+    pub fn query_param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Data the application attaches to an accepted socket.
+pub type SocketData = Box<dyn Any + Send + Sync>;
+
+/// A namespace's decision to let a client in.
+#[derive(Default)]
+pub struct Accepted {
+    /// Rooms the socket joins before its CONNECT is answered, so it misses nothing published right after.
+    pub rooms: Vec<String>,
+    /// Application data, readable through [`Socket::data`].
+    pub data: Option<SocketData>,
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("rooms", &self.rooms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal, sent to the client as a CONNECT_ERROR with this message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// A future decision, for checks that must wait (an auth webhook).
+pub type PendingDecision = Pin<Box<dyn Future<Output = Result<Accepted, Refusal>> + Send>>;
+
+/// The answer to a [`ConnectRequest`]: now, or later.
+pub enum Decision {
+    Now(Result<Accepted, Refusal>),
+    Later(PendingDecision),
+}
+
+/// An event from a client.
+#[derive(Debug)]
+pub struct IncomingEvent {
+    pub name: String,
+    pub args: Vec<Value>,
+    /// Binary attachments; `args` hold `{"_placeholder":true,"num":n}` where each goes.
+    pub binaries: Vec<Bytes>,
+    /// Present when the client asked for an acknowledgement.
+    pub ack: Option<AckSender>,
+}
+
+/// A namespace's behaviour. Callbacks run on the connection's task: they must not block.
+pub trait NamespaceHandler: Send + Sync + 'static {
+    /// Decides whether a client may join. The default lets everyone in, into no room.
+    fn authorize(&self, _request: ConnectRequest) -> Decision {
+        Decision::Now(Ok(Accepted::default()))
+    }
+
+    /// A socket joined the namespace and its CONNECT was answered.
+    fn on_connect(&self, _socket: &Arc<Socket>) {}
+
+    /// A client emitted an event.
+    fn on_event(&self, _socket: &Arc<Socket>, _event: IncomingEvent) {}
+
+    /// A socket left the namespace; `reason` is socket.io's disconnect reason.
+    fn on_disconnect(&self, _socket: &Arc<Socket>, _reason: &'static str) {}
+}
+
+/// The handler of a namespace that only accepts connections.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AcceptAll;
+
+impl NamespaceHandler for AcceptAll {}

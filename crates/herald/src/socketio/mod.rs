@@ -1,0 +1,373 @@
+//! Socket.IO over the engine: namespaces, the connect handshake of revisions 4 and 5, events, acks, binary
+//! attachments and rooms. Applications (and the gateway's sites) drive it through [`SocketIo`] and
+//! [`NamespaceHandler`].
+
+mod ack;
+mod conn;
+mod frames;
+mod handler;
+mod namespace;
+mod socket;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_protocol::engineio::Version;
+use herald_protocol::socketio::{self as sio, PacketType};
+use herald_protocol::DecodeError;
+use parking_lot::RwLock;
+use serde_json::Value;
+
+use crate::engine::{CloseReason, Engine, EngineConfig, EngineHandler, Message, Session};
+
+pub use ack::{AckError, AckReply, AckSender};
+pub use conn::Conn;
+pub use frames::EncodeError;
+pub use handler::{
+    AcceptAll, Accepted, ConnectRequest, Decision, IncomingEvent, NamespaceHandler,
+    PendingDecision, Refusal, SocketData,
+};
+pub use namespace::{Namespace, Target};
+pub use socket::{EmitError, Socket};
+
+/// Event names a client may not emit: socket.io reserves them for its own lifecycle.
+const RESERVED_EVENTS: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// Socket.IO settings.
+#[derive(Debug, Clone)]
+pub struct SocketIoConfig {
+    /// Time a client has to join a namespace after the handshake before it is closed. Default 45 s.
+    pub connect_timeout: Duration,
+    /// Most binary attachments in one packet. Default 10.
+    pub max_attachments: usize,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            connect_timeout: Duration::from_secs(45),
+            max_attachments: 10,
+        }
+    }
+}
+
+/// A protocol violation by a client; it closes the client's session.
+#[derive(Debug, thiserror::Error)]
+enum ProtocolError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("a text packet arrived while binary attachments were expected")]
+    TextDuringAttachments,
+    #[error("a binary message arrived without a binary packet announcing it")]
+    UnexpectedBinary,
+    #[error("event name {0:?} is reserved")]
+    ReservedEvent(String),
+    #[error("clients may not send {0:?} packets")]
+    UnexpectedPacket(PacketType),
+}
+
+/// The socket.io server: a cheap-to-clone handle over its namespaces.
+#[derive(Clone)]
+pub struct SocketIo {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SocketIoConfig,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    next_socket_key: AtomicU64,
+}
+
+/// A socket.io server and the engine that carries it; serve `engine.router()`.
+pub fn server(engine: EngineConfig, config: SocketIoConfig) -> (SocketIo, Engine<SocketIo>) {
+    let io = SocketIo::new(config);
+    let engine = Engine::new(engine, io.clone());
+    (io, engine)
+}
+
+impl SocketIo {
+    /// A server with only the default namespace `/`, which accepts everyone.
+    pub fn new(config: SocketIoConfig) -> Self {
+        let io = SocketIo {
+            inner: Arc::new(Inner {
+                config,
+                namespaces: RwLock::new(HashMap::new()),
+                next_socket_key: AtomicU64::new(0),
+            }),
+        };
+        io.add_namespace("/", AcceptAll);
+        io
+    }
+
+    /// Adds (or replaces) namespace `name`, which must start with `/`.
+    pub fn add_namespace(&self, name: &str, handler: impl NamespaceHandler) -> Arc<Namespace> {
+        let ns = Arc::new(Namespace::new(name, Arc::new(handler)));
+        self.inner
+            .namespaces
+            .write()
+            .insert(name.to_string(), Arc::clone(&ns));
+        ns
+    }
+
+    /// Namespace `name`, if it exists.
+    pub fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.inner.namespaces.read().get(name).cloned()
+    }
+
+    fn on_text(&self, session: &Arc<Session<Conn>>, text: &str) -> Result<(), ProtocolError> {
+        if session.conn.partial.lock().is_some() {
+            return Err(ProtocolError::TextDuringAttachments);
+        }
+        let packet = sio::decode(text, self.inner.config.max_attachments)?;
+        if packet.kind.is_binary() {
+            if let Some(data) = &packet.data {
+                sio::check_placeholders(data, packet.attachments)?;
+            }
+            if packet.attachments > 0 {
+                *session.conn.partial.lock() = Some(conn::Partial {
+                    kind: packet.kind,
+                    nsp: packet.nsp.to_string(),
+                    id: packet.id,
+                    data: packet.data,
+                    expected: packet.attachments,
+                    binaries: Vec::with_capacity(packet.attachments),
+                });
+                return Ok(());
+            }
+        }
+        self.dispatch(session, packet, Vec::new())
+    }
+
+    fn on_binary(&self, session: &Arc<Session<Conn>>, data: Bytes) -> Result<(), ProtocolError> {
+        let complete = {
+            let mut partial = session.conn.partial.lock();
+            let pending = partial.as_mut().ok_or(ProtocolError::UnexpectedBinary)?;
+            pending.binaries.push(data);
+            if pending.binaries.len() < pending.expected {
+                return Ok(());
+            }
+            partial.take()
+        };
+        let Some(p) = complete else { return Ok(()) };
+        let packet = sio::Packet {
+            kind: p.kind,
+            nsp: &p.nsp,
+            query: None,
+            attachments: p.expected,
+            id: p.id,
+            data: p.data,
+        };
+        self.dispatch(session, packet, p.binaries)
+    }
+
+    fn dispatch(
+        &self,
+        session: &Arc<Session<Conn>>,
+        packet: sio::Packet<'_>,
+        binaries: Vec<Bytes>,
+    ) -> Result<(), ProtocolError> {
+        let conn = &session.conn;
+        match packet.kind {
+            PacketType::Connect => self.connect(session, packet.nsp, packet.data, packet.query),
+            PacketType::Disconnect => {
+                if let Some(socket) = conn.socket(packet.nsp) {
+                    conn.detach(&socket);
+                    socket
+                        .namespace()
+                        .remove(&socket, "client namespace disconnect");
+                }
+            }
+            PacketType::Event | PacketType::BinaryEvent => {
+                // Events for a namespace the client has not joined are dropped, as socket.io does.
+                let Some(socket) = conn.socket(packet.nsp) else {
+                    return Ok(());
+                };
+                let Some(Value::Array(mut items)) = packet.data else {
+                    return Err(ProtocolError::UnexpectedPacket(packet.kind));
+                };
+                let name = match items.remove(0) {
+                    Value::String(name) => name,
+                    other => other.to_string(),
+                };
+                if RESERVED_EVENTS.contains(&name.as_str()) {
+                    return Err(ProtocolError::ReservedEvent(name));
+                }
+                let ack = packet.id.map(|id| AckSender::new(&socket, id));
+                let event = IncomingEvent {
+                    name,
+                    args: items,
+                    binaries,
+                    ack,
+                };
+                socket.namespace().handler.on_event(&socket, event);
+            }
+            PacketType::Ack | PacketType::BinaryAck => {
+                let (Some(socket), Some(id), Some(Value::Array(args))) =
+                    (conn.socket(packet.nsp), packet.id, packet.data)
+                else {
+                    return Ok(());
+                };
+                socket.acks.lock().resolve(id, AckReply { args, binaries });
+            }
+            PacketType::ConnectError => return Err(ProtocolError::UnexpectedPacket(packet.kind)),
+        }
+        Ok(())
+    }
+
+    fn connect(
+        &self,
+        session: &Arc<Session<Conn>>,
+        nsp: &str,
+        auth: Option<Value>,
+        nsp_query: Option<&str>,
+    ) {
+        let Some(ns) = self.namespace(nsp) else {
+            connect_error(session, nsp, "Invalid namespace");
+            return;
+        };
+        if session.conn.socket(nsp).is_some() {
+            return;
+        }
+        let version = session.version();
+        let mut query: Vec<(String, String)> =
+            form_urlencoded::parse(session.conn.query().as_bytes())
+                .into_owned()
+                .collect();
+        query.extend(form_urlencoded::parse(nsp_query.unwrap_or("").as_bytes()).into_owned());
+        let request = ConnectRequest {
+            nsp: nsp.to_string(),
+            auth: if version == Version::V4 { auth } else { None },
+            query,
+            cookie: session.conn.cookie().map(str::to_string),
+            version,
+        };
+        match ns.handler.authorize(request) {
+            Decision::Now(result) => self.finish_connect(session, &ns, result),
+            Decision::Later(decision) => {
+                let io = self.clone();
+                let session = Arc::clone(session);
+                tokio::spawn(async move {
+                    let result = decision.await;
+                    io.finish_connect(&session, &ns, result);
+                });
+            }
+        }
+    }
+
+    fn finish_connect(
+        &self,
+        session: &Arc<Session<Conn>>,
+        ns: &Arc<Namespace>,
+        decision: Result<Accepted, Refusal>,
+    ) {
+        let accepted = match decision {
+            Ok(accepted) => accepted,
+            Err(Refusal(message)) => {
+                tracing::debug!(sid = session.sid(), nsp = ns.name(), reason = %message, "refused a namespace connection");
+                connect_error(session, ns.name(), &message);
+                return;
+            }
+        };
+        let version = session.version();
+        let id: Arc<str> = match version {
+            Version::V3 if ns.name() == "/" => session.sid().into(),
+            Version::V3 => format!("{}#{}", ns.name(), session.sid()).into(),
+            Version::V4 => crate::engine::new_sid().into(),
+        };
+        let key = self.inner.next_socket_key.fetch_add(1, Ordering::Relaxed);
+        let socket = Arc::new(Socket::new(
+            id,
+            key,
+            Arc::clone(ns),
+            Arc::clone(session),
+            accepted.data,
+        ));
+        if !session.conn.attach(&socket) {
+            return;
+        }
+        ns.add(&socket);
+        for room in &accepted.rooms {
+            socket.join(room);
+        }
+        let reply = match version {
+            Version::V4 => frames::simple(
+                PacketType::Connect,
+                ns.name(),
+                Some(&serde_json::json!({ "sid": socket.id() })),
+            ),
+            Version::V3 => frames::simple::<Value>(PacketType::Connect, ns.name(), None),
+        };
+        let _ = session.send(reply);
+        ns.handler.on_connect(&socket);
+    }
+}
+
+fn connect_error(session: &Session<Conn>, nsp: &str, message: &str) {
+    let frame = match session.version() {
+        Version::V4 => frames::simple(
+            PacketType::ConnectError,
+            nsp,
+            Some(&serde_json::json!({ "message": message })),
+        ),
+        Version::V3 => frames::simple(PacketType::ConnectError, nsp, Some(message)),
+    };
+    let _ = session.send(frame);
+}
+
+impl EngineHandler for SocketIo {
+    type Conn = Conn;
+
+    fn new_conn(&self, request: &http::request::Parts, _version: Version) -> Conn {
+        let cookie = request
+            .headers
+            .get(http::header::COOKIE)
+            .and_then(|v| v.to_str().ok());
+        Conn::new(request.uri.query().unwrap_or(""), cookie)
+    }
+
+    fn on_open(&self, session: &Arc<Session<Conn>>) {
+        // Revision 4 clients are in the default namespace from the start, without a CONNECT of their own.
+        if session.version() == Version::V3 {
+            self.connect(session, "/", None, None);
+        }
+    }
+
+    fn on_message(&self, session: &Arc<Session<Conn>>, message: Message<'_>) {
+        let result = match message {
+            Message::Text(text) => self.on_text(session, text),
+            Message::Binary(data) => self.on_binary(session, data),
+        };
+        if let Err(e) = result {
+            tracing::info!(sid = session.sid(), error = %e, "closed a session: socket.io protocol violation");
+            session.close(CloseReason::ParseError);
+        }
+    }
+
+    fn on_close(&self, session: &Arc<Session<Conn>>, reason: CloseReason) {
+        for socket in session.conn.take_all() {
+            socket.namespace().remove(&socket, reason.as_str());
+        }
+    }
+
+    fn on_heartbeat(&self, session: &Arc<Session<Conn>>) {
+        if !session.conn.has_sockets()
+            && session.opened_at().elapsed() > self.inner.config.connect_timeout
+        {
+            tracing::debug!(
+                sid = session.sid(),
+                "closed a session that joined no namespace in time"
+            );
+            session.close(CloseReason::ServerClose);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A namespace: its sockets, its rooms, and broadcast. The gateway maps each site onto one.
+//!
+//! Locks: `rooms` may be held while `sockets` is read (broadcast); nothing holds `sockets` and then takes
+//! `rooms`, and writers take one lock at a time, so the order cannot deadlock. No lock is held across an await
+//! or a handler call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::engineio::OutFrame;
+use parking_lot::RwLock;
+use serde_json::Value;
+
+use super::frames::{self, EncodeError};
+use super::handler::NamespaceHandler;
+use super::socket::Socket;
+
+/// Who a broadcast reaches: the members of `rooms` (everyone when empty) minus the members of `except_rooms`
+/// and the sockets `except_sockets`. A socket id counts as a room holding just that socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    pub rooms: &'a [&'a str],
+    pub except_rooms: &'a [&'a str],
+    pub except_sockets: &'a [&'a str],
+}
+
+type Members = HashMap<u64, Arc<Socket>>;
+
+/// One namespace. Handles are `Arc<Namespace>`.
+pub struct Namespace {
+    name: Arc<str>,
+    pub(crate) handler: Arc<dyn NamespaceHandler>,
+    sockets: RwLock<HashMap<Arc<str>, Arc<Socket>>>,
+    rooms: RwLock<HashMap<Arc<str>, Members>>,
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Namespace {
+    pub(crate) fn new(name: &str, handler: Arc<dyn NamespaceHandler>) -> Self {
+        Namespace {
+            name: name.into(),
+            handler,
+            sockets: RwLock::new(HashMap::new()),
+            rooms: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The namespace name, `/` or `/<name>`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many sockets are connected.
+    pub fn len(&self) -> usize {
+        self.sockets.read().len()
+    }
+
+    /// Whether no socket is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The socket with id `id`.
+    pub fn socket(&self, id: &str) -> Option<Arc<Socket>> {
+        self.sockets.read().get(id).cloned()
+    }
+
+    /// Every connected socket.
+    pub fn sockets(&self) -> Vec<Arc<Socket>> {
+        self.sockets.read().values().cloned().collect()
+    }
+
+    /// The sockets in `room`.
+    pub fn room_sockets(&self, room: &str) -> Vec<Arc<Socket>> {
+        let mut found: Vec<_> = self
+            .rooms
+            .read()
+            .get(room)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        if found.is_empty() {
+            found.extend(self.socket(room));
+        }
+        found
+    }
+
+    /// Emits `event(...args)` to `target`, encoding it once; returns how many sockets it was queued for.
+    pub fn broadcast(
+        &self,
+        target: &Target<'_>,
+        event: &str,
+        args: &[Value],
+        binaries: &[Bytes],
+    ) -> Result<usize, EncodeError> {
+        let frames = frames::event(&self.name, None, event, args, binaries)?;
+        Ok(self.broadcast_frames(target, &frames))
+    }
+
+    /// Queues already-encoded frames for every socket of `target`.
+    pub fn broadcast_frames(&self, target: &Target<'_>, frames: &[OutFrame]) -> usize {
+        let rooms = self.rooms.read();
+        let sockets = self.sockets.read();
+        let mut excluded: HashSet<u64> = HashSet::new();
+        for room in target.except_rooms.iter().chain(target.except_sockets) {
+            if let Some(members) = rooms.get(*room) {
+                excluded.extend(members.keys());
+            }
+            if let Some(socket) = sockets.get(*room) {
+                excluded.insert(socket.key);
+            }
+        }
+        let mut delivered = 0;
+        let mut deliver = |socket: &Arc<Socket>| {
+            if !excluded.contains(&socket.key)
+                && socket.session.send_all(frames.iter().cloned()).is_ok()
+            {
+                delivered += 1;
+            }
+        };
+        match target.rooms {
+            [] => sockets.values().for_each(&mut deliver),
+            [room] => {
+                let members = rooms.get(*room);
+                members
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                    .for_each(&mut deliver);
+                if let Some(socket) = sockets.get(*room) {
+                    if !members.is_some_and(|m| m.contains_key(&socket.key)) {
+                        deliver(socket);
+                    }
+                }
+            }
+            many => {
+                let mut seen = HashSet::new();
+                for room in many {
+                    let members = rooms.get(*room).into_iter().flat_map(HashMap::values);
+                    for socket in members.chain(sockets.get(*room)) {
+                        if seen.insert(socket.key) {
+                            deliver(socket);
+                        }
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    pub(crate) fn add(&self, socket: &Arc<Socket>) {
+        self.sockets
+            .write()
+            .insert(Arc::clone(socket.id_arc()), Arc::clone(socket));
+    }
+
+    pub(crate) fn join(&self, socket: &Arc<Socket>, room: &str) {
+        if !socket.connected() {
+            return;
+        }
+        let mut rooms = self.rooms.write();
+        let (room, members) = match rooms.get_key_value(room) {
+            Some((name, _)) => (Arc::clone(name), rooms.get_mut(room)),
+            None => {
+                let name: Arc<str> = room.into();
+                rooms.insert(Arc::clone(&name), HashMap::new());
+                (Arc::clone(&name), rooms.get_mut(&*name))
+            }
+        };
+        if let Some(members) = members {
+            if members.insert(socket.key, Arc::clone(socket)).is_none() {
+                socket.rooms.lock().push(room);
+            }
+        }
+    }
+
+    pub(crate) fn leave(&self, socket: &Arc<Socket>, room: &str) {
+        let mut rooms = self.rooms.write();
+        if let Some(members) = rooms.get_mut(room) {
+            members.remove(&socket.key);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+        drop(rooms);
+        socket.rooms.lock().retain(|r| &**r != room);
+    }
+
+    /// Takes the socket out of the namespace and its rooms, then tells the handler (once).
+    pub(crate) fn remove(&self, socket: &Arc<Socket>, reason: &'static str) {
+        if !socket.mark_disconnected() {
+            return;
+        }
+        let joined = std::mem::take(&mut *socket.rooms.lock());
+        {
+            let mut rooms = self.rooms.write();
+            for room in &joined {
+                if let Some(members) = rooms.get_mut(room) {
+                    members.remove(&socket.key);
+                    if members.is_empty() {
+                        rooms.remove(room);
+                    }
+                }
+            }
+        }
+        self.sockets.write().remove(socket.id());
+        socket.acks.lock().clear();
+        self.handler.on_disconnect(socket, reason);
+    }
+}
