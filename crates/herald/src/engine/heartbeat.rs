@@ -25,15 +25,32 @@ pub(crate) struct Heartbeat {
 
 impl Heartbeat {
     pub(crate) fn new(version: Version, interval: Duration, timeout: Duration) -> Self {
+        Self::starting_at(Instant::now(), version, interval, timeout)
+    }
+
+    /// A heartbeat whose first period began at `start` (the handshake), so deadlines match the client's.
+    pub(crate) fn starting_at(
+        start: Instant,
+        version: Version,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Self {
         let mut hb = Heartbeat {
             version,
             interval,
             timeout,
-            deadline: Instant::now(),
+            deadline: start,
             awaiting_pong: false,
         };
-        hb.reset();
+        hb.deadline = start + hb.period();
         hb
+    }
+
+    fn period(&self) -> Duration {
+        match self.version {
+            Version::V4 => self.interval,
+            Version::V3 => self.interval + self.timeout,
+        }
     }
 
     pub(crate) fn deadline(&self) -> Instant {
@@ -45,7 +62,8 @@ impl Heartbeat {
         match self.version {
             Version::V4 if !self.awaiting_pong => {
                 self.awaiting_pong = true;
-                self.deadline = Instant::now() + self.timeout;
+                // From the moment the ping was due, not from when this task ran, so timers do not drift.
+                self.deadline += self.timeout;
                 Due::SendPing
             }
             _ => Due::TimedOut,
@@ -59,11 +77,7 @@ impl Heartbeat {
     }
 
     fn reset(&mut self) {
-        self.deadline = Instant::now()
-            + match self.version {
-                Version::V4 => self.interval,
-                Version::V3 => self.interval + self.timeout,
-            };
+        self.deadline = Instant::now() + self.period();
     }
 }
 

@@ -222,8 +222,12 @@ fn apply_payload<H: EngineHandler>(
 /// the session over, and runs the close handlers when the session ends on polling.
 async fn drive<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn>>) {
     let config = &engine.inner.config;
-    let mut heartbeat =
-        Heartbeat::new(session.version(), config.ping_interval, config.ping_timeout);
+    let mut heartbeat = Heartbeat::starting_at(
+        tokio::time::Instant::from_std(session.opened_at()),
+        session.version(),
+        config.ping_interval,
+        config.ping_timeout,
+    );
     loop {
         let notified = session.heartbeat.notified();
         {

@@ -44,11 +44,18 @@ pub(super) fn handle<H: EngineHandler>(
             let Some(session) = session else {
                 return error(ErrorCode::UnknownSid);
             };
-            {
+            let taken = {
                 let state = session.state.lock();
-                if state.transport != Transport::Polling || state.upgrading {
-                    return error(ErrorCode::BadRequest);
-                }
+                state.transport != Transport::Polling || state.upgrading
+            };
+            if taken {
+                // As Node's engine.io does: accept the socket, then close it, leaving the session alone.
+                tokio::spawn(async move {
+                    if let Some(mut ws) = upgraded(&engine, on_upgrade).await {
+                        let _ = ws.close(None).await;
+                    }
+                });
+                return switching_protocols(accept);
             }
             tokio::spawn(async move {
                 if let Some(ws) = upgraded(&engine, on_upgrade).await {
@@ -74,6 +81,10 @@ pub(super) fn handle<H: EngineHandler>(
             });
         }
     }
+    switching_protocols(accept)
+}
+
+fn switching_protocols(accept: HeaderValue) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
