@@ -57,6 +57,14 @@ impl Heartbeat {
         self.deadline
     }
 
+    /// When the heartbeat now awaited from the peer is due, if one is.
+    pub(crate) fn awaited(&self) -> Option<std::time::Instant> {
+        match self.version {
+            Version::V4 if !self.awaiting_pong => None,
+            _ => Some(self.deadline.into_std()),
+        }
+    }
+
     /// The deadline passed: ping now (v4), or the peer is gone.
     pub(crate) fn fire(&mut self) -> Due {
         match self.version {

@@ -169,12 +169,16 @@ impl<H: EngineHandler> Engine<H> {
         }
     }
 
-    /// Runs the close handlers once and forgets the session.
+    /// Drops a polling session from the sid table.
+    fn forget(&self, session: &Arc<Session<H::Conn>>) {
+        self.inner.polling.write().remove(session.sid());
+    }
+
+    /// Runs the close handlers once. Polling sessions are forgotten separately, after their last GET.
     fn finalize(&self, session: &Arc<Session<H::Conn>>) {
         if !session.take_finalization() {
             return;
         }
-        self.inner.polling.write().remove(session.sid());
         self.inner
             .live
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

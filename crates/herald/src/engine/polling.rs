@@ -41,7 +41,12 @@ pub(super) async fn handle<H: EngineHandler>(
     let Some(session) = session else {
         return error(ErrorCode::UnknownSid);
     };
+    if session.check_heartbeat() && session.closed() == Some(CloseReason::PingTimeout) {
+        return error(ErrorCode::UnknownSid);
+    }
     match *request.method() {
+        // A closed session takes nothing more in, even while its last GET may still be answered.
+        Method::POST if session.closed().is_some() => error(ErrorCode::UnknownSid),
         Method::GET => poll(&session).await,
         Method::POST => post(engine, &session, request).await,
         _ => error(ErrorCode::BadRequest),
@@ -108,6 +113,12 @@ async fn poll<C>(session: &Session<C>) -> Response<Body> {
                 return respond(StatusCode::OK, TEXT, body);
             }
             if let Some(reason) = state.closed {
+                if state.close_delivered {
+                    return error(ErrorCode::UnknownSid);
+                }
+                state.close_delivered = true;
+                drop(state);
+                session.heartbeat.notify_one();
                 // The client closed it: release its GET. We closed it: tell the client.
                 let packet = if reason == CloseReason::TransportClose {
                     "6"
@@ -166,7 +177,7 @@ async fn post<H: EngineHandler>(
                 reason = reason.as_str(),
                 "closed a polling session"
             );
-            session.close(reason);
+            session.close_told(reason);
             return if too_large {
                 respond(StatusCode::PAYLOAD_TOO_LARGE, TEXT, "payload too large")
             } else {
@@ -186,7 +197,7 @@ async fn post<H: EngineHandler>(
                 reason = reason.as_str(),
                 "closed a polling session"
             );
-            session.close(reason);
+            session.close_told(reason);
             error(ErrorCode::BadRequest)
         }
     }
@@ -242,6 +253,7 @@ async fn drive<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn
         if session.heard.swap(false, Ordering::AcqRel) {
             heartbeat.on_peer_heartbeat();
         }
+        session.set_heartbeat_deadline(heartbeat.awaited());
         tokio::select! {
             () = tokio::time::sleep_until(heartbeat.deadline()) => match heartbeat.fire() {
                 Due::SendPing => {
@@ -254,4 +266,21 @@ async fn drive<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn
         }
     }
     engine.finalize(&session);
+    // A GET racing with the close still gets the closing packet; then the sid is forgotten.
+    let grace = tokio::time::sleep(CLOSE_GRACE);
+    tokio::pin!(grace);
+    loop {
+        let notified = session.heartbeat.notified();
+        if session.state.lock().close_delivered {
+            break;
+        }
+        tokio::select! {
+            () = &mut grace => break,
+            () = notified => {}
+        }
+    }
+    engine.forget(&session);
 }
+
+/// How long a closed polling session waits for a last GET to tell the client.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);

@@ -3,7 +3,7 @@
 //! outbox, everyone else only pushes to it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use herald_protocol::engineio::{OutFrame, Version};
@@ -80,6 +80,8 @@ pub(crate) struct State {
     pub get_pending: bool,
     pub post_pending: bool,
     pub closed: Option<CloseReason>,
+    /// A polling response told the client the session is over; later requests get `Session ID unknown`.
+    pub close_delivered: bool,
 }
 
 /// An Engine.IO session; `C` is the state of the layer above (socket.io's namespaces on this connection).
@@ -94,6 +96,9 @@ pub struct Session<C> {
     pub(crate) heartbeat: Notify,
     /// Set when a heartbeat arrived over polling, for the driver task to note.
     pub(crate) heard: AtomicBool,
+    /// Milliseconds after `opened_at` by which a heartbeat must arrive; `u64::MAX` when none is awaited.
+    /// Requests check it themselves, so a late timer never lets a dead session answer.
+    heartbeat_deadline_ms: AtomicU64,
     finalized: AtomicBool,
     opened_at: Instant,
     /// The state of the protocol layer above, owned by the session so it lives exactly as long.
@@ -129,10 +134,12 @@ impl<C> Session<C> {
                 get_pending: false,
                 post_pending: false,
                 closed: None,
+                close_delivered: false,
             }),
             writable: Notify::new(),
             heartbeat: Notify::new(),
             heard: AtomicBool::new(false),
+            heartbeat_deadline_ms: AtomicU64::new(u64::MAX),
             finalized: AtomicBool::new(false),
             opened_at: Instant::now(),
             conn,
@@ -200,9 +207,37 @@ impl<C> Session<C> {
         self.wake_all();
     }
 
+    /// Closes the session with an error the client is being told right now (an HTTP error answer), so no
+    /// polling response needs to tell it again.
+    pub(crate) fn close_told(&self, reason: CloseReason) {
+        {
+            let mut state = self.state.lock();
+            state.closed.get_or_insert(reason);
+            state.close_delivered = true;
+        }
+        self.wake_all();
+    }
+
     /// Why the session closed, if it did.
     pub fn closed(&self) -> Option<CloseReason> {
         self.state.lock().closed
+    }
+
+    /// Records when the awaited heartbeat is due (`None`: nothing awaited).
+    pub(crate) fn set_heartbeat_deadline(&self, deadline: Option<std::time::Instant>) {
+        let ms = deadline.map_or(u64::MAX, |d| {
+            d.saturating_duration_since(self.opened_at).as_millis() as u64
+        });
+        self.heartbeat_deadline_ms.store(ms, Ordering::Release);
+    }
+
+    /// Closes the session if its awaited heartbeat is overdue; true when it is closed for any reason.
+    pub(crate) fn check_heartbeat(&self) -> bool {
+        let due = self.heartbeat_deadline_ms.load(Ordering::Acquire);
+        if due != u64::MAX && self.opened_at.elapsed().as_millis() as u64 >= due {
+            self.close(CloseReason::PingTimeout);
+        }
+        self.closed().is_some()
     }
 
     pub(crate) fn wake_all(&self) {

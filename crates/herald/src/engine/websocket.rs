@@ -228,6 +228,7 @@ async fn run<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn>>
         }
     }
     engine.finalize(&session);
+    engine.forget(&session);
 }
 
 fn on_ws_message<H: EngineHandler>(
