@@ -115,19 +115,22 @@ fn ask(socket: &Arc<Socket>, request: Value, ack: Option<socketio::AckSender>) {
     tokio::spawn(async move {
         let event = request["event"].as_str().unwrap_or("ask");
         let timeout = Duration::from_millis(request["timeoutMs"].as_u64().unwrap_or(1000));
-        let outcome = match socket
+        let reply = socket
             .emit_with_ack(event, &values(&request["args"]), &[], timeout)
-            .await
-        {
-            Ok(reply) => json!({ "ok": true, "reply": reply.args }),
-            Err(e) => json!({ "ok": false, "error": match e {
-                socketio::AckError::Timeout => "timeout",
-                socketio::AckError::Disconnected => "disconnected",
-                socketio::AckError::NotSent => "not sent",
-            }}),
+            .await;
+        let (outcome, binaries) = match reply {
+            Ok(reply) => (json!({ "ok": true, "reply": reply.args }), reply.binaries),
+            Err(e) => {
+                let error = match e {
+                    socketio::AckError::Timeout => "timeout",
+                    socketio::AckError::Disconnected => "disconnected",
+                    socketio::AckError::NotSent => "not sent",
+                };
+                (json!({ "ok": false, "error": error }), Vec::new())
+            }
         };
         if let Some(ack) = ack {
-            ack.send(&[outcome], &[]);
+            ack.send(&[outcome], &binaries);
         }
     });
 }

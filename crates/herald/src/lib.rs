@@ -1,6 +1,7 @@
 //! herald: a real-time push gateway. This library holds the socket.io-compatible server (`engine` for
 //! Engine.IO transports, `socketio` for namespaces, rooms and acks); the binary is a thin shell over it.
 
+pub mod demo;
 pub mod engine;
 pub mod socketio;
 

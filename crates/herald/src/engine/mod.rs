@@ -64,8 +64,12 @@ pub struct EngineConfig {
     pub outbox_frames: usize,
     /// Most bytes queued for one client before it is disconnected as too slow. Default 4 MiB.
     pub outbox_bytes: usize,
-    /// Initial read buffer of a WebSocket, in bytes; it grows for larger messages. Default 4 KiB.
+    /// Read buffer of a WebSocket and the most read per syscall, in bytes; a larger message grows it while it is
+    /// read. It is most of an idle connection's memory. Default 1 KiB.
     pub ws_read_buffer: usize,
+    /// Bytes of outbound frames a WebSocket gathers before a write syscall; frames queued together leave in one
+    /// write up to this size. Default 8 KiB.
+    pub ws_write_buffer: usize,
     /// Most concurrent sessions. Default 100 000.
     pub max_sessions: usize,
     /// Whether the polling transport is offered. Default true.
@@ -86,7 +90,8 @@ impl Default for EngineConfig {
             upgrade_timeout: Duration::from_secs(10),
             outbox_frames: 1024,
             outbox_bytes: 4 << 20,
-            ws_read_buffer: 4096,
+            ws_read_buffer: 1024,
+            ws_write_buffer: 8192,
             max_sessions: 100_000,
             allow_polling: true,
             allow_websocket: true,

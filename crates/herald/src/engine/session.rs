@@ -178,17 +178,22 @@ impl<C> Session<C> {
         if state.closed.is_some() {
             return Err(SendError::Closed);
         }
-        let start = state.outbox.len();
-        let start_bytes = state.outbox_bytes;
         for frame in frames {
             state.outbox_bytes += frame.len();
             state.outbox.push_back(frame);
         }
         if state.outbox.len() > self.limits.frames || state.outbox_bytes > self.limits.bytes {
-            state.outbox.truncate(start);
-            state.outbox_bytes = start_bytes;
+            // The session is over: like Node's engine.io, drop what it could not take, freeing it now.
+            state.outbox = VecDeque::new();
+            state.outbox_bytes = 0;
             state.closed = Some(CloseReason::OutboxFull);
             drop(state);
+            tracing::info!(
+                sid = self.sid(),
+                frames = self.limits.frames,
+                bytes = self.limits.bytes,
+                "closed a session: outbox full, the client does not read fast enough"
+            );
             self.wake_all();
             return Err(SendError::Full);
         }

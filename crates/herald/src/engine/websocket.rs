@@ -131,7 +131,7 @@ async fn upgraded<H: EngineHandler>(
     let config = &engine.inner.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer)
-        .write_buffer_size(0)
+        .write_buffer_size(config.ws_write_buffer)
         .max_message_size(Some(config.max_payload))
         .max_frame_size(Some(config.max_payload));
     Some(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(ws_config)).await)
@@ -192,16 +192,20 @@ async fn run<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn>>
             let mut state = session.state.lock();
             (Session::<H::Conn>::drain(&mut state), state.closed)
         };
-        if !frames.is_empty()
-            && write_frames(&mut ws, frames, session.version())
-                .await
-                .is_err()
-        {
-            session.close(CloseReason::TransportError);
-            break;
+        if !frames.is_empty() {
+            let limit = config.ping_interval + config.ping_timeout;
+            match write_or_abandon(&mut ws, &session, frames, limit).await {
+                Written::All => {}
+                Written::Failed => {
+                    session.close(CloseReason::TransportError);
+                    break;
+                }
+                // The session closed while the client was not reading: drop the connection, say nothing.
+                Written::Abandoned => break,
+            }
         }
         if let Some(reason) = closed {
-            say_goodbye(&mut ws, reason, session.version()).await;
+            say_goodbye(&mut ws, reason).await;
             break;
         }
         tokio::select! {
@@ -268,6 +272,45 @@ fn ws_error_reason<C>(session: &Session<C>, error: &tungstenite::Error) -> Close
     }
 }
 
+enum Written {
+    All,
+    Failed,
+    Abandoned,
+}
+
+/// Writes `frames` unless the session closes first or the client takes longer than `limit` to take them: a
+/// client that stops reading blocks this write, and must not keep its task, socket and rooms alive.
+async fn write_or_abandon<C>(
+    ws: &mut Ws,
+    session: &Session<C>,
+    frames: std::collections::VecDeque<OutFrame>,
+    limit: std::time::Duration,
+) -> Written {
+    let closed = async {
+        loop {
+            let notified = session.writable.notified();
+            if session.closed().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::select! {
+        result = tokio::time::timeout(limit, write_frames(ws, frames, session.version())) => match result {
+            Ok(Ok(())) => Written::All,
+            Ok(Err(e)) => {
+                tracing::debug!(sid = session.sid(), error = %e, "WebSocket write failed");
+                Written::Failed
+            }
+            Err(_) => {
+                tracing::info!(sid = session.sid(), "closed a session: the client took no data for too long");
+                Written::Failed
+            }
+        },
+        () = closed => Written::Abandoned,
+    }
+}
+
 /// Writes every queued frame, then flushes once: a burst of messages costs one write call.
 async fn write_frames(
     ws: &mut Ws,
@@ -300,13 +343,19 @@ fn binary_frame(data: Bytes, version: Version) -> Bytes {
     }
 }
 
-/// Tells the client the session is over when we are the ones ending it, then closes the socket.
-async fn say_goodbye(ws: &mut Ws, reason: CloseReason, _version: Version) {
-    if !matches!(
-        reason,
-        CloseReason::TransportClose | CloseReason::TransportError
-    ) {
-        let _ = ws.feed(WsMessage::Text(Utf8Bytes::from_static("1"))).await;
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
+/// Tells the client the session is over when we are the ones ending it, answers its close frame when it is,
+/// and closes the socket; all of it within a second, since the client may not be reading.
+async fn say_goodbye(ws: &mut Ws, reason: CloseReason) {
+    let goodbye = async {
+        if !matches!(
+            reason,
+            CloseReason::TransportClose | CloseReason::TransportError | CloseReason::OutboxFull
+        ) {
+            let _ = ws.feed(WsMessage::Text(Utf8Bytes::from_static("1"))).await;
+        }
+        // Sends our close frame, or the reply tungstenite queued to the client's, and flushes.
+        let _ = ws.close(None).await;
+        let _ = ws.flush().await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), goodbye).await;
 }

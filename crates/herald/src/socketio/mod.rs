@@ -246,7 +246,14 @@ impl SocketIo {
         query.extend(form_urlencoded::parse(nsp_query.unwrap_or("").as_bytes()).into_owned());
         let request = ConnectRequest {
             nsp: nsp.to_string(),
-            auth: if version == Version::V4 { auth } else { None },
+            auth: match version {
+                Version::V4 => auth,
+                // Revision 4 has no auth payload; its namespace query stands in, as socket.io's allowEIO3 does.
+                Version::V3 => nsp_query.map(|q| {
+                    let pairs = form_urlencoded::parse(q.as_bytes()).into_owned();
+                    Value::Object(pairs.map(|(k, v)| (k, Value::String(v))).collect())
+                }),
+            },
             query,
             cookie: session.conn.cookie().map(str::to_string),
             version,

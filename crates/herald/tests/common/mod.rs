@@ -1,0 +1,527 @@
+//! Shared helpers of herald's integration tests: an in-process socket.io server on 127.0.0.1:0 with a recording
+//! namespace handler, a hand-written HTTP/1.1 client, and raw WebSocket clients (with and without a pump task).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use herald::engine::{Engine, EngineConfig};
+use herald::socketio::{self, IncomingEvent, NamespaceHandler, Socket, SocketIo, SocketIoConfig};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// The longest any single wait in these tests may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The engine settings most tests use: heartbeats slow enough not to interfere, the rest at defaults.
+pub fn config() -> EngineConfig {
+    EngineConfig {
+        ping_interval: Duration::from_millis(1000),
+        ping_timeout: Duration::from_millis(1000),
+        max_payload: 1000,
+        ..EngineConfig::default()
+    }
+}
+
+/// A socket's departure from the namespace, as the handler saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    pub socket: String,
+    pub reason: &'static str,
+}
+
+/// The namespace handler of these tests, like herald-conformance's e2e one: `message` is echoed as
+/// `message-back`, `message-with-ack` is acknowledged with its arguments, and every disconnect is recorded.
+pub struct Recorder {
+    departures: mpsc::UnboundedSender<Departure>,
+}
+
+impl NamespaceHandler for Recorder {
+    fn on_event(&self, socket: &Arc<Socket>, event: IncomingEvent) {
+        match event.name.as_str() {
+            "message" => {
+                let _ = socket.emit_binary("message-back", &event.args, &event.binaries);
+            }
+            "message-with-ack" => {
+                if let Some(ack) = event.ack {
+                    ack.send(&event.args, &event.binaries);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_disconnect(&self, socket: &Arc<Socket>, reason: &'static str) {
+        let _ = self.departures.send(Departure {
+            socket: socket.id().to_string(),
+            reason,
+        });
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub io: SocketIo,
+    pub engine: Engine<SocketIo>,
+    pub departures: mpsc::UnboundedReceiver<Departure>,
+}
+
+impl Server {
+    pub async fn start(config: EngineConfig) -> Server {
+        Server::start_with(config, SocketIoConfig::default()).await
+    }
+
+    pub async fn start_with(config: EngineConfig, sio: SocketIoConfig) -> Server {
+        let (io, engine) = socketio::server(config, sio);
+        let (tx, departures) = mpsc::unbounded_channel();
+        io.add_namespace("/", Recorder { departures: tx });
+        let router = engine.router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Server {
+            addr,
+            io,
+            engine,
+            departures,
+        }
+    }
+
+    /// The next socket to leave namespace `/`.
+    pub async fn next_departure(&mut self) -> Departure {
+        timeout(WAIT, self.departures.recv())
+            .await
+            .expect("no socket left the namespace in time")
+            .unwrap()
+    }
+
+    /// Sockets connected to namespace `/`.
+    pub fn connected(&self) -> usize {
+        self.io.namespace("/").unwrap().len()
+    }
+
+    /// Waits until the engine holds exactly `n` sessions.
+    pub async fn wait_sessions(&self, n: usize) {
+        timeout(WAIT, async {
+            while self.engine.session_count() != n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the engine holds {} sessions, expected {n}",
+                self.engine.session_count()
+            )
+        });
+    }
+
+    /// Asserts the server still serves: a fresh polling handshake and a fresh socket.io connection over
+    /// WebSocket (connect, echo) both succeed.
+    pub async fn assert_alive(&self) {
+        let (sid, _) = self.handshake().await;
+        assert!(!sid.is_empty());
+        let mut client = WsClient::connect_sio(self.addr).await;
+        client.assert_echo(7).await;
+        client.close().await;
+    }
+
+    /// A polling handshake: returns the sid and the open packet's JSON.
+    pub async fn handshake(&self) -> (String, Value) {
+        let response = http(
+            self.addr,
+            "GET",
+            "/socket.io/?EIO=4&transport=polling",
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(response.status, 200, "handshake: {response:?}");
+        let body = response.text();
+        let json = body
+            .strip_prefix('0')
+            .unwrap_or_else(|| panic!("not an open packet: {body:?}"));
+        let open: Value = serde_json::from_str(json).unwrap();
+        (open["sid"].as_str().unwrap().to_string(), open)
+    }
+
+    pub async fn get(&self, sid: &str) -> Response {
+        http(
+            self.addr,
+            "GET",
+            &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+            &[],
+            b"",
+        )
+        .await
+    }
+
+    pub async fn post(&self, sid: &str, body: &[u8]) -> Response {
+        http(
+            self.addr,
+            "POST",
+            &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+            &[("Content-Type", "text/plain;charset=UTF-8")],
+            body,
+        )
+        .await
+    }
+
+    /// Asserts the polling session `sid` is gone: a GET answers 400 `Session ID unknown`. While the server is
+    /// still cleaning up, a GET may first receive the close packet `1`; nothing else is accepted.
+    pub async fn assert_session_gone(&self, sid: &str) {
+        timeout(WAIT, async {
+            loop {
+                let response = self.get(sid).await;
+                if response.status == 400 {
+                    assert_eq!(response.text(), UNKNOWN_SID);
+                    return;
+                }
+                assert_eq!(
+                    (response.status, response.text().as_str()),
+                    (200, "1"),
+                    "a closed session answered a GET with something else than a close packet"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the session was not forgotten in time");
+    }
+}
+
+pub const UNKNOWN_TRANSPORT: &str = r#"{"code":0,"message":"Transport unknown"}"#;
+pub const UNKNOWN_SID: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
+pub const BAD_HANDSHAKE_METHOD: &str = r#"{"code":2,"message":"Bad handshake method"}"#;
+pub const BAD_REQUEST: &str = r#"{"code":3,"message":"Bad request"}"#;
+pub const UNSUPPORTED_VERSION: &str = r#"{"code":5,"message":"Unsupported protocol version"}"#;
+
+/// An HTTP response read off the wire.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    timeout(WAIT, http_unbounded(addr, method, target, headers, body))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {target} got no answer in time"))
+}
+
+/// [`http`] without its time limit, for requests that are meant to wait (a long poll).
+pub async fn http_unbounded(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|line| {
+            let (k, v) = line.split_once(':').unwrap();
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        match headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        {
+            Some((_, len)) => {
+                let len: usize = len.parse().unwrap();
+                assert!(rest.len() >= len, "body cut short");
+                rest[..len].to_vec()
+            }
+            None => rest.to_vec(),
+        }
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = std::str::from_utf8(&data[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket to `target` (path and query) on a socket whose receive buffer is `recv_buffer` bytes,
+/// when given.
+pub async fn ws_open(addr: SocketAddr, target: &str, recv_buffer: Option<u32>) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let stream = timeout(WAIT, socket.connect(addr)).await.unwrap().unwrap();
+    let url = format!("ws://{addr}{target}");
+    let (ws, response) = timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("WebSocket handshake timed out")
+        .expect("WebSocket handshake failed");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next text message of a raw WebSocket, answering server pings (`2`) with pongs on the way.
+pub async fn ws_next_text(ws: &mut Ws) -> String {
+    timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                    ws.send(Message::text("3")).await.unwrap();
+                }
+                Some(Ok(Message::Text(text))) => return text.as_str().to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no text message in time")
+}
+
+/// Opens a v4 WebSocket session and joins namespace `/` on a raw socket; returns the engine sid and the
+/// socket id.
+pub async fn ws_open_sio(addr: SocketAddr, recv_buffer: Option<u32>) -> (Ws, String, String) {
+    let mut ws = ws_open(addr, "/socket.io/?EIO=4&transport=websocket", recv_buffer).await;
+    let open = ws_next_text(&mut ws).await;
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    ws.send(Message::text("40")).await.unwrap();
+    let reply = ws_next_text(&mut ws).await;
+    let connect: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    (
+        ws,
+        open["sid"].as_str().unwrap().to_string(),
+        connect["sid"].as_str().unwrap().to_string(),
+    )
+}
+
+/// What a pumped WebSocket client received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Text(String),
+    Binary(Bytes),
+    /// A close frame, then the end of the stream.
+    Closed,
+    /// The stream ended without a close frame, or failed (e.g. reset).
+    Ended,
+}
+
+/// A WebSocket client whose task reads all the time and answers server pings, so it never times out.
+pub struct WsClient {
+    out: mpsc::UnboundedSender<Message>,
+    received: mpsc::UnboundedReceiver<Received>,
+    pub sid: String,
+    /// The socket id in namespace `/`, once joined.
+    pub socket: String,
+}
+
+impl WsClient {
+    /// A v4 WebSocket session, not yet in any namespace.
+    pub async fn connect(addr: SocketAddr) -> WsClient {
+        let ws = ws_open(addr, "/socket.io/?EIO=4&transport=websocket", None).await;
+        let mut client = WsClient::pump(ws);
+        let open = client.next_text().await;
+        let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        client.sid = open["sid"].as_str().unwrap().to_string();
+        client
+    }
+
+    /// A v4 WebSocket session joined to namespace `/`.
+    pub async fn connect_sio(addr: SocketAddr) -> WsClient {
+        let mut client = WsClient::connect(addr).await;
+        client.send("40");
+        let reply = client.next_text().await;
+        let connect: Value = serde_json::from_str(
+            reply
+                .strip_prefix("40")
+                .unwrap_or_else(|| panic!("not a CONNECT: {reply:?}")),
+        )
+        .unwrap();
+        client.socket = connect["sid"].as_str().unwrap().to_string();
+        client
+    }
+
+    /// Hands `ws` to a task that reads it continuously.
+    pub fn pump(mut ws: Ws) -> WsClient {
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        let (received_tx, received) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = outgoing.recv() => match message {
+                        Some(message) => {
+                            if ws.send(message).await.is_err() {
+                                // The read side reports how the connection ended.
+                                continue;
+                            }
+                        }
+                        None => {
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                    },
+                    message = ws.next() => {
+                        let item = match message {
+                            Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                                let _ = ws.send(Message::text("3")).await;
+                                continue;
+                            }
+                            Some(Ok(Message::Text(text))) => Received::Text(text.as_str().to_string()),
+                            Some(Ok(Message::Binary(data))) => Received::Binary(data),
+                            Some(Ok(Message::Close(_))) => Received::Closed,
+                            Some(Ok(_)) => continue,
+                            Some(Err(_)) | None => {
+                                let _ = received_tx.send(Received::Ended);
+                                return;
+                            }
+                        };
+                        if received_tx.send(item).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        WsClient {
+            out,
+            received,
+            sid: String::new(),
+            socket: String::new(),
+        }
+    }
+
+    pub fn send(&self, text: &str) {
+        self.out.send(Message::text(text)).unwrap();
+    }
+
+    pub fn send_message(&self, message: Message) {
+        self.out.send(message).unwrap();
+    }
+
+    pub async fn next(&mut self) -> Received {
+        timeout(WAIT, self.received.recv())
+            .await
+            .expect("nothing received in time")
+            .expect("the pump task is gone")
+    }
+
+    pub async fn next_text(&mut self) -> String {
+        match self.next().await {
+            Received::Text(text) => text,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Reads until the connection ends; returns the text messages received before (pings excluded) and
+    /// whether a close frame came.
+    pub async fn until_closed(&mut self) -> (Vec<String>, bool) {
+        let mut texts = Vec::new();
+        let mut close_frame = false;
+        loop {
+            match self.next().await {
+                Received::Text(text) => texts.push(text),
+                Received::Binary(data) => panic!("unexpected binary message {data:?}"),
+                Received::Closed => close_frame = true,
+                Received::Ended => return (texts, close_frame),
+            }
+        }
+    }
+
+    /// Asserts the server closed this session because of something the client did: it announces the close
+    /// with a close packet `1`, then closes the WebSocket with a close frame.
+    pub async fn assert_closed_by_server(&mut self) {
+        let (texts, close_frame) = self.until_closed().await;
+        assert_eq!(texts, ["1"], "texts before the close");
+        assert!(close_frame, "the server sent no close frame");
+    }
+
+    /// Emits `message` with `n` and expects it echoed as `message-back`.
+    pub async fn assert_echo(&mut self, n: u64) {
+        self.send(&format!(r#"42["message",{n}]"#));
+        assert_eq!(self.next_text().await, format!(r#"42["message-back",{n}]"#));
+    }
+
+    pub async fn close(self) {
+        drop(self.out);
+    }
+}

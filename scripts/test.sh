@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Builds herald and runs every test: Rust unit/integration tests, then the end-to-end tests of
+# `herald-conformance --suite e2e` with the official JS clients (socket.io-client 4.x and 2.x,
+# tests/js) and the python-socketio client (tests/python).
+#
+# Usage: bash scripts/test.sh [--no-cargo] [--only STAGE[,STAGE...]]
+#   stages: cargo-build, cargo-test, js-install, js-test, py-install, py-test
+#   --no-cargo         skip cargo build/test (re-run only the e2e tests against the existing binary)
+#   env HERALD_BIN     binary the e2e tests spawn (default ${CARGO_TARGET_DIR:-target}/debug/herald-conformance)
+#   env HERALD_E2E_TIMEOUT  seconds allowed for each e2e runner (default 900)
+#
+# Idempotent and fast on re-runs: `npm ci` runs only when tests/js/node_modules is missing or
+# package-lock.json changed; the .venv is created once and `pip install` re-runs only when
+# tests/python/requirements.txt changed. Exits non-zero if any stage fails.
+
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+RUN_CARGO=1
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-cargo) RUN_CARGO=0 ;;
+    --only) ONLY="${2:-}"; shift ;;
+    --only=*) ONLY="${1#--only=}" ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+E2E_TIMEOUT="${HERALD_E2E_TIMEOUT:-900}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export HERALD_BIN="${HERALD_BIN:-$TARGET_DIR/debug/herald-conformance}"
+case "$HERALD_BIN" in /*) ;; *) HERALD_BIN="$ROOT/$HERALD_BIN" ;; esac
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+
+PASSED=()
+FAILED=()
+SKIPPED=()
+START_ALL=$(date +%s)
+
+banner() { printf '\n==== [test.sh] %s ====\n' "$*"; }
+
+wanted() {
+  local stage="$1"
+  if [ -n "$ONLY" ]; then
+    case ",$ONLY," in *",$stage,"*) ;; *) return 1 ;; esac
+  fi
+  if [ "$RUN_CARGO" = 0 ]; then
+    case "$stage" in cargo-*) return 1 ;; esac
+  fi
+  return 0
+}
+
+# run_stage NAME COMMAND...: runs the command, records the result, never aborts the script.
+run_stage() {
+  local name="$1"; shift
+  if ! wanted "$name"; then SKIPPED+=("$name(not selected)"); return 0; fi
+  banner "stage $name"
+  local t0=$(date +%s) rc=0
+  "$@" || rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  if [ "$rc" = 0 ]; then
+    PASSED+=("$name")
+    echo "[test.sh] stage $name OK (${dt}s)"
+  else
+    FAILED+=("$name")
+    echo "[test.sh] STAGE FAILED: $name (exit code $rc, ${dt}s)" >&2
+  fi
+  return "$rc"
+}
+
+skip_stage() { SKIPPED+=("$1($2)"); echo "[test.sh] stage $1 skipped: $2" >&2; }
+
+stage_failed() { local s; for s in "${FAILED[@]+"${FAILED[@]}"}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+sha_of() { sha256sum "$@" | sha256sum | cut -d' ' -f1; }
+
+# ---- Rust ----------------------------------------------------------------------------------------
+cargo_test() { cargo test --workspace --no-fail-fast; }
+
+# --locked fails when Cargo.lock is missing or stale; fall back to a normal build in that case so a
+# fresh checkout without a lock file still works (the fallback prints why).
+cargo_build_stage() {
+  if [ -f Cargo.lock ]; then
+    cargo build --workspace --locked || { echo "[test.sh] retrying without --locked" >&2; cargo build --workspace; }
+  else
+    cargo build --workspace
+  fi
+}
+
+run_stage cargo-build cargo_build_stage
+if stage_failed cargo-build; then
+  skip_stage cargo-test "cargo build failed"
+else
+  run_stage cargo-test cargo_test
+fi
+
+check_bin() {
+  if [ ! -x "$HERALD_BIN" ]; then
+    echo "[test.sh] herald-conformance binary not found or not executable: $HERALD_BIN" >&2
+    echo "[test.sh] (is crates/herald-conformance a [[bin]] of the workspace? set HERALD_BIN to override)" >&2
+    return 1
+  fi
+}
+
+# ---- JavaScript e2e ------------------------------------------------------------------------------
+JS_DIR="$ROOT/tests/js"
+js_install() {
+  command -v node >/dev/null && command -v npm >/dev/null || { echo "node/npm not found" >&2; return 1; }
+  local want have stamp="$JS_DIR/node_modules/.herald-lock.sha256"
+  want="$(sha_of "$JS_DIR/package.json" "$JS_DIR/package-lock.json")"
+  have="$(cat "$stamp" 2>/dev/null || true)"
+  if [ -d "$JS_DIR/node_modules" ] && [ "$want" = "$have" ]; then
+    echo "[test.sh] tests/js/node_modules up to date, skipping npm ci"
+    return 0
+  fi
+  (cd "$JS_DIR" && npm ci --no-audit --no-fund) && echo "$want" > "$stamp"
+}
+js_test() {
+  check_bin || return 1
+  local files=()
+  local f
+  for f in "$JS_DIR"/*.test.mjs; do [ -e "$f" ] && files+=("$(basename "$f")"); done
+  [ "${#files[@]}" -gt 0 ] || { echo "no tests/js/*.test.mjs files" >&2; return 1; }
+  # one file at a time: every file spawns its own server, and timing-based assertions (acks that
+  # must time out, "nothing else arrives within 300 ms") are steadier on a 2-core machine.
+  (cd "$JS_DIR" && timeout --kill-after=10 "$E2E_TIMEOUT" \
+    node --test --test-concurrency=1 --test-timeout=60000 "${files[@]}")
+}
+
+if wanted js-install || wanted js-test; then
+  run_stage js-install js_install
+  if stage_failed js-install; then
+    skip_stage js-test "npm ci failed"
+  elif stage_failed cargo-build; then
+    skip_stage js-test "cargo build failed"
+  else
+    run_stage js-test js_test
+  fi
+fi
+
+# ---- Python e2e ----------------------------------------------------------------------------------
+VENV="$ROOT/.venv"
+PY_REQ="$ROOT/tests/python/requirements.txt"
+py_install() {
+  local python="${PYTHON:-python3}"
+  command -v "$python" >/dev/null || { echo "$python not found" >&2; return 1; }
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    rm -rf "$VENV"
+    "$python" -m venv "$VENV" || return 1
+  fi
+  local want have stamp="$VENV/.herald-requirements.sha256"
+  want="$(sha_of "$PY_REQ")"
+  have="$(cat "$stamp" 2>/dev/null || true)"
+  if [ "$want" = "$have" ]; then
+    echo "[test.sh] .venv up to date, skipping pip install"
+    return 0
+  fi
+  "$VENV/bin/python" -m pip install --quiet -r "$PY_REQ" && echo "$want" > "$stamp"
+}
+py_test() {
+  check_bin || return 1
+  local rc=0
+  (cd "$ROOT/tests/python" && timeout --kill-after=10 "$E2E_TIMEOUT" "$VENV/bin/python" -m pytest -p no:cacheprovider) || rc=$?
+  if [ "$rc" = 5 ]; then echo "[test.sh] pytest collected no tests" >&2; fi
+  return "$rc"
+}
+
+if wanted py-install || wanted py-test; then
+  run_stage py-install py_install
+  if stage_failed py-install; then
+    skip_stage py-test "pip install failed"
+  elif stage_failed cargo-build; then
+    skip_stage py-test "cargo build failed"
+  else
+    run_stage py-test py_test
+  fi
+fi
+
+# ---- summary -------------------------------------------------------------------------------------
+TOTAL=$(( $(date +%s) - START_ALL ))
+join() { local IFS=,; echo "$*"; }
+echo
+echo "[test.sh] stages ok: $(join "${PASSED[@]+"${PASSED[@]}"}")"
+[ "${#SKIPPED[@]}" -gt 0 ] && echo "[test.sh] stages skipped: $(join "${SKIPPED[@]}")"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  echo "[test.sh] stages FAILED: $(join "${FAILED[@]}")"
+  echo "[test.sh] SUMMARY: FAILED (${#FAILED[@]} of $(( ${#PASSED[@]} + ${#FAILED[@]} )) stages failed: $(join "${FAILED[@]}")) in ${TOTAL}s"
+  exit 1
+fi
+echo "[test.sh] SUMMARY: OK (all ${#PASSED[@]} stages succeeded) in ${TOTAL}s"
