@@ -8,8 +8,8 @@ use herald::engine::EngineConfig;
 use herald::socketio::{self, IncomingEvent, NamespaceHandler, Socket, SocketIoConfig, Target};
 use serde_json::{json, Value};
 
-pub fn router() -> axum::Router {
-    let (io, engine) = socketio::server(EngineConfig::default(), SocketIoConfig::default());
+pub fn router(config: EngineConfig) -> axum::Router {
+    let (io, engine) = socketio::server(config, SocketIoConfig::default());
     for nsp in ["/", "/custom", "/other"] {
         io.add_namespace(nsp, E2e);
     }

@@ -29,7 +29,8 @@ pub fn engine_io(config: EngineConfig) -> axum::Router {
     Engine::new(config, Echo).router()
 }
 
-/// `/` and `/custom` of the socket.io-protocol suite: both greet with the `auth` payload; `/` echoes.
+/// `/` and `/custom` of the socket.io-protocol suite (its README's reference server, connectTimeout 1000 ms):
+/// both greet with the `auth` payload; `/` echoes.
 struct SuiteNamespace {
     echo: bool,
 }
@@ -70,7 +71,13 @@ impl NamespaceHandler for SuiteNamespace {
 }
 
 pub fn socket_io(config: EngineConfig) -> axum::Router {
-    let (io, engine) = socketio::server(config, SocketIoConfig::default());
+    let (io, engine) = socketio::server(
+        config,
+        SocketIoConfig {
+            connect_timeout: std::time::Duration::from_millis(1000),
+            ..Default::default()
+        },
+    );
     io.add_namespace("/", SuiteNamespace { echo: true });
     io.add_namespace("/custom", SuiteNamespace { echo: false });
     engine.router()

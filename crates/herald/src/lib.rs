@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod engine;
+pub mod logging;
 pub mod socketio;
 
 /// The wire codecs, re-exported so users of the engine need no second dependency.

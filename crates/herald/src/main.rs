@@ -16,11 +16,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    herald::logging::init();
     let args = Args::parse();
     let app = herald::demo::router();
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use herald::engine::EngineConfig;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -67,14 +66,9 @@ async fn malformed_websocket_packet_closes_the_socket() {
         let mut client = WsClient::connect_sio(server.addr).await;
         client.send(frame);
         client.assert_closed_by_server().await;
-        assert_eq!(
-            server.next_departure().await,
-            Departure {
-                socket: client.socket.clone(),
-                reason: "parse error"
-            },
-            "frame {frame:?}"
-        );
+        server
+            .expect_departure(&client.socket, "parse error", &format!("frame {frame:?}"))
+            .await;
     }
 
     bystander.assert_echo(2).await;
@@ -96,13 +90,9 @@ async fn oversize_polling_post_is_refused_with_413_and_closes_the_session() {
     assert_eq!(response.status, 413);
     assert_eq!(response.text(), "payload too large");
     server.assert_session_gone(&sid).await;
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket,
-            reason: "payload too large"
-        }
-    );
+    server
+        .expect_departure(&socket, "payload too large", "")
+        .await;
 
     // Exactly max_payload is fine.
     let (sid, _) = polling_sio(&server).await;
@@ -140,13 +130,9 @@ async fn oversize_websocket_message_closes_the_connection() {
     client.send(&over);
     // The whole frame arrives in one read, so the server can still say goodbye: `1`, then a close frame.
     client.assert_closed_by_server().await;
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket: client.socket.clone(),
-            reason: "payload too large"
-        }
-    );
+    server
+        .expect_departure(&client.socket, "payload too large", "")
+        .await;
 
     bystander.assert_echo(4).await;
     server.wait_sessions(1).await;
@@ -300,13 +286,9 @@ async fn second_concurrent_get_is_a_bad_request_and_closes_the_session() {
         answers,
         [(200, "1".to_string()), (400, BAD_REQUEST.to_string())]
     );
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket,
-            reason: "request overlap"
-        }
-    );
+    server
+        .expect_departure(&socket, "request overlap", "")
+        .await;
 
     bystander.assert_echo(7).await;
     server.wait_sessions(1).await;
@@ -315,14 +297,8 @@ async fn second_concurrent_get_is_a_bad_request_and_closes_the_session() {
 
 #[tokio::test]
 async fn polling_session_that_never_answers_pings_times_out() {
-    let interval = Duration::from_millis(300);
-    let ping_timeout = Duration::from_millis(200);
-    let mut server = Server::start(EngineConfig {
-        ping_interval: interval,
-        ping_timeout,
-        ..config()
-    })
-    .await;
+    let (interval, ping_timeout) = (Duration::from_millis(300), Duration::from_millis(200));
+    let mut server = Server::start(fast_heartbeat(interval, ping_timeout)).await;
     // Answers every ping, so it must outlive the silent one.
     let mut bystander = WsClient::connect_sio(server.addr).await;
 
@@ -347,13 +323,7 @@ async fn polling_session_that_never_answers_pings_times_out() {
         closed_after < interval + ping_timeout + Duration::from_secs(2),
         "closed after {closed_after:?}"
     );
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket,
-            reason: "ping timeout"
-        }
-    );
+    server.expect_departure(&socket, "ping timeout", "").await;
 
     // The bystander, which answers pings, lived through the same heartbeats.
     bystander.assert_echo(8).await;
@@ -363,14 +333,8 @@ async fn polling_session_that_never_answers_pings_times_out() {
 
 #[tokio::test]
 async fn polling_session_that_answers_pings_stays_open() {
-    let interval = Duration::from_millis(300);
-    let ping_timeout = Duration::from_millis(200);
-    let server = Server::start(EngineConfig {
-        ping_interval: interval,
-        ping_timeout,
-        ..config()
-    })
-    .await;
+    let (interval, ping_timeout) = (Duration::from_millis(300), Duration::from_millis(200));
+    let server = Server::start(fast_heartbeat(interval, ping_timeout)).await;
     let (sid, _) = polling_sio(&server).await;
     let started = Instant::now();
     for _ in 0..3 {
@@ -388,14 +352,8 @@ async fn polling_session_that_answers_pings_stays_open() {
 
 #[tokio::test]
 async fn websocket_session_that_never_answers_pings_times_out() {
-    let interval = Duration::from_millis(300);
-    let ping_timeout = Duration::from_millis(200);
-    let mut server = Server::start(EngineConfig {
-        ping_interval: interval,
-        ping_timeout,
-        ..config()
-    })
-    .await;
+    let (interval, ping_timeout) = (Duration::from_millis(300), Duration::from_millis(200));
+    let mut server = Server::start(fast_heartbeat(interval, ping_timeout)).await;
     let mut bystander = WsClient::connect_sio(server.addr).await;
 
     let started = Instant::now();
@@ -423,13 +381,9 @@ async fn websocket_session_that_never_answers_pings_times_out() {
     assert_eq!(texts, ["2", "1"]);
     assert!(close_frame);
     assert!(closed_after >= interval + ping_timeout, "{closed_after:?}");
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket: connect["sid"].as_str().unwrap().to_string(),
-            reason: "ping timeout"
-        }
-    );
+    server
+        .expect_departure(connect["sid"].as_str().unwrap(), "ping timeout", "")
+        .await;
 
     bystander.assert_echo(10).await;
     server.wait_sessions(1).await;

@@ -62,13 +62,9 @@ async fn event_echo_and_ack_over_websocket() {
     // Leaving the namespace is not an error: the session stays.
     client.send("41");
     let mut server = server;
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket: client.socket.clone(),
-            reason: "client namespace disconnect"
-        }
-    );
+    server
+        .expect_departure(&client.socket, "client namespace disconnect", "")
+        .await;
     assert_eq!(server.engine.session_count(), 1);
     client.send("40");
     assert!(client.next_text().await.starts_with("40{\"sid\":"));
@@ -97,14 +93,9 @@ async fn malformed_socketio_packets_close_the_session() {
         let mut client = WsClient::connect_sio(server.addr).await;
         client.send(packet);
         client.assert_closed_by_server().await;
-        assert_eq!(
-            server.next_departure().await,
-            Departure {
-                socket: client.socket.clone(),
-                reason: "parse error"
-            },
-            "packet {packet:?}"
-        );
+        server
+            .expect_departure(&client.socket, "parse error", &format!("packet {packet:?}"))
+            .await;
         bystander.assert_echo(1).await;
     }
 
@@ -153,13 +144,9 @@ async fn too_many_attachments_close_the_session() {
     // Eleven is one too many.
     client.send(&format!(r#"4511-["message",{}]"#, placeholders(11)));
     client.assert_closed_by_server().await;
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket: client.socket.clone(),
-            reason: "parse error"
-        }
-    );
+    server
+        .expect_departure(&client.socket, "parse error", "")
+        .await;
 
     // So is an attachment count far beyond any limit.
     let mut client = WsClient::connect_sio(server.addr).await;
@@ -186,13 +173,9 @@ async fn unannounced_binary_frame_closes_the_session() {
     let mut client = WsClient::connect_sio(server.addr).await;
     client.send_message(Message::binary(Bytes::from_static(b"\x01\x02")));
     client.assert_closed_by_server().await;
-    assert_eq!(
-        server.next_departure().await,
-        Departure {
-            socket: client.socket.clone(),
-            reason: "parse error"
-        }
-    );
+    server
+        .expect_departure(&client.socket, "parse error", "")
+        .await;
 
     // One attachment more than announced is unannounced too.
     let mut client = WsClient::connect_sio(server.addr).await;

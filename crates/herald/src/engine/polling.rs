@@ -101,6 +101,12 @@ async fn poll<C>(session: &Session<C>) -> Response<Body> {
         Ok(pending) => pending,
         Err(code) => return error(code),
     };
+    // A client stops starting GETs once its probe is answered, so a GET that arrives mid-upgrade raced the
+    // client's `5`: give the upgrade a moment to settle before choosing between a noop and "after upgrade".
+    let arrived_mid_upgrade = session.state.lock().upgrading;
+    let settle = tokio::time::sleep(UPGRADE_SETTLE);
+    tokio::pin!(settle);
+    let mut settled = !arrived_mid_upgrade;
     loop {
         let notified = session.writable.notified();
         {
@@ -127,13 +133,26 @@ async fn poll<C>(session: &Session<C>) -> Response<Body> {
                 };
                 return payload_of_one(session.version(), packet);
             }
-            if state.upgrading || state.transport != Transport::Polling {
+            if state.transport != Transport::Polling {
+                return if arrived_mid_upgrade {
+                    error(ErrorCode::BadRequest)
+                } else {
+                    payload_of_one(session.version(), "6")
+                };
+            }
+            if state.upgrading && settled {
                 return payload_of_one(session.version(), "6");
             }
         }
-        notified.await;
+        tokio::select! {
+            () = notified => {}
+            () = &mut settle, if !settled => settled = true,
+        }
     }
 }
+
+/// How long a GET that arrives during an upgrade waits for it to complete.
+const UPGRADE_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn payload_of_one(version: Version, packet: &'static str) -> Response<Body> {
     let body = match version {

@@ -31,6 +31,15 @@ pub fn config() -> EngineConfig {
     }
 }
 
+/// [`config`] with short heartbeats, for the tests that wait for a ping timeout.
+pub fn fast_heartbeat(ping_interval: Duration, ping_timeout: Duration) -> EngineConfig {
+    EngineConfig {
+        ping_interval,
+        ping_timeout,
+        ..config()
+    }
+}
+
 /// A socket's departure from the namespace, as the handler saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Departure {
@@ -104,6 +113,15 @@ impl Server {
             .await
             .expect("no socket left the namespace in time")
             .unwrap()
+    }
+
+    /// Asserts that the next socket to leave namespace `/` is `socket`, for `reason`; `context` names the case.
+    pub async fn expect_departure(&mut self, socket: &str, reason: &'static str, context: &str) {
+        let expected = Departure {
+            socket: socket.to_string(),
+            reason,
+        };
+        assert_eq!(self.next_departure().await, expected, "{context}");
     }
 
     /// Sockets connected to namespace `/`.
