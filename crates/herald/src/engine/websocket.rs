@@ -187,7 +187,14 @@ async fn run<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn>>
     let config = &engine.inner.config;
     let mut heartbeat =
         Heartbeat::new(session.version(), config.ping_interval, config.ping_timeout);
+    // One timer for the connection's life, moved only when the deadline does: a fresh timer per wake-up would
+    // cost a timer-wheel insert and cancel for every message delivered.
+    let timer = tokio::time::sleep_until(heartbeat.deadline());
+    tokio::pin!(timer);
     loop {
+        if timer.deadline() != heartbeat.deadline() {
+            timer.as_mut().reset(heartbeat.deadline());
+        }
         let (frames, closed) = {
             let mut state = session.state.lock();
             (Session::<H::Conn>::drain(&mut state), state.closed)
@@ -222,7 +229,7 @@ async fn run<H: EngineHandler>(engine: Engine<H>, session: Arc<Session<H::Conn>>
                 }
             }
             () = session.writable.notified() => {}
-            () = tokio::time::sleep_until(heartbeat.deadline()) => match heartbeat.fire() {
+            () = &mut timer => match heartbeat.fire() {
                 Due::SendPing => {
                     let _ = session.send(OutFrame::text("2"));
                     engine.inner.handler.on_heartbeat(&session);
