@@ -22,5 +22,8 @@ async fn publish_reaches_every_client_of_the_public_room() {
     // The publisher is in the room too, and its ack counts both recipients.
     let mut to_alice = vec![alice.next_text().await, alice.next_text().await];
     to_alice.sort();
-    assert_eq!(to_alice, [r#"42["news",{"hello":"world"}]"#, r#"431[{"matched":2}]"#]);
+    assert_eq!(
+        to_alice,
+        [r#"42["news",{"hello":"world"}]"#, r#"431[{"matched":2}]"#]
+    );
 }

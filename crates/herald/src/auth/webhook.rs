@@ -1,0 +1,1 @@
+//! Webhook authentication: to be written.

@@ -1,0 +1,176 @@
+//! herald's configuration: one `Config` tree, every field documented with its unit and default. `Default` is
+//! the embedded default `herald` runs with out of the box. Loading (file < environment < flags) and validation
+//! live in `load.rs`; crossroads' formats in `crossroads.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthConfig;
+use crate::secret::Secret;
+
+/// Everything herald needs to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The sites (tenants); each is the socket.io namespace `/<name>`.
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:3000`.
+    pub listen: SocketAddr,
+    /// Where herald keeps its state (the generated demo API key, later the mailboxes). Default `./herald-data`.
+    pub data_dir: PathBuf,
+    /// Logging. Default: human-readable, level `info`.
+    pub log: LogConfig,
+    /// Limits on what clients and publishers may send.
+    pub limits: LimitsConfig,
+    /// Engine.IO settings.
+    pub engine: EngineSettings,
+    /// Redis for clusters (`REDIS_URL`); none runs embedded. Default none.
+    pub redis_url: Option<String>,
+    /// Milliseconds SIGTERM waits for connections to drain. Default 10000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            data_dir: PathBuf::from("herald-data"),
+            log: LogConfig::default(),
+            limits: LimitsConfig::default(),
+            engine: EngineSettings::default(),
+            redis_url: None,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Logging settings; `RUST_LOG` overrides `level`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One JSON object per line instead of text. Default false.
+    pub json: bool,
+    /// A `tracing` filter (`info`, `herald=debug`). Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            json: false,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Limits; each refusal names the limit it hit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest socket.io message from a client, in bytes. Default 1 000 000.
+    pub max_payload_bytes: usize,
+    /// Largest publish request body, in bytes. Default 1 000 000.
+    pub max_publish_bytes: usize,
+    /// Most concurrent client sessions on this node. Default 100 000.
+    pub max_connections: usize,
+    /// Most frames queued for one client before it is dropped as too slow. Default 1024.
+    pub outbox_frames: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 1_000_000,
+            max_publish_bytes: 1_000_000,
+            max_connections: 100_000,
+            outbox_frames: 1024,
+        }
+    }
+}
+
+/// Engine.IO settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// URL path of the socket.io endpoint. Default `/socket.io/`.
+    pub path: String,
+    /// Milliseconds between heartbeats. Default 25000.
+    pub ping_interval_ms: u64,
+    /// Milliseconds a heartbeat may take. Default 20000.
+    pub ping_timeout_ms: u64,
+    /// Browser origins allowed to connect; none set allows any. Default none.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            path: "/socket.io/".into(),
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            allowed_origins: None,
+        }
+    }
+}
+
+/// One site: a socket.io namespace `/<name>` with its own keys, auth rule and rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The site name: `[A-Za-z0-9_-]+`, the namespace is `/<name>`.
+    pub name: String,
+    /// Keys that may publish to the site. At least one.
+    pub api_keys: Vec<Secret>,
+    /// How clients authenticate. Default: public.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Prefix of per-user rooms (`user:`); when set, an auth answer must hold a user room. Default none.
+    #[serde(default)]
+    pub user_room_prefix: Option<String>,
+    /// A room every client of the site may join without a token. Default none.
+    #[serde(default)]
+    pub public_channel: Option<String>,
+    /// URL that gets `PUT {id, user: {last_connected|last_disconnected}}` (issue 4). Default none.
+    #[serde(default)]
+    pub update_user_url: Option<String>,
+    /// Seconds a device's mailbox outlives its last connection (issue 4). Default 86400.
+    #[serde(default = "default_device_ttl")]
+    pub device_ttl_secs: u64,
+    /// Most concurrent clients of this site; none means only the server limit. Default none.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+fn default_device_ttl() -> u64 {
+    86_400
+}
+
+impl Default for Config {
+    /// The embedded default: one public `demo` site. Its API key is generated at first start (see `load.rs`).
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            sites: vec![SiteConfig {
+                name: "demo".into(),
+                api_keys: Vec::new(),
+                auth: AuthConfig::Public,
+                user_room_prefix: None,
+                public_channel: Some("public".into()),
+                update_user_url: None,
+                device_ttl_secs: default_device_ttl(),
+                max_connections: None,
+            }],
+        }
+    }
+}
