@@ -102,6 +102,7 @@ fn broadcast(socket: &Arc<Socket>, request: &Value, binaries: &[bytes::Bytes]) -
         rooms: &rooms,
         except_rooms: &except_rooms,
         except_sockets: &except_sockets,
+        volatile: false,
     };
     let event = request["event"].as_str().unwrap_or("message");
     socket

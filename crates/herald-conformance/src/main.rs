@@ -57,7 +57,7 @@ fn suite_engine_config(path: &str) -> herald::engine::EngineConfig {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    herald::logging::init();
+    herald::logging::init(false, "info");
     let args = Args::parse();
     let mut config = match args.suite {
         Suite::EngineIo => suite_engine_config("/engine.io/"),

@@ -1,12 +1,14 @@
 //! herald: a real-time push gateway. This library holds the socket.io-compatible server (`engine` for
 //! Engine.IO transports, `socketio` for namespaces, rooms and acks); the binary is a thin shell over it.
 
+pub mod api;
 pub mod auth;
 pub mod config;
-pub mod demo;
 pub mod engine;
+pub mod gateway;
 pub mod logging;
 pub mod secret;
+pub mod sites;
 pub mod socketio;
 
 /// The wire codecs, re-exported so users of the engine need no second dependency.

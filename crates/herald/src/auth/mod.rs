@@ -4,6 +4,7 @@
 pub mod jwt;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -121,4 +122,145 @@ pub enum AuthError {
     NoUserRoom,
     #[error("invalid auth configuration: {0}")]
     Config(String),
+}
+
+/// A site's auth rule, ready to answer: URLs parsed, keys loaded, the JWKS cache in place. Cloning is cheap (an
+/// `Arc`), so every connect can hold one without copying keys.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    rule: Arc<Rule>,
+}
+
+#[derive(Debug)]
+enum Rule {
+    Public,
+    Webhook(webhook::Webhook),
+    /// Boxed: the JWT rule (keys, validation, JWKS cache) is much larger than the others.
+    Jwt(Box<jwt::JwtVerifier>),
+}
+
+impl Authenticator {
+    /// Checks the config and prepares the rule. `http` is shared by all sites so webhook and JWKS calls reuse
+    /// connections. Bad URLs, keys or algorithms are [`AuthError::Config`], reported when the config loads rather
+    /// than at the first connect.
+    pub fn new(config: &AuthConfig, http: reqwest::Client) -> Result<Authenticator, AuthError> {
+        let rule = match config {
+            AuthConfig::Public => Rule::Public,
+            AuthConfig::Webhook(webhook) => Rule::Webhook(webhook::Webhook::new(webhook, http)?),
+            AuthConfig::Jwt(jwt) => Rule::Jwt(Box::new(jwt::JwtVerifier::new(jwt, http)?)),
+        };
+        Ok(Authenticator {
+            rule: Arc::new(rule),
+        })
+    }
+
+    /// Who the client is. A public site answers an empty identity: the gateway adds the public room itself.
+    pub async fn authenticate(&self, request: &AuthRequest) -> Result<Identity, AuthError> {
+        match &*self.rule {
+            Rule::Public => Ok(Identity::default()),
+            Rule::Webhook(webhook) => webhook.authenticate(request).await,
+            Rule::Jwt(jwt) => jwt.authenticate(request).await,
+        }
+    }
+}
+
+/// crossroads' user-room rule, for sites with a user-room prefix: the answer must hold a room that starts with
+/// `prefix` and names someone after it, or the client is refused with [`AuthError::NoUserRoom`]. An empty prefix
+/// means the site has no such rule. When the answer named no user, the user is [`user_room_user`].
+pub fn require_user_room(identity: &Identity, prefix: &str) -> Result<(), AuthError> {
+    if prefix.is_empty() || user_room_user(identity, prefix).is_some() {
+        Ok(())
+    } else {
+        Err(AuthError::NoUserRoom)
+    }
+}
+
+/// The user named by the first user room: `user_42` with prefix `user_` is user `42`. The bare prefix names no
+/// one.
+pub fn user_room_user<'a>(identity: &'a Identity, prefix: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return None;
+    }
+    identity
+        .rooms
+        .iter()
+        .filter_map(|room| room.strip_prefix(prefix))
+        .find(|user| !user.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn identity(user: Option<&str>, rooms: &[&str]) -> Identity {
+        Identity {
+            user: user.map(str::to_owned),
+            rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn auth_user_room() {
+        let check = |id: Identity, prefix: &str| {
+            require_user_room(&id, prefix).map(|()| user_room_user(&id, prefix).map(str::to_owned))
+        };
+        assert_eq!(
+            check(identity(None, &["news", "user_42"]), "user_"),
+            Ok(Some("42".into()))
+        );
+        assert_eq!(
+            check(identity(None, &["user_1", "user_2"]), "user_"),
+            Ok(Some("1".into()))
+        );
+        // An explicit user does not excuse a missing user room.
+        assert_eq!(
+            check(identity(Some("ann"), &["news"]), "user_"),
+            Err(AuthError::NoUserRoom)
+        );
+        assert_eq!(
+            check(identity(None, &["news"]), "user_"),
+            Err(AuthError::NoUserRoom)
+        );
+        // The bare prefix names no user; a later room may.
+        assert_eq!(
+            check(identity(None, &["user_"]), "user_"),
+            Err(AuthError::NoUserRoom)
+        );
+        assert_eq!(
+            check(identity(None, &["user_", "user_7"]), "user_"),
+            Ok(Some("7".into()))
+        );
+        assert_eq!(
+            check(identity(None, &[]), "user_"),
+            Err(AuthError::NoUserRoom)
+        );
+        // No prefix: no rule, and no user from rooms.
+        assert_eq!(check(identity(None, &["user_1"]), ""), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn auth_public_needs_nothing() {
+        let auth = Authenticator::new(&AuthConfig::Public, reqwest::Client::new()).unwrap();
+        let anyone = auth.authenticate(&AuthRequest::default()).await;
+        assert_eq!(anyone, Ok(Identity::default()));
+    }
+
+    #[test]
+    fn auth_bad_config_is_refused_at_load() {
+        let config = AuthConfig::Jwt(JwtConfig {
+            algorithm: "none".into(),
+            secret: None,
+            public_key_pem: None,
+            jwks_url: None,
+            jwks_cache_secs: 300,
+            issuer: None,
+            audience: None,
+        });
+        assert!(matches!(
+            Authenticator::new(&config, reqwest::Client::new()),
+            Err(AuthError::Config(_))
+        ));
+    }
 }

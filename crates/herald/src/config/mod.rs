@@ -1,6 +1,7 @@
 //! herald's configuration: one `Config` tree, every field documented with its unit and default. `Default` is
-//! the embedded default `herald` runs with out of the box. Loading (file < environment < flags) and validation
-//! live in `load.rs`; crossroads' formats in `crossroads.rs`.
+//! the embedded default `herald` runs with out of the box. Loading (file < environment < flags) lives in
+//! `load.rs`, the environment in `env.rs`, crossroads' `sites.yml` in `crossroads.rs`, the rules in
+//! `validate.rs`, the demo site's generated key in `demo_key.rs` and `check-config`'s output in `render.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthConfig;
 use crate::secret::Secret;
+
+mod crossroads;
+mod demo_key;
+mod env;
+mod error;
+mod load;
+mod render;
+mod validate;
+
+#[cfg(test)]
+mod test_support;
+
+pub use demo_key::{ensure_demo_key, DEMO_KEY_FILE};
+pub use env::{DEFAULT_ENV_SITE, ENVIRONMENT};
+pub use error::{ConfigError, KeysFound};
+pub use load::{load, process_env, Overrides, Sources};
+pub use render::render_masked;
+pub use validate::{validate, JWT_ALGORITHMS};
+
+/// The embedded default's site. A site of this name may start without an API key: `ensure_demo_key` gives it
+/// one, kept in the data directory.
+pub const DEMO_SITE: &str = "demo";
 
 /// Everything herald needs to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +153,9 @@ impl Default for EngineSettings {
 pub struct SiteConfig {
     /// The site name: `[A-Za-z0-9_-]+`, the namespace is `/<name>`.
     pub name: String,
-    /// Keys that may publish to the site. At least one.
+    /// Keys that may publish to the site. At least one (validation says so when none is given), except for the
+    /// `demo` site, whose key is generated.
+    #[serde(default)]
     pub api_keys: Vec<Secret>,
     /// How clients authenticate. Default: public.
     #[serde(default)]
@@ -156,13 +181,29 @@ fn default_device_ttl() -> u64 {
     86_400
 }
 
+impl SiteConfig {
+    /// A public site with no API key and every optional field at its default.
+    pub fn new(name: String) -> Self {
+        SiteConfig {
+            name,
+            api_keys: Vec::new(),
+            auth: AuthConfig::Public,
+            user_room_prefix: None,
+            public_channel: None,
+            update_user_url: None,
+            device_ttl_secs: default_device_ttl(),
+            max_connections: None,
+        }
+    }
+}
+
 impl Default for Config {
-    /// The embedded default: one public `demo` site. Its API key is generated at first start (see `load.rs`).
+    /// The embedded default: one public `demo` site. Its API key is generated at first start (see `demo_key.rs`).
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
             sites: vec![SiteConfig {
-                name: "demo".into(),
+                name: DEMO_SITE.into(),
                 api_keys: Vec::new(),
                 auth: AuthConfig::Public,
                 user_room_prefix: None,

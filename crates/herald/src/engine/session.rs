@@ -202,6 +202,25 @@ impl<C> Session<C> {
         Ok(())
     }
 
+    /// Queues frames only while the outbox is at most half full, dropping them otherwise: for messages that are
+    /// worthless late. Never closes the session. True when queued.
+    pub fn send_volatile(&self, frames: impl IntoIterator<Item = OutFrame>) -> bool {
+        let mut state = self.state.lock();
+        if state.closed.is_some()
+            || state.outbox.len() * 2 > self.limits.frames
+            || state.outbox_bytes * 2 > self.limits.bytes
+        {
+            return false;
+        }
+        for frame in frames {
+            state.outbox_bytes += frame.len();
+            state.outbox.push_back(frame);
+        }
+        drop(state);
+        self.writable.notify_one();
+        true
+    }
+
     /// Closes the session; the transport that owns it tells the client (when it still can) and cleans up.
     pub fn close(&self, reason: CloseReason) {
         let mut state = self.state.lock();

@@ -23,6 +23,8 @@ pub struct Target<'a> {
     pub rooms: &'a [&'a str],
     pub except_rooms: &'a [&'a str],
     pub except_sockets: &'a [&'a str],
+    /// Skip sockets whose outbox is already half full instead of queueing (socket.io's `volatile`).
+    pub volatile: bool,
 }
 
 type Members = HashMap<u64, Arc<Socket>>;
@@ -119,9 +121,15 @@ impl Namespace {
         }
         let mut delivered = 0;
         let mut deliver = |socket: &Arc<Socket>| {
-            if !excluded.contains(&socket.key)
-                && socket.session.send_all(frames.iter().cloned()).is_ok()
-            {
+            if excluded.contains(&socket.key) {
+                return;
+            }
+            let sent = if target.volatile {
+                socket.session.send_volatile(frames.iter().cloned())
+            } else {
+                socket.session.send_all(frames.iter().cloned()).is_ok()
+            };
+            if sent {
                 delivered += 1;
             }
         };

@@ -1,0 +1,82 @@
+//! `ApiError`: every way a publish or admin request fails, and its one mapping to an HTTP answer. 4xx bodies
+//! say exactly what was wrong; 5xx bodies hide internals.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Missing query param 'site' or 'apiKey'.")]
+    MissingSiteOrKey,
+    #[error("ApiKey invalid.")]
+    InvalidLegacyKey,
+    #[error("missing API key: send 'Authorization: Bearer <key>'")]
+    MissingKey,
+    #[error("invalid API key for site '{0}'")]
+    InvalidKey(String),
+    #[error("unknown site '{0}'")]
+    UnknownSite(String),
+    #[error("unknown socket '{0}'")]
+    UnknownSocket(String),
+    #[error("payload is {size}, limit is {limit}")]
+    PayloadTooLarge { size: String, limit: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingSiteOrKey | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidLegacyKey | ApiError::MissingKey | ApiError::InvalidKey(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::UnknownSite(_) | ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(detail = %detail, "publish API internal error");
+        }
+        let body = serde_json::json!({ "error": self.to_string() });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// A byte count as people read it: `2.1 MB`, `512 KB`, `300 bytes`.
+pub fn human_size(bytes: usize) -> String {
+    let units = [
+        (1_000_000_000.0, "GB"),
+        (1_000_000.0, "MB"),
+        (1_000.0, "KB"),
+    ];
+    for (scale, unit) in units {
+        let value = bytes as f64 / scale;
+        if value >= 1.0 {
+            let text = format!("{value:.1}");
+            return format!("{} {unit}", text.trim_end_matches(".0"));
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_the_issue_says() {
+        assert_eq!(human_size(2_100_000), "2.1 MB");
+        assert_eq!(human_size(1_000_000), "1 MB");
+        assert_eq!(human_size(1_500), "1.5 KB");
+        assert_eq!(human_size(300), "300 bytes");
+    }
+}

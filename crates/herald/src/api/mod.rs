@@ -1,0 +1,76 @@
+//! The HTTP API backends publish through: crossroads' `/send` and herald's `/api/v1`, its OpenAPI document,
+//! and the health endpoints. `router(state)` builds it; tests drive it in-process.
+
+mod error;
+mod publish;
+mod send;
+mod v1;
+
+use axum::http::{header, HeaderMap};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+pub use error::{human_size, ApiError};
+pub use publish::PublishRequest;
+
+use crate::sites::Sites;
+
+/// The OpenAPI 3.1 document of this API, served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What the API handlers share; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub sites: Sites,
+    /// Largest request body, in bytes.
+    pub max_publish_bytes: usize,
+}
+
+/// The publish and admin routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/send", post(send::send))
+        .route("/healthcheck", get(|| async { "ok" }))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/api/v1/sites/{site}/publish", post(v1::publish))
+        .route("/api/v1/sites/{site}/batch", post(v1::batch))
+        .route("/api/v1/sites/{site}/sockets", get(v1::list_sockets))
+        .route("/api/v1/sites/{site}/sockets/{id}", delete(v1::disconnect))
+        .route("/api/v1/sites/{site}/sockets/{id}/rooms", post(v1::rooms))
+        .with_state(state)
+}
+
+/// Reads a request body of at most `limit` bytes; a larger one is refused with its size and the limit.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let too_large = |size: String| ApiError::PayloadTooLarge {
+        size,
+        limit: human_size(limit),
+    };
+    if let Some(length) = declared.filter(|&l| l > limit) {
+        return Err(too_large(human_size(length)));
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large(format!("over {}", human_size(limit))))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,152 @@
+//! herald's own versioned API under `/api/v1/sites/{site}`: publish, batch, list sockets, disconnect, and room
+//! membership. Every request carries `Authorization: Bearer <site API key>`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::publish::{publish as broadcast, PublishRequest};
+use super::{read_body, ApiState};
+use crate::sites::{ClientInfo, Site};
+use crate::socketio::Socket;
+
+/// The site named in the path, if the request's bearer key is one of its keys.
+fn authorized(state: &ApiState, headers: &HeaderMap, site: &str) -> Result<Arc<Site>, ApiError> {
+    let found = state
+        .sites
+        .get(site)
+        .ok_or_else(|| ApiError::UnknownSite(site.to_string()))?;
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::MissingKey)?;
+    if !found.accepts_key(key.trim()) {
+        return Err(ApiError::InvalidKey(site.to_string()));
+    }
+    Ok(Arc::clone(found))
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, headers, state.max_publish_bytes).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+pub async fn publish(
+    State(state): State<ApiState>,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let site = authorized(&state, &headers, &site)?;
+    let request: PublishRequest = json_body(&state, &headers, body).await?;
+    let matched = broadcast(&site, &request)?;
+    Ok(Json(json!({ "matched": matched })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    messages: Vec<PublishRequest>,
+}
+
+pub async fn batch(
+    State(state): State<ApiState>,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let site = authorized(&state, &headers, &site)?;
+    let request: BatchRequest = json_body(&state, &headers, body).await?;
+    // All or nothing: a batch with one bad message publishes none of them.
+    for (i, message) in request.messages.iter().enumerate() {
+        message
+            .validate()
+            .map_err(|e| ApiError::BadRequest(format!("messages[{i}]: {e}")))?;
+    }
+    let results = request
+        .messages
+        .iter()
+        .map(|m| broadcast(&site, m).map(|matched| json!({ "matched": matched })))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    room: Option<String>,
+}
+
+fn describe(socket: &Socket) -> Value {
+    let info = socket.data::<ClientInfo>().cloned().unwrap_or_default();
+    json!({ "id": socket.id(), "user": info.user, "deviceId": info.device_id, "rooms": socket.rooms() })
+}
+
+pub async fn list_sockets(
+    State(state): State<ApiState>,
+    Path(site): Path<String>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let site = authorized(&state, &headers, &site)?;
+    let mut sockets = match &query.room {
+        Some(room) => site.namespace.room_sockets(room),
+        None => site.namespace.sockets(),
+    };
+    sockets.sort_by(|a, b| a.id().cmp(b.id()));
+    let listed: Vec<Value> = sockets.iter().map(|s| describe(s)).collect();
+    Ok(Json(json!({ "sockets": listed })))
+}
+
+fn socket_of(site: &Site, id: &str) -> Result<Arc<Socket>, ApiError> {
+    site.namespace
+        .socket(id)
+        .ok_or_else(|| ApiError::UnknownSocket(id.to_string()))
+}
+
+pub async fn disconnect(
+    State(state): State<ApiState>,
+    Path((site, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let site = authorized(&state, &headers, &site)?;
+    socket_of(&site, &id)?.disconnect();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipRequest {
+    #[serde(default)]
+    join: Vec<String>,
+    #[serde(default)]
+    leave: Vec<String>,
+}
+
+pub async fn rooms(
+    State(state): State<ApiState>,
+    Path((site, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let site = authorized(&state, &headers, &site)?;
+    let request: MembershipRequest = json_body(&state, &headers, body).await?;
+    let socket = socket_of(&site, &id)?;
+    for room in &request.leave {
+        socket.leave(room);
+    }
+    for room in &request.join {
+        socket.join(room);
+    }
+    Ok(Json(json!({ "rooms": socket.rooms() })))
+}

@@ -1,0 +1,405 @@
+//! The environment as a configuration source: crossroads' names for one site and the port, and herald's own
+//! `HERALD_*` names for server settings. Parsing is a pure function of a name → value map.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::auth::{AuthConfig, WebhookConfig};
+use crate::config::{ConfigError, ServerConfig, SiteConfig};
+use crate::secret::Secret;
+
+/// Every environment variable herald reads, with what it sets; for `--help` and the README. An empty value counts
+/// as unset, as with `docker run -e API_KEY=`.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "SITE_NAME",
+        "name of the site the variables below define or override (default `default`)",
+    ),
+    (
+        "AUTH_URL",
+        "the site's auth webhook: GET with `Authorization: <scheme> <token>`",
+    ),
+    (
+        "AUTH_SCHEME",
+        "the webhook's Authorization scheme (default `Bearer`)",
+    ),
+    (
+        "API_KEY",
+        "the site's API key (replaces the keys from files)",
+    ),
+    ("USER_ROOM_PREFIX", "prefix of the site's per-user rooms"),
+    (
+        "UPDATE_USER_URL",
+        "URL that gets the site's users' last connected/disconnected times",
+    ),
+    ("PUBLIC_CHANNEL", "a room every client of the site may join"),
+    (
+        "DEVICE_TTL",
+        "seconds a device's mailbox outlives its last connection",
+    ),
+    ("PORT", "port to listen on (keeps the listen address's IP)"),
+    ("REDIS_URL", "Redis for clusters (server.redis_url)"),
+    (
+        "HERALD_LISTEN",
+        "address to listen on, like 0.0.0.0:3000 (PORT, when set, replaces its port)",
+    ),
+    (
+        "HERALD_DATA_DIR",
+        "where herald keeps its state (server.data_dir)",
+    ),
+    ("HERALD_LOG_JSON", "true for one JSON object per log line"),
+    (
+        "HERALD_LOG_LEVEL",
+        "a tracing filter like `info` (RUST_LOG wins)",
+    ),
+    (
+        "HERALD_CONFIG",
+        "path of the server file (YAML); the --config flag wins",
+    ),
+    (
+        "HERALD_SITES",
+        "path of the sites file (crossroads' sites.yml); the --sites flag wins",
+    ),
+];
+
+/// The names that define or override the one environment site; any of them set makes `SITE_NAME` default to
+/// `default`.
+const SITE_VARS: &[&str] = &[
+    "AUTH_URL",
+    "AUTH_SCHEME",
+    "API_KEY",
+    "USER_ROOM_PREFIX",
+    "UPDATE_USER_URL",
+    "PUBLIC_CHANNEL",
+    "DEVICE_TTL",
+];
+
+/// The site name used when site variables are set without `SITE_NAME`.
+pub const DEFAULT_ENV_SITE: &str = "default";
+
+/// What the environment says, before it is applied to the configuration from files.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct EnvConfig {
+    pub listen: Option<SocketAddr>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub log_json: Option<bool>,
+    pub log_level: Option<String>,
+    pub redis_url: Option<String>,
+    pub site: Option<EnvSite>,
+}
+
+/// The one site the environment defines or overrides; each field set replaces the site's.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct EnvSite {
+    pub name: String,
+    pub auth_url: Option<String>,
+    pub auth_scheme: Option<String>,
+    pub api_key: Option<Secret>,
+    pub user_room_prefix: Option<String>,
+    pub update_user_url: Option<String>,
+    pub public_channel: Option<String>,
+    pub device_ttl_secs: Option<u64>,
+}
+
+/// Reads herald's variables from `env`; other names are ignored.
+pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigError> {
+    let get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+    Ok(EnvConfig {
+        listen: get("HERALD_LISTEN")
+            .map(|v| parse_value("HERALD_LISTEN", v, "a socket address like 0.0.0.0:3000"))
+            .transpose()?,
+        port: get("PORT")
+            .map(|v| parse_value("PORT", v, "a port number (0-65535)"))
+            .transpose()?,
+        data_dir: get("HERALD_DATA_DIR").map(PathBuf::from),
+        log_json: get("HERALD_LOG_JSON")
+            .map(|v| parse_bool("HERALD_LOG_JSON", v))
+            .transpose()?,
+        log_level: get("HERALD_LOG_LEVEL"),
+        redis_url: get("REDIS_URL"),
+        site: parse_site(&get)?,
+    })
+}
+
+fn parse_site(get: &impl Fn(&str) -> Option<String>) -> Result<Option<EnvSite>, ConfigError> {
+    let name = get("SITE_NAME");
+    if name.is_none() && SITE_VARS.iter().all(|var| get(var).is_none()) {
+        return Ok(None);
+    }
+    Ok(Some(EnvSite {
+        name: name.unwrap_or_else(|| DEFAULT_ENV_SITE.into()),
+        auth_url: get("AUTH_URL"),
+        auth_scheme: get("AUTH_SCHEME"),
+        api_key: get("API_KEY").map(Secret::new),
+        user_room_prefix: get("USER_ROOM_PREFIX"),
+        update_user_url: get("UPDATE_USER_URL"),
+        public_channel: get("PUBLIC_CHANNEL"),
+        device_ttl_secs: get("DEVICE_TTL")
+            .map(|v| parse_value("DEVICE_TTL", v, "a number of seconds"))
+            .transpose()?,
+    }))
+}
+
+fn parse_value<T: std::str::FromStr>(
+    var: &'static str,
+    value: String,
+    expected: &'static str,
+) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::EnvValue {
+        var,
+        value,
+        expected,
+    })
+}
+
+fn parse_bool(var: &'static str, value: String) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::EnvValue {
+            var,
+            value,
+            expected: "a boolean (true/false, 1/0, yes/no, on/off)",
+        }),
+    }
+}
+
+impl EnvConfig {
+    /// Puts the server settings the environment holds into `server`. `PORT` applies after `HERALD_LISTEN`, so a
+    /// platform that assigns the port (`PORT`) keeps the configured IP.
+    pub(crate) fn apply_server(&self, server: &mut ServerConfig) {
+        if let Some(listen) = self.listen {
+            server.listen = listen;
+        }
+        if let Some(port) = self.port {
+            server.listen.set_port(port);
+        }
+        if let Some(dir) = &self.data_dir {
+            server.data_dir = dir.clone();
+        }
+        if let Some(json) = self.log_json {
+            server.log.json = json;
+        }
+        if let Some(level) = &self.log_level {
+            server.log.level = level.clone();
+        }
+        if let Some(url) = &self.redis_url {
+            server.redis_url = Some(url.clone());
+        }
+    }
+}
+
+impl EnvSite {
+    /// Overrides `site`'s fields with those the environment sets. `AUTH_URL` makes the site's auth a webhook
+    /// (keeping the scheme and options of a webhook it already had); `API_KEY` replaces its keys.
+    pub(crate) fn apply(&self, site: &mut SiteConfig) -> Result<(), ConfigError> {
+        if let Some(url) = &self.auth_url {
+            match &mut site.auth {
+                AuthConfig::Webhook(webhook) => webhook.url = url.clone(),
+                auth => *auth = AuthConfig::Webhook(webhook(url.clone(), None)),
+            }
+        }
+        if let Some(scheme) = &self.auth_scheme {
+            match &mut site.auth {
+                AuthConfig::Webhook(webhook) => webhook.scheme = scheme.clone(),
+                _ => {
+                    return Err(ConfigError::EnvSchemeWithoutWebhook {
+                        site: site.name.clone(),
+                    })
+                }
+            }
+        }
+        if let Some(key) = &self.api_key {
+            site.api_keys = vec![key.clone()];
+        }
+        set(&mut site.user_room_prefix, &self.user_room_prefix);
+        set(&mut site.update_user_url, &self.update_user_url);
+        set(&mut site.public_channel, &self.public_channel);
+        if let Some(ttl) = self.device_ttl_secs {
+            site.device_ttl_secs = ttl;
+        }
+        Ok(())
+    }
+
+    /// A new site made of the environment's fields alone.
+    pub(crate) fn to_site(&self) -> Result<SiteConfig, ConfigError> {
+        let mut site = SiteConfig::new(self.name.clone());
+        self.apply(&mut site)?;
+        Ok(site)
+    }
+}
+
+fn set(field: &mut Option<String>, value: &Option<String>) {
+    if let Some(value) = value {
+        *field = Some(value.clone());
+    }
+}
+
+/// A webhook with herald's defaults: scheme `Bearer`, the token (not the cookie), a 5 s timeout. A test checks
+/// these match `WebhookConfig`'s serde defaults.
+pub(crate) fn webhook(url: String, scheme: Option<String>) -> WebhookConfig {
+    WebhookConfig {
+        url,
+        scheme: scheme.unwrap_or_else(|| "Bearer".into()),
+        forward_cookie: false,
+        timeout_ms: 5000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn webhook_defaults_match_the_auth_module() {
+        let from_serde: WebhookConfig = serde_json::from_str(r#"{"url": "http://a/"}"#).unwrap();
+        assert_eq!(webhook("http://a/".into(), None), from_serde);
+    }
+
+    #[test]
+    fn no_variables_change_nothing() {
+        let parsed = parse(&env(&[("HOME", "/root"), ("API_KEYS", "x")])).unwrap();
+        assert_eq!(parsed, EnvConfig::default());
+    }
+
+    #[test]
+    fn every_crossroads_site_name() {
+        let parsed = parse(&env(&[
+            ("SITE_NAME", "shop"),
+            ("AUTH_URL", "http://shop.test/rooms"),
+            ("AUTH_SCHEME", "Token"),
+            ("API_KEY", "k-123"),
+            ("USER_ROOM_PREFIX", "user_"),
+            ("UPDATE_USER_URL", "http://shop.test/users/:id"),
+            ("PUBLIC_CHANNEL", "news"),
+            ("DEVICE_TTL", "3600"),
+        ]))
+        .unwrap();
+        let site = parsed.site.unwrap().to_site().unwrap();
+        let mut expected = SiteConfig::new("shop".into());
+        expected.auth = AuthConfig::Webhook(webhook(
+            "http://shop.test/rooms".into(),
+            Some("Token".into()),
+        ));
+        expected.api_keys = vec![Secret::new("k-123")];
+        expected.user_room_prefix = Some("user_".into());
+        expected.update_user_url = Some("http://shop.test/users/:id".into());
+        expected.public_channel = Some("news".into());
+        expected.device_ttl_secs = 3600;
+        assert_eq!(site, expected);
+    }
+
+    #[test]
+    fn each_site_variable_alone_makes_the_default_site() {
+        for var in SITE_VARS {
+            let value = if *var == "DEVICE_TTL" { "5" } else { "v" };
+            let site = parse(&env(&[(var, value)])).unwrap().site;
+            assert_eq!(site.map(|s| s.name), Some("default".to_string()), "{var}");
+        }
+    }
+
+    #[test]
+    fn server_variables() {
+        let parsed = parse(&env(&[
+            ("PORT", "8080"),
+            ("REDIS_URL", "redis://:pw@r:6379/0"),
+            ("HERALD_LISTEN", "0.0.0.0:3000"),
+            ("HERALD_DATA_DIR", "/var/lib/herald"),
+            ("HERALD_LOG_JSON", "yes"),
+            ("HERALD_LOG_LEVEL", "herald=debug"),
+        ]))
+        .unwrap();
+        let mut server = ServerConfig::default();
+        parsed.apply_server(&mut server);
+        assert_eq!(server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(server.redis_url.as_deref(), Some("redis://:pw@r:6379/0"));
+        assert_eq!(server.data_dir, PathBuf::from("/var/lib/herald"));
+        assert!(server.log.json);
+        assert_eq!(server.log.level, "herald=debug");
+        assert_eq!(parsed.site, None);
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let parsed = parse(&env(&[("API_KEY", ""), ("PORT", ""), ("SITE_NAME", "")])).unwrap();
+        assert_eq!(parsed, EnvConfig::default());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            (
+                ("DEVICE_TTL", "12x"),
+                "environment DEVICE_TTL: '12x' is not a number of seconds",
+            ),
+            (
+                ("PORT", "70000"),
+                "environment PORT: '70000' is not a port number (0-65535)",
+            ),
+            (
+                ("HERALD_LISTEN", "localhost"),
+                "environment HERALD_LISTEN: 'localhost' is not a socket address like 0.0.0.0:3000",
+            ),
+            (
+                ("HERALD_LOG_JSON", "maybe"),
+                "environment HERALD_LOG_JSON: 'maybe' is not a boolean (true/false, 1/0, yes/no, on/off)",
+            ),
+        ];
+        for ((var, value), expected) in cases {
+            let err = parse(&env(&[(var, value)])).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn overrides_keep_what_the_environment_does_not_set() {
+        let mut site = SiteConfig::new("shop".into());
+        site.auth = AuthConfig::Webhook(WebhookConfig {
+            forward_cookie: true,
+            ..webhook("http://old/".into(), Some("Token".into()))
+        });
+        site.api_keys = vec![Secret::new("a"), Secret::new("b")];
+        site.public_channel = Some("news".into());
+        let env_site = EnvSite {
+            name: "shop".into(),
+            auth_url: Some("http://new/".into()),
+            api_key: Some(Secret::new("c")),
+            ..EnvSite::default()
+        };
+        env_site.apply(&mut site).unwrap();
+        let AuthConfig::Webhook(hook) = &site.auth else {
+            panic!("still a webhook")
+        };
+        assert_eq!(
+            (hook.url.as_str(), hook.scheme.as_str(), hook.forward_cookie),
+            ("http://new/", "Token", true)
+        );
+        assert_eq!(site.api_keys, vec![Secret::new("c")]);
+        assert_eq!(site.public_channel.as_deref(), Some("news"));
+    }
+
+    #[test]
+    fn auth_scheme_needs_a_webhook() {
+        let env_site = EnvSite {
+            name: "shop".into(),
+            auth_scheme: Some("Token".into()),
+            ..EnvSite::default()
+        };
+        let err = env_site.to_site().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment AUTH_SCHEME: site 'shop' has no auth webhook; set AUTH_URL too"
+        );
+    }
+}

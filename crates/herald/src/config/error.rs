@@ -1,0 +1,217 @@
+//! `ConfigError`: every way a configuration can be wrong, each a single line naming the file, variable or field.
+//! No variant holds a secret, and messages taken from the YAML parser have their literal values removed.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why herald cannot run with the configuration it was given. `Display` is one line that names where the problem
+/// is (file, environment variable, site, field) and what is wrong; secrets never appear in it.
+///
+/// IO errors are part of the line rather than a `source()`, so printing the error with its chain does not repeat
+/// them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {error}", path.display())]
+    ReadFile { path: PathBuf, error: io::Error },
+    /// The file is not valid YAML of the expected shape; `message` is the parser's, without literal values.
+    #[error("{}: {message}", path.display())]
+    ParseFile { path: PathBuf, message: String },
+    /// One site of a `sites.yml` is not of crossroads' (or herald's extended) shape.
+    #[error("{}: site '{site}': {message}", path.display())]
+    ParseSite {
+        path: PathBuf,
+        site: String,
+        message: String,
+    },
+    #[error("{}: site '{site}' is already defined in {}", path.display(), first.display())]
+    SiteDefinedTwice {
+        path: PathBuf,
+        site: String,
+        first: PathBuf,
+    },
+    #[error("{}: site '{site}': {first} and {second} are both set; use one", path.display())]
+    SiteConflict {
+        path: PathBuf,
+        site: String,
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error("{}: site '{site}': {field} needs {needs}", path.display())]
+    SiteFieldNeeds {
+        path: PathBuf,
+        site: String,
+        field: &'static str,
+        needs: &'static str,
+    },
+    /// An environment variable whose value does not parse. Only variables that never hold secrets use it.
+    #[error("environment {var}: '{value}' is not {expected}")]
+    EnvValue {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("environment AUTH_SCHEME: site '{site}' has no auth webhook; set AUTH_URL too")]
+    EnvSchemeWithoutWebhook { site: String },
+
+    #[error("site '{site}': the name must match [A-Za-z0-9_-]+")]
+    InvalidSiteName { site: String },
+    #[error("site '{site}' is defined more than once")]
+    DuplicateSite { site: String },
+    #[error("site '{site}': apiKey is missing")]
+    MissingApiKey { site: String },
+    #[error("site '{site}': an API key is empty")]
+    EmptyApiKey { site: String },
+    #[error("site '{site}': {what} must be an http:// or https:// URL with a host")]
+    NotHttpUrl { site: String, what: &'static str },
+    #[error("site '{site}': {field} is empty")]
+    EmptySiteField { site: String, field: &'static str },
+    #[error("site '{site}': the auth scheme '{scheme}' must be one word")]
+    BadAuthScheme { site: String, scheme: String },
+    #[error("site '{site}': {field} must be greater than 0")]
+    SiteZero { site: String, field: &'static str },
+    #[error("site '{site}': jwt needs exactly one of secret, public_key_pem, jwks_url ({found})")]
+    JwtKeyCount { site: String, found: KeysFound },
+    #[error(
+        "site '{site}': jwt algorithm '{algorithm}' is not supported (expected one of {})",
+        crate::config::validate::JWT_ALGORITHMS.join(", ")
+    )]
+    JwtUnknownAlgorithm { site: String, algorithm: String },
+    #[error("site '{site}': jwt algorithm {algorithm} needs {needs}, not {given}")]
+    JwtKeyMismatch {
+        site: String,
+        algorithm: String,
+        needs: &'static str,
+        given: &'static str,
+    },
+    #[error("site '{site}': jwt public_key_pem is not {expected} public key in PEM form")]
+    JwtBadPem {
+        site: String,
+        expected: &'static str,
+    },
+
+    #[error("{field} must be greater than 0")]
+    ServerZero { field: &'static str },
+    #[error("server.engine.path '{path}' must start and end with '/'")]
+    EnginePath { path: String },
+
+    /// A validation error located in the source that defined the site or setting (a file, the environment).
+    #[error("{origin}: {inner}")]
+    In {
+        origin: String,
+        inner: Box<ConfigError>,
+    },
+
+    #[error("{}: cannot create the data directory: {error}", path.display())]
+    DataDir { path: PathBuf, error: io::Error },
+    #[error("{}: cannot read the demo API key: {error}", path.display())]
+    DemoKeyRead { path: PathBuf, error: io::Error },
+    #[error("{}: cannot write the demo API key: {error}", path.display())]
+    DemoKeyWrite { path: PathBuf, error: io::Error },
+}
+
+impl ConfigError {
+    /// The site a validation error is about, if it is about one.
+    pub(crate) fn site(&self) -> Option<&str> {
+        match self {
+            ConfigError::InvalidSiteName { site }
+            | ConfigError::DuplicateSite { site }
+            | ConfigError::MissingApiKey { site }
+            | ConfigError::EmptyApiKey { site }
+            | ConfigError::NotHttpUrl { site, .. }
+            | ConfigError::EmptySiteField { site, .. }
+            | ConfigError::BadAuthScheme { site, .. }
+            | ConfigError::SiteZero { site, .. }
+            | ConfigError::JwtKeyCount { site, .. }
+            | ConfigError::JwtUnknownAlgorithm { site, .. }
+            | ConfigError::JwtKeyMismatch { site, .. }
+            | ConfigError::JwtBadPem { site, .. } => Some(site),
+            _ => None,
+        }
+    }
+
+    /// Whether a validation error is about a server-wide setting.
+    pub(crate) fn is_server_setting(&self) -> bool {
+        matches!(
+            self,
+            ConfigError::ServerZero { .. } | ConfigError::EnginePath { .. }
+        )
+    }
+}
+
+/// Which JWT keys a site sets, for [`ConfigError::JwtKeyCount`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysFound(pub Vec<&'static str>);
+
+impl fmt::Display for KeysFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [] => f.write_str("none is set"),
+            keys => write!(f, "{} are set", keys.join(" and ")),
+        }
+    }
+}
+
+/// A serde message without the literal values serde quotes after "invalid type:" and "invalid value:". A value
+/// in the wrong place may be a secret (a numeric key where a map was expected), so none is repeated.
+pub(crate) fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((before, kind, after)) = next_invalid(rest) {
+        out.push_str(before);
+        out.push_str(kind);
+        // The unexpected value runs to ", expected"; keep only its kind ("string", "integer").
+        let end = after.find(", expected").unwrap_or(after.len());
+        let unexpected = &after[..end];
+        let word_end = unexpected
+            .find(['`', '"', '\''])
+            .unwrap_or(unexpected.len());
+        out.push_str(unexpected[..word_end].trim_end());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Splits at the next "invalid type: " or "invalid value: ": (text before, the marker, text after).
+fn next_invalid(text: &str) -> Option<(&str, &str, &str)> {
+    ["invalid type: ", "invalid value: "]
+        .iter()
+        .filter_map(|marker| text.find(marker).map(|at| (at, *marker)))
+        .min_by_key(|(at, _)| *at)
+        .map(|(at, marker)| (&text[..at], marker, &text[at + marker.len()..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_literal_values() {
+        let cases = [
+            (
+                "sites[0]: invalid type: string \"s3cret\", expected a map at line 3 column 5",
+                "sites[0]: invalid type: string, expected a map at line 3 column 5",
+            ),
+            (
+                "invalid type: integer `12345`, expected a boolean",
+                "invalid type: integer, expected a boolean",
+            ),
+            (
+                "invalid value: floating point `1.5`, expected u64; invalid type: boolean `true`, expected x",
+                "invalid value: floating point, expected u64; invalid type: boolean, expected x",
+            ),
+            (
+                "unknown field `listn`, expected one of `listen`",
+                "unknown field `listn`, expected one of `listen`",
+            ),
+            (
+                "invalid type: map, expected a string",
+                "invalid type: map, expected a string",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact(input), expected, "{input}");
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! `validate`: the rules a loaded `Config` must keep before herald binds a port. Each broken rule is one
+//! `ConfigError` naming the site or field; `load` adds where the site came from.
+
+use std::collections::BTreeSet;
+
+use crate::auth::{AuthConfig, JwtConfig, WebhookConfig};
+use crate::config::error::KeysFound;
+use crate::config::{Config, ConfigError, ServerConfig, SiteConfig, DEMO_SITE};
+
+/// The JWT algorithms a site may name. `none` is not one of them.
+pub const JWT_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384",
+];
+
+/// Checks `config` and returns the first broken rule:
+/// - site names match `[A-Za-z0-9_-]+` and are unique;
+/// - every site has at least one API key, none empty, except a `demo` site with none (see `ensure_demo_key`);
+/// - webhook, update-user and JWKS URLs are `http://` or `https://` with a host;
+/// - a JWT site sets exactly one of `secret`, `public_key_pem`, `jwks_url`, and its algorithm is known and fits
+///   that key (HS* with a secret; RS*, PS*, ES* with a PEM key or a JWKS);
+/// - limits, heartbeat times and the webhook timeout are greater than 0; the engine path starts and ends with `/`.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate_server(&config.server)?;
+    let mut seen = BTreeSet::new();
+    for site in &config.sites {
+        if !seen.insert(site.name.as_str()) {
+            return Err(ConfigError::DuplicateSite {
+                site: site.name.clone(),
+            });
+        }
+        validate_site(site)?;
+    }
+    Ok(())
+}
+
+fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
+    let limits = &server.limits;
+    let engine = &server.engine;
+    let positive = [
+        (
+            "server.limits.max_payload_bytes",
+            limits.max_payload_bytes as u64,
+        ),
+        (
+            "server.limits.max_publish_bytes",
+            limits.max_publish_bytes as u64,
+        ),
+        (
+            "server.limits.max_connections",
+            limits.max_connections as u64,
+        ),
+        ("server.limits.outbox_frames", limits.outbox_frames as u64),
+        ("server.engine.ping_interval_ms", engine.ping_interval_ms),
+        ("server.engine.ping_timeout_ms", engine.ping_timeout_ms),
+    ];
+    if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+        return Err(ConfigError::ServerZero { field });
+    }
+    if !engine.path.starts_with('/') || !engine.path.ends_with('/') {
+        return Err(ConfigError::EnginePath {
+            path: engine.path.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_site(site: &SiteConfig) -> Result<(), ConfigError> {
+    let name = || site.name.clone();
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if site.name.is_empty() || !site.name.chars().all(valid_char) {
+        return Err(ConfigError::InvalidSiteName { site: name() });
+    }
+    if site.api_keys.is_empty() && site.name != DEMO_SITE {
+        return Err(ConfigError::MissingApiKey { site: name() });
+    }
+    if site.api_keys.iter().any(|key| key.expose().is_empty()) {
+        return Err(ConfigError::EmptyApiKey { site: name() });
+    }
+    let optional_text = [
+        ("user_room_prefix", &site.user_room_prefix),
+        ("public_channel", &site.public_channel),
+    ];
+    if let Some((field, _)) = optional_text
+        .iter()
+        .find(|(_, value)| value.as_deref() == Some(""))
+    {
+        return Err(ConfigError::EmptySiteField {
+            site: name(),
+            field,
+        });
+    }
+    if let Some(url) = &site.update_user_url {
+        check_http_url(&site.name, "the update-user URL", url)?;
+    }
+    if site.max_connections == Some(0) {
+        return Err(ConfigError::SiteZero {
+            site: name(),
+            field: "max_connections",
+        });
+    }
+    match &site.auth {
+        AuthConfig::Public => Ok(()),
+        AuthConfig::Webhook(webhook) => validate_webhook(&site.name, webhook),
+        AuthConfig::Jwt(jwt) => validate_jwt(&site.name, jwt),
+    }
+}
+
+fn validate_webhook(site: &str, webhook: &WebhookConfig) -> Result<(), ConfigError> {
+    check_http_url(site, "the auth URL", &webhook.url)?;
+    if webhook.scheme.is_empty() || webhook.scheme.chars().any(|c| c.is_whitespace()) {
+        return Err(ConfigError::BadAuthScheme {
+            site: site.into(),
+            scheme: webhook.scheme.clone(),
+        });
+    }
+    if webhook.timeout_ms == 0 {
+        return Err(ConfigError::SiteZero {
+            site: site.into(),
+            field: "auth timeout_ms",
+        });
+    }
+    Ok(())
+}
+
+/// The key a JWT rule verifies with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Secret,
+    PublicKeyPem,
+    JwksUrl,
+}
+
+impl KeyKind {
+    fn field(self) -> &'static str {
+        match self {
+            KeyKind::Secret => "secret",
+            KeyKind::PublicKeyPem => "public_key_pem",
+            KeyKind::JwksUrl => "jwks_url",
+        }
+    }
+}
+
+fn validate_jwt(site: &str, jwt: &JwtConfig) -> Result<(), ConfigError> {
+    let kinds: Vec<KeyKind> = [
+        (KeyKind::Secret, jwt.secret.is_some()),
+        (KeyKind::PublicKeyPem, jwt.public_key_pem.is_some()),
+        (KeyKind::JwksUrl, jwt.jwks_url.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, set)| set.then_some(kind))
+    .collect();
+    let [kind] = kinds[..] else {
+        return Err(ConfigError::JwtKeyCount {
+            site: site.into(),
+            found: KeysFound(kinds.iter().map(|kind| kind.field()).collect()),
+        });
+    };
+    let algorithm = jwt.algorithm.as_str();
+    if !JWT_ALGORITHMS.contains(&algorithm) {
+        return Err(ConfigError::JwtUnknownAlgorithm {
+            site: site.into(),
+            algorithm: algorithm.into(),
+        });
+    }
+    let hmac = algorithm.starts_with("HS");
+    if hmac != (kind == KeyKind::Secret) {
+        return Err(ConfigError::JwtKeyMismatch {
+            site: site.into(),
+            algorithm: algorithm.into(),
+            needs: if hmac {
+                "secret"
+            } else {
+                "public_key_pem or jwks_url"
+            },
+            given: kind.field(),
+        });
+    }
+    check_jwt_key(site, jwt, kind)
+}
+
+/// The key itself: a non-empty secret, a PEM public key of the algorithm's family, an http(s) JWKS URL.
+fn check_jwt_key(site: &str, jwt: &JwtConfig, kind: KeyKind) -> Result<(), ConfigError> {
+    match kind {
+        KeyKind::Secret => match &jwt.secret {
+            Some(secret) if secret.expose().is_empty() => Err(ConfigError::EmptySiteField {
+                site: site.into(),
+                field: "jwt secret",
+            }),
+            _ => Ok(()),
+        },
+        KeyKind::PublicKeyPem => check_pem(site, &jwt.algorithm, jwt.public_key_pem.as_deref()),
+        KeyKind::JwksUrl => match &jwt.jwks_url {
+            Some(url) => check_http_url(site, "the JWKS URL", url),
+            None => Ok(()),
+        },
+    }
+}
+
+fn check_pem(site: &str, algorithm: &str, pem: Option<&str>) -> Result<(), ConfigError> {
+    use jsonwebtoken::DecodingKey;
+    let pem = pem.unwrap_or_default().as_bytes();
+    let (parsed, expected) = if algorithm.starts_with("ES") {
+        (DecodingKey::from_ec_pem(pem).is_ok(), "an EC")
+    } else {
+        (DecodingKey::from_rsa_pem(pem).is_ok(), "an RSA")
+    };
+    if parsed {
+        Ok(())
+    } else {
+        Err(ConfigError::JwtBadPem {
+            site: site.into(),
+            expected,
+        })
+    }
+}
+
+/// An absolute `http://` or `https://` URL with a host. The URL is not repeated in the error: it may carry a
+/// password.
+fn check_http_url(site: &str, what: &'static str, url: &str) -> Result<(), ConfigError> {
+    let ok = url.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::NotHttpUrl {
+            site: site.into(),
+            what,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::env::webhook;
+    use crate::config::test_support::{EC_PUBLIC_PEM, RSA_PUBLIC_PEM};
+    use crate::secret::Secret;
+
+    fn site(name: &str) -> SiteConfig {
+        let mut site = SiteConfig::new(name.into());
+        site.api_keys = vec![Secret::new("key")];
+        site
+    }
+
+    fn jwt(algorithm: &str) -> JwtConfig {
+        JwtConfig {
+            algorithm: algorithm.into(),
+            secret: None,
+            public_key_pem: None,
+            jwks_url: None,
+            jwks_cache_secs: 300,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    fn with_sites(sites: Vec<SiteConfig>) -> Config {
+        Config {
+            server: ServerConfig::default(),
+            sites,
+        }
+    }
+
+    fn check(config: Config, expected: Result<(), &str>) {
+        let got = validate(&config).map_err(|e| e.to_string());
+        assert_eq!(got.as_ref().map(|_| ()).map_err(String::as_str), expected);
+    }
+
+    fn check_site(edit: impl FnOnce(&mut SiteConfig), expected: Result<(), &str>) {
+        let mut s = site("shop");
+        edit(&mut s);
+        check(with_sites(vec![s]), expected);
+    }
+
+    fn check_jwt(config: JwtConfig, expected: Result<(), &str>) {
+        check_site(|s| s.auth = AuthConfig::Jwt(config), expected);
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        check(Config::default(), Ok(()));
+    }
+
+    #[test]
+    fn site_names() {
+        for name in ["a", "Shop_2-b", "123"] {
+            check(with_sites(vec![site(name)]), Ok(()));
+        }
+        for name in ["", "a b", "a/b", "é", "shop.io"] {
+            let expected = format!("site '{name}': the name must match [A-Za-z0-9_-]+");
+            check(with_sites(vec![site(name)]), Err(&expected));
+        }
+        check(
+            with_sites(vec![site("a"), site("b"), site("a")]),
+            Err("site 'a' is defined more than once"),
+        );
+    }
+
+    #[test]
+    fn api_keys() {
+        check_site(
+            |s| s.api_keys.clear(),
+            Err("site 'shop': apiKey is missing"),
+        );
+        check_site(
+            |s| s.api_keys.push(Secret::new("")),
+            Err("site 'shop': an API key is empty"),
+        );
+        let mut demo = site("demo");
+        demo.api_keys.clear();
+        check(with_sites(vec![demo]), Ok(()));
+    }
+
+    #[test]
+    fn site_fields() {
+        check_site(
+            |s| s.user_room_prefix = Some(String::new()),
+            Err("site 'shop': user_room_prefix is empty"),
+        );
+        check_site(
+            |s| s.public_channel = Some(String::new()),
+            Err("site 'shop': public_channel is empty"),
+        );
+        check_site(
+            |s| s.max_connections = Some(0),
+            Err("site 'shop': max_connections must be greater than 0"),
+        );
+        check_site(
+            |s| s.update_user_url = Some("http://shop.test/users/:id".into()),
+            Ok(()),
+        );
+        check_site(
+            |s| s.update_user_url = Some("shop.test/users".into()),
+            Err("site 'shop': the update-user URL must be an http:// or https:// URL with a host"),
+        );
+    }
+
+    #[test]
+    fn webhook_urls_and_schemes() {
+        let ok = [
+            "http://a.test/rooms",
+            "https://u:pw@a.test:8443/r?x=1",
+            "http://127.0.0.1/",
+        ];
+        for url in ok {
+            check_site(
+                |s| s.auth = AuthConfig::Webhook(webhook(url.into(), None)),
+                Ok(()),
+            );
+        }
+        let bad = [
+            "",
+            "a.test/rooms",
+            "ftp://a.test/",
+            "/rooms",
+            "http://",
+            "http://a b/",
+        ];
+        for url in bad {
+            check_site(
+                |s| s.auth = AuthConfig::Webhook(webhook(url.into(), None)),
+                Err("site 'shop': the auth URL must be an http:// or https:// URL with a host"),
+            );
+        }
+        check_site(
+            |s| s.auth = AuthConfig::Webhook(webhook("http://a/".into(), Some("Be arer".into()))),
+            Err("site 'shop': the auth scheme 'Be arer' must be one word"),
+        );
+        check_site(
+            |s| s.auth = AuthConfig::Webhook(webhook("http://a/".into(), Some(String::new()))),
+            Err("site 'shop': the auth scheme '' must be one word"),
+        );
+        check_site(
+            |s| {
+                let mut hook = webhook("http://a/".into(), None);
+                hook.timeout_ms = 0;
+                s.auth = AuthConfig::Webhook(hook);
+            },
+            Err("site 'shop': auth timeout_ms must be greater than 0"),
+        );
+    }
+
+    #[test]
+    fn the_url_is_not_in_the_error() {
+        let mut s = site("shop");
+        s.auth = AuthConfig::Webhook(webhook("redis://u:hunter2@a/".into(), None));
+        let err = validate(&with_sites(vec![s])).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn jwt_keys() {
+        let secret = |alg: &str, value: &str| JwtConfig {
+            secret: Some(Secret::new(value)),
+            ..jwt(alg)
+        };
+        let pem = |alg: &str, pem: &str| JwtConfig {
+            public_key_pem: Some(pem.into()),
+            ..jwt(alg)
+        };
+        let jwks = |alg: &str, url: &str| JwtConfig {
+            jwks_url: Some(url.into()),
+            ..jwt(alg)
+        };
+        for alg in ["HS256", "HS384", "HS512"] {
+            check_jwt(secret(alg, "s3cret"), Ok(()));
+        }
+        for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+            check_jwt(pem(alg, RSA_PUBLIC_PEM), Ok(()));
+            check_jwt(jwks(alg, "https://id.test/.well-known/jwks.json"), Ok(()));
+        }
+        for alg in ["ES256", "ES384"] {
+            check_jwt(pem(alg, EC_PUBLIC_PEM), Ok(()));
+        }
+        check_jwt(
+            jwt("HS256"),
+            Err("site 'shop': jwt needs exactly one of secret, public_key_pem, jwks_url (none is set)"),
+        );
+        check_jwt(
+            JwtConfig {
+                jwks_url: Some("https://id.test/jwks".into()),
+                ..secret("HS256", "s")
+            },
+            Err("site 'shop': jwt needs exactly one of secret, public_key_pem, jwks_url (secret and jwks_url \
+                 are set)"),
+        );
+        check_jwt(secret("HS256", ""), Err("site 'shop': jwt secret is empty"));
+        check_jwt(
+            jwks("RS256", "file:///jwks.json"),
+            Err("site 'shop': the JWKS URL must be an http:// or https:// URL with a host"),
+        );
+        check_jwt(
+            pem("RS256", "not a pem"),
+            Err("site 'shop': jwt public_key_pem is not an RSA public key in PEM form"),
+        );
+        check_jwt(
+            pem("ES256", RSA_PUBLIC_PEM),
+            Err("site 'shop': jwt public_key_pem is not an EC public key in PEM form"),
+        );
+    }
+
+    #[test]
+    fn jwt_algorithms() {
+        let expected_list =
+            "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384";
+        for alg in ["none", "hs256", "EdDSA", ""] {
+            let config = JwtConfig {
+                secret: Some(Secret::new("s")),
+                ..jwt(alg)
+            };
+            let expected =
+                format!("site 'shop': jwt algorithm '{alg}' is not supported (expected one of {expected_list})");
+            check_jwt(config, Err(&expected));
+        }
+        check_jwt(
+            JwtConfig {
+                public_key_pem: Some(RSA_PUBLIC_PEM.into()),
+                ..jwt("HS256")
+            },
+            Err("site 'shop': jwt algorithm HS256 needs secret, not public_key_pem"),
+        );
+        check_jwt(
+            JwtConfig {
+                secret: Some(Secret::new("s")),
+                ..jwt("RS256")
+            },
+            Err("site 'shop': jwt algorithm RS256 needs public_key_pem or jwks_url, not secret"),
+        );
+    }
+
+    #[test]
+    fn server_settings() {
+        type Edit = fn(&mut ServerConfig);
+        let cases: [(Edit, &str); 8] = [
+            (
+                |s| s.limits.max_payload_bytes = 0,
+                "server.limits.max_payload_bytes must be greater than 0",
+            ),
+            (
+                |s| s.limits.max_publish_bytes = 0,
+                "server.limits.max_publish_bytes must be greater than 0",
+            ),
+            (
+                |s| s.limits.max_connections = 0,
+                "server.limits.max_connections must be greater than 0",
+            ),
+            (
+                |s| s.limits.outbox_frames = 0,
+                "server.limits.outbox_frames must be greater than 0",
+            ),
+            (
+                |s| s.engine.ping_interval_ms = 0,
+                "server.engine.ping_interval_ms must be greater than 0",
+            ),
+            (
+                |s| s.engine.ping_timeout_ms = 0,
+                "server.engine.ping_timeout_ms must be greater than 0",
+            ),
+            (
+                |s| s.engine.path = "/socket.io".into(),
+                "server.engine.path '/socket.io' must start and end with '/'",
+            ),
+            (
+                |s| s.engine.path = "socket.io/".into(),
+                "server.engine.path 'socket.io/' must start and end with '/'",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut config = Config::default();
+            edit(&mut config.server);
+            check(config, Err(expected));
+        }
+        for path in ["/rt/", "/"] {
+            let mut config = Config::default();
+            config.server.engine.path = path.into();
+            check(config, Ok(()));
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The gateway: every configured site becomes a socket.io namespace whose clients are let in by the site's auth
+//! rule, into the rooms that rule names, and the publish API drives those namespaces. `build` wires it all from
+//! a `Config`; `router` serves it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::api::{self, ApiState};
+use crate::auth::{self, AuthError, AuthRequest, Authenticator};
+use crate::config::{Config, SiteConfig};
+use crate::engine::{Engine, EngineConfig};
+use crate::sites::{ClientInfo, Site, Sites};
+use crate::socketio::{
+    Accepted, ConnectRequest, Decision, IncomingEvent, NamespaceHandler, Refusal, Socket, SocketIo,
+    SocketIoConfig,
+};
+
+/// A site's configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("site '{site}': {source}")]
+    Auth { site: String, source: AuthError },
+    #[error("cannot create the HTTP client for auth webhooks: {0}")]
+    Http(String),
+}
+
+/// The running gateway: its socket.io server, engine and sites.
+#[derive(Clone)]
+pub struct Gateway {
+    pub io: SocketIo,
+    pub engine: Engine<SocketIo>,
+    pub sites: Sites,
+    pub max_publish_bytes: usize,
+    ready: Arc<AtomicBool>,
+}
+
+/// The page `/` serves: a live view of the demo site's public room, with a publish form.
+const DEMO_PAGE: &str = include_str!("ui/demo.html");
+
+/// Builds the gateway for `config` (already validated).
+pub fn build(config: &Config) -> Result<Gateway, GatewayError> {
+    let io = SocketIo::new(SocketIoConfig::default());
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| GatewayError::Http(e.to_string()))?;
+    let mut sites = Vec::with_capacity(config.sites.len());
+    for site in &config.sites {
+        let auth =
+            Authenticator::new(&site.auth, http.clone()).map_err(|source| GatewayError::Auth {
+                site: site.name.clone(),
+                source,
+            })?;
+        let handler = SiteHandler {
+            site: Arc::new(site.clone()),
+            auth,
+            connected: Arc::new(AtomicUsize::new(0)),
+        };
+        let namespace = io.add_namespace(&format!("/{}", site.name), handler);
+        sites.push(Site {
+            config: site.clone(),
+            namespace,
+        });
+    }
+    let engine = Engine::new(engine_config(config), io.clone());
+    Ok(Gateway {
+        io,
+        engine,
+        sites: Sites::new(sites),
+        max_publish_bytes: config.server.limits.max_publish_bytes,
+        ready: Arc::new(AtomicBool::new(true)),
+    })
+}
+
+fn engine_config(config: &Config) -> EngineConfig {
+    let server = &config.server;
+    EngineConfig {
+        path: server.engine.path.clone(),
+        ping_interval: Duration::from_millis(server.engine.ping_interval_ms),
+        ping_timeout: Duration::from_millis(server.engine.ping_timeout_ms),
+        max_payload: server.limits.max_payload_bytes,
+        max_sessions: server.limits.max_connections,
+        outbox_frames: server.limits.outbox_frames,
+        allowed_origins: server.engine.allowed_origins.clone(),
+        ..EngineConfig::default()
+    }
+}
+
+impl Gateway {
+    /// Every route: socket.io, the publish API, health and readiness, and the demo page.
+    pub fn router(&self) -> axum::Router {
+        let api = api::router(ApiState {
+            sites: self.sites.clone(),
+            max_publish_bytes: self.max_publish_bytes,
+        });
+        let ready = Arc::clone(&self.ready);
+        let readiness = move || {
+            let ready = ready.load(Ordering::Acquire);
+            async move {
+                if ready {
+                    (axum::http::StatusCode::OK, "ready")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+                }
+            }
+        };
+        self.engine
+            .router()
+            .merge(api)
+            .route("/readyz", axum::routing::get(readiness))
+            .route(
+                "/",
+                axum::routing::get(|| async { axum::response::Html(DEMO_PAGE) }),
+            )
+    }
+
+    /// Closes every client's session with a close packet, so clients reconnect (to another node).
+    pub fn close_all(&self) {
+        for site in self.sites.iter() {
+            for socket in site.namespace.sockets() {
+                socket
+                    .session()
+                    .close(crate::engine::CloseReason::ServerClose);
+            }
+        }
+    }
+
+    /// Waits until every session has closed, or `grace` has passed.
+    pub async fn drained(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.engine.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.engine.session_count();
+        if left > 0 {
+            tracing::warn!(
+                sessions = left,
+                "shutdown grace period over; dropping the remaining sessions"
+            );
+        }
+    }
+
+    /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients.
+    pub fn set_draining(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+}
+
+/// Lets clients into one site's namespace by the site's rule; clients never pick their own rooms.
+struct SiteHandler {
+    site: Arc<SiteConfig>,
+    auth: Authenticator,
+    connected: Arc<AtomicUsize>,
+}
+
+/// A string from the auth payload, else from the handshake query.
+fn credential(request: &ConnectRequest, key: &str) -> Option<String> {
+    let from_auth = request
+        .auth
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str);
+    from_auth
+        .or_else(|| request.query_param(key))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+impl NamespaceHandler for SiteHandler {
+    fn authorize(&self, request: ConnectRequest) -> Decision {
+        let site = Arc::clone(&self.site);
+        if site
+            .max_connections
+            .is_some_and(|max| self.connected.load(Ordering::Relaxed) >= max)
+        {
+            let message = format!("site '{}' is at its connection limit", site.name);
+            return Decision::Now(Err(Refusal(message)));
+        }
+        let device_id = credential(&request, "deviceId");
+        let auth_request = AuthRequest {
+            token: credential(&request, "token"),
+            meta: request.query_param("meta").map(str::to_string),
+            cookie: request.cookie.clone(),
+        };
+        let public_only = matches!(site.auth, auth::AuthConfig::Public)
+            || (auth_request.token.is_none()
+                && auth_request.cookie.is_none()
+                && site.public_channel.is_some());
+        if public_only {
+            let rooms = site.public_channel.iter().cloned().collect();
+            let data = ClientInfo {
+                user: None,
+                device_id,
+            };
+            return Decision::Now(Ok(Accepted {
+                rooms,
+                data: Some(Box::new(data)),
+            }));
+        }
+        let auth = self.auth.clone();
+        Decision::Later(Box::pin(async move {
+            let identity = auth.authenticate(&auth_request).await.map_err(|e| {
+                tracing::info!(site = %site.name, reason = %e, "refused a client");
+                Refusal(e.to_string())
+            })?;
+            let mut user = identity.user.clone();
+            if let Some(prefix) = site.user_room_prefix.as_deref().filter(|p| !p.is_empty()) {
+                auth::require_user_room(&identity, prefix).map_err(|e| Refusal(e.to_string()))?;
+                user = user.or_else(|| auth::user_room_user(&identity, prefix).map(str::to_string));
+            }
+            let mut rooms = identity.rooms;
+            if let Some(public) = site.public_channel.as_ref().filter(|p| !rooms.contains(p)) {
+                rooms.push(public.clone());
+            }
+            Ok(Accepted {
+                rooms,
+                data: Some(Box::new(ClientInfo { user, device_id })),
+            })
+        }))
+    }
+
+    fn on_connect(&self, _socket: &Arc<Socket>) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_event(&self, socket: &Arc<Socket>, event: IncomingEvent) {
+        // Clients only listen: rooms come from the auth answer or the API, never from a client's request.
+        tracing::debug!(socket = socket.id(), event = %event.name, "ignored a client event");
+    }
+
+    fn on_disconnect(&self, _socket: &Arc<Socket>, _reason: &'static str) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
