@@ -5,17 +5,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use crate::sites::Site;
-use crate::socketio::Target;
-
-/// Event names clients reserve for socket.io's own lifecycle; publishing them would confuse every client.
-const RESERVED: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
+use crate::socketio::{Target, RESERVED_EVENTS};
 
 /// A publish through herald's own API.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -47,7 +37,7 @@ impl PublishRequest {
         if self.event.is_empty() {
             return Err(ApiError::BadRequest("event must not be empty".into()));
         }
-        if RESERVED.contains(&self.event.as_str()) {
+        if RESERVED_EVENTS.contains(&self.event.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "event name '{}' is reserved by socket.io",
                 self.event

@@ -2,11 +2,10 @@
 //! `HERALD_*` names for server settings. Parsing is a pure function of a name → value map.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::auth::{AuthConfig, WebhookConfig};
-use crate::config::{ConfigError, ServerConfig, SiteConfig};
+use crate::config::{ConfigError, Overrides, ServerConfig, SiteConfig};
 use crate::secret::Secret;
 
 /// Every environment variable herald reads, with what it sets; for `--help` and the README. An empty value counts
@@ -81,11 +80,8 @@ pub const DEFAULT_ENV_SITE: &str = "default";
 /// What the environment says, before it is applied to the configuration from files.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct EnvConfig {
-    pub listen: Option<SocketAddr>,
-    pub port: Option<u16>,
-    pub data_dir: Option<PathBuf>,
-    pub log_json: Option<bool>,
-    pub log_level: Option<String>,
+    /// The server settings flags can also set, applied the same way.
+    pub server: Overrides,
     pub redis_url: Option<String>,
     pub site: Option<EnvSite>,
 }
@@ -106,7 +102,7 @@ pub(crate) struct EnvSite {
 /// Reads herald's variables from `env`; other names are ignored.
 pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigError> {
     let get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
-    Ok(EnvConfig {
+    let server = Overrides {
         listen: get("HERALD_LISTEN")
             .map(|v| parse_value("HERALD_LISTEN", v, "a socket address like 0.0.0.0:3000"))
             .transpose()?,
@@ -118,6 +114,9 @@ pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigE
             .map(|v| parse_bool("HERALD_LOG_JSON", v))
             .transpose()?,
         log_level: get("HERALD_LOG_LEVEL"),
+    };
+    Ok(EnvConfig {
+        server,
         redis_url: get("REDIS_URL"),
         site: parse_site(&get)?,
     })
@@ -170,21 +169,7 @@ impl EnvConfig {
     /// Puts the server settings the environment holds into `server`. `PORT` applies after `HERALD_LISTEN`, so a
     /// platform that assigns the port (`PORT`) keeps the configured IP.
     pub(crate) fn apply_server(&self, server: &mut ServerConfig) {
-        if let Some(listen) = self.listen {
-            server.listen = listen;
-        }
-        if let Some(port) = self.port {
-            server.listen.set_port(port);
-        }
-        if let Some(dir) = &self.data_dir {
-            server.data_dir = dir.clone();
-        }
-        if let Some(json) = self.log_json {
-            server.log.json = json;
-        }
-        if let Some(level) = &self.log_level {
-            server.log.level = level.clone();
-        }
+        self.server.apply(server);
         if let Some(url) = &self.redis_url {
             server.redis_url = Some(url.clone());
         }

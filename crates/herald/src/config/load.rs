@@ -75,7 +75,8 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    fn apply(&self, server: &mut ServerConfig) {
+    /// Puts the settings given into `server`; `port` applies after `listen`, so it keeps the IP.
+    pub(crate) fn apply(&self, server: &mut ServerConfig) {
         if let Some(listen) = self.listen {
             server.listen = listen;
         }

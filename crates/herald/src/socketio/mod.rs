@@ -33,8 +33,8 @@ pub use handler::{
 pub use namespace::{Namespace, Target};
 pub use socket::{EmitError, Socket};
 
-/// Event names a client may not emit: socket.io reserves them for its own lifecycle.
-const RESERVED_EVENTS: &[&str] = &[
+/// Event names socket.io reserves for its own lifecycle: clients may not emit them, nor may publishers.
+pub const RESERVED_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
     "disconnect",
