@@ -9,15 +9,14 @@
 
 import { describe, it, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile } from "node:child_process";
+import { execFile } from "node:child_process";
 import { createHmac, createSign } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { io } from "socket.io-client";
-import { heraldBin } from "./server.mjs";
+import { freePort, heraldBin, startProcess } from "./server.mjs";
 import {
   Clients,
   QUIET_MS,
@@ -43,41 +42,6 @@ export function gatewayBin() {
   return path.join(path.dirname(heraldBin()), "herald");
 }
 
-const running = new Set();
-process.on("exit", () => {
-  for (const child of running) {
-    try {
-      child.kill("SIGKILL");
-    } catch {}
-  }
-});
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, HOST, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const sock = net.connect({ host: HOST, port });
-    const done = (ok) => {
-      sock.removeAllListeners();
-      sock.destroy();
-      resolve(ok);
-    };
-    sock.setTimeout(500, () => done(false));
-    sock.once("connect", () => done(true));
-    sock.once("error", () => done(false));
-  });
-}
-
 /**
  * Spawns `herald --sites FILE` (sitesYaml) or `herald --config FILE` (configYaml) on a free port with its own
  * data directory. Returns { url, port, file, flag, stop(), output() }.
@@ -91,60 +55,22 @@ async function startGateway({ sitesYaml, configYaml }) {
   const file = path.join(dir, sitesYaml ? "sites.yml" : "herald.yml");
   writeFileSync(file, sitesYaml ?? configYaml);
   const flag = sitesYaml ? "--sites" : "--config";
-  let lastErr;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
-    const args = [flag, file, "--port", String(port), "--data-dir", path.join(dir, "data")];
-    const env = { ...process.env, RUST_BACKTRACE: "1" };
-    for (const k of Object.keys(env)) if (k.startsWith("HERALD_")) delete env[k]; // no stray config
-    const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"], env });
-    running.add(child);
-    let output = "";
-    const collect = (chunk) => {
-      const text = chunk.toString();
-      output = (output + text).slice(-20_000);
-      if (process.env.HERALD_LOG) process.stderr.write(`[herald] ${text}`);
-    };
-    child.stdout.on("data", collect);
-    child.stderr.on("data", collect);
-    let exited = null;
-    const exitPromise = new Promise((resolve) => {
-      child.once("exit", (code, signal) => resolve((exited = { code, signal })));
-      child.once("error", (error) => resolve((exited = { error })));
-    }).finally(() => running.delete(child));
-    const deadline = Date.now() + 20_000;
-    while (!exited && Date.now() < deadline) {
-      if (await canConnect(port)) {
-        return {
-          url: `http://${HOST}:${port}`,
-          port,
-          file,
-          flag,
-          output: () => output,
-          async stop() {
-            if (!exited) {
-              child.kill("SIGTERM");
-              const timer = setTimeout(() => child.kill("SIGKILL"), 3_000);
-              await exitPromise;
-              clearTimeout(timer);
-            }
-            rmSync(dir, { recursive: true, force: true });
-            if (exited && exited.signal !== "SIGTERM" && exited.code !== 0 && exited.signal !== "SIGKILL") {
-              throw new Error(`herald exited on its own (${JSON.stringify(exited)}). Output:\n${output}`);
-            }
-          },
-        };
+  const env = { ...process.env, RUST_BACKTRACE: "1" };
+  for (const k of Object.keys(env)) if (k.startsWith("HERALD_")) delete env[k]; // no stray config
+  const argsFor = (port) => [flag, file, "--port", String(port), "--data-dir", path.join(dir, "data")];
+  const srv = await startProcess({ bin, argsFor, env });
+  return {
+    ...srv,
+    file,
+    flag,
+    async stop() {
+      try {
+        await srv.stop();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
-      await sleep(50);
-    }
-    if (!exited) {
-      child.kill("SIGKILL");
-      await exitPromise;
-    }
-    lastErr = new Error(`herald (${bin} ${args.join(" ")}) did not start (${JSON.stringify(exited)}). Output:\n${output}`);
-    if (!/address.{0,20}in use|os error 98/i.test(output)) break;
-  }
-  throw lastErr;
+    },
+  };
 }
 
 /** A real HTTP auth webhook. `routes[path](req, res)` answers; returns { url, port, calls, close() }. */

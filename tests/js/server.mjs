@@ -36,7 +36,7 @@ export function heraldBin() {
   return debug;
 }
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
@@ -64,14 +64,10 @@ function canConnect(port) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function spawnOnce(bin, suite) {
+async function spawnOnce(bin, argsFor, env) {
   const port = await freePort();
-  const args = ["--port", String(port), "--suite", suite];
-  const child = spawn(bin, args, {
-    cwd: REPO_ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { RUST_BACKTRACE: "1", ...process.env },
-  });
+  const args = argsFor(port);
+  const child = spawn(bin, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env });
   running.add(child);
   let output = "";
   const collect = (chunk) => {
@@ -107,37 +103,27 @@ async function spawnOnce(bin, suite) {
     child.kill("SIGKILL");
     await exitPromise;
     throw new Error(
-      `herald-conformance (${bin} ${args.join(" ")}) did not accept connections on ${HOST}:${port} ` +
+      `${bin} ${args.join(" ")} did not accept connections on ${HOST}:${port} ` +
         `within ${START_TIMEOUT_MS} ms. Output:\n${output}`,
     );
   }
   const why = exited.error ? exited.error.message : `code ${exited.code}, signal ${exited.signal}`;
   const err = new Error(
-    `herald-conformance (${bin} ${args.join(" ")}) exited before accepting connections (${why}). Output:\n${output}`,
+    `${bin} ${args.join(" ")} exited before accepting connections (${why}). Output:\n${output}`,
   );
   err.addrInUse = /address.{0,20}in use|EADDRINUSE|os error 98/i.test(output);
   throw err;
 }
 
 /**
- * Starts a server (or uses HERALD_URL). Returns { url, port, stop(), output() }.
+ * Spawns `bin` with `argsFor(port)` on a free loopback port and waits until it accepts connections, retrying a
+ * lost port race. Returns { url, port, stop(), output() }; stop() fails if the process died on its own.
  */
-export async function startServer({ suite = "e2e" } = {}) {
-  if (process.env.HERALD_URL) {
-    const url = process.env.HERALD_URL.replace(/\/+$/, "");
-    return { url, port: Number(new URL(url).port), stop: async () => {}, output: () => "" };
-  }
-  const bin = heraldBin();
-  if (!existsSync(bin)) {
-    throw new Error(
-      `herald-conformance binary not found at ${bin}. Build it with \`cargo build --workspace\` ` +
-        `or set HERALD_BIN / HERALD_URL.`,
-    );
-  }
+export async function startProcess({ bin, argsFor, env = { RUST_BACKTRACE: "1", ...process.env } }) {
   let lastErr;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const srv = await spawnOnce(bin, suite);
+      const srv = await spawnOnce(bin, argsFor, env);
       const url = `http://${HOST.includes(":") ? `[${HOST}]` : HOST}:${srv.port}`;
       return {
         url,
@@ -147,9 +133,7 @@ export async function startServer({ suite = "e2e" } = {}) {
           if (srv.getExited()) {
             const e = srv.getExited();
             // The server dying on its own during the tests is a failure worth seeing.
-            throw new Error(
-              `herald-conformance died during the tests (code ${e.code}, signal ${e.signal}). Output:\n${srv.getOutput()}`,
-            );
+            throw new Error(`${bin} died during the tests (code ${e.code}, signal ${e.signal}). Output:\n${srv.getOutput()}`);
           }
           srv.child.kill("SIGTERM");
           const timer = setTimeout(() => srv.child.kill("SIGKILL"), STOP_TIMEOUT_MS);
@@ -163,4 +147,22 @@ export async function startServer({ suite = "e2e" } = {}) {
     }
   }
   throw lastErr;
+}
+
+/**
+ * Starts herald-conformance (or uses HERALD_URL). Returns { url, port, stop(), output() }.
+ */
+export async function startServer({ suite = "e2e" } = {}) {
+  if (process.env.HERALD_URL) {
+    const url = process.env.HERALD_URL.replace(/\/+$/, "");
+    return { url, port: Number(new URL(url).port), stop: async () => {}, output: () => "" };
+  }
+  const bin = heraldBin();
+  if (!existsSync(bin)) {
+    throw new Error(
+      `herald-conformance binary not found at ${bin}. Build it with \`cargo build --workspace\` ` +
+        `or set HERALD_BIN / HERALD_URL.`,
+    );
+  }
+  return startProcess({ bin, argsFor: (port) => ["--port", String(port), "--suite", suite] });
 }
