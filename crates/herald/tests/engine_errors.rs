@@ -253,39 +253,33 @@ async fn polling_request_on_an_upgraded_session_is_a_bad_request() {
     server.assert_alive().await;
 }
 
+/// Two GETs at once: nothing is queued, so whichever claims the session first waits and the other overlaps it.
+/// The overlap is refused and the waiting one gets the close packet.
+async fn assert_overlapping_gets_close(server: &Server, sid: &str) {
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (first, second) = tokio::join!(
+        http(server.addr, "GET", &target, &[], b""),
+        http(server.addr, "GET", &target, &[], b""),
+    );
+    let mut answers = [(first.status, first.text()), (second.status, second.text())];
+    answers.sort();
+    assert_eq!(
+        answers,
+        [(200, "1".to_string()), (400, BAD_REQUEST.to_string())]
+    );
+}
+
 #[tokio::test]
 async fn second_concurrent_get_is_a_bad_request_and_closes_the_session() {
     let mut server = Server::start(config()).await;
     let mut bystander = WsClient::connect_sio(server.addr).await;
     let (sid, _) = server.handshake().await;
-    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
-
-    // Nothing is queued, so whichever GET claims the session first waits; the other overlaps it.
-    let (first, second) = tokio::join!(
-        http(server.addr, "GET", &target, &[], b""),
-        http(server.addr, "GET", &target, &[], b""),
-    );
-    let mut answers = [(first.status, first.text()), (second.status, second.text())];
-    answers.sort();
-    assert_eq!(
-        answers,
-        [(200, "1".to_string()), (400, BAD_REQUEST.to_string())]
-    );
+    assert_overlapping_gets_close(&server, &sid).await;
     server.assert_session_gone(&sid).await;
 
     // The same for a joined session, which the namespace then loses.
     let (sid, socket) = polling_sio(&server).await;
-    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
-    let (first, second) = tokio::join!(
-        http(server.addr, "GET", &target, &[], b""),
-        http(server.addr, "GET", &target, &[], b""),
-    );
-    let mut answers = [(first.status, first.text()), (second.status, second.text())];
-    answers.sort();
-    assert_eq!(
-        answers,
-        [(200, "1".to_string()), (400, BAD_REQUEST.to_string())]
-    );
+    assert_overlapping_gets_close(&server, &sid).await;
     server
         .expect_departure(&socket, "request overlap", "")
         .await;
