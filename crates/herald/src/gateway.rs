@@ -2,8 +2,8 @@
 //! rule, into the rooms that rule names, and the publish API drives those namespaces. `build` wires it all from
 //! a `Config`; `router` serves it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,8 +14,8 @@ use crate::config::{Config, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::sites::{ClientInfo, Site, Sites};
 use crate::socketio::{
-    Accepted, ConnectRequest, Decision, IncomingEvent, NamespaceHandler, Refusal, Socket, SocketIo,
-    SocketIoConfig,
+    Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, Refusal,
+    Socket, SocketIo, SocketIoConfig,
 };
 
 /// A site's configuration that cannot run.
@@ -54,12 +54,15 @@ pub fn build(config: &Config) -> Result<Gateway, GatewayError> {
                 site: site.name.clone(),
                 source,
             })?;
+        let own_namespace = Arc::new(OnceLock::new());
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
             auth,
-            connected: Arc::new(AtomicUsize::new(0)),
+            namespace: Arc::clone(&own_namespace),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
+        // Weak: the namespace owns its handler, so a strong link back would be a cycle.
+        let _ = own_namespace.set(Arc::downgrade(&namespace));
         sites.push(Site {
             config: site.clone(),
             namespace,
@@ -153,7 +156,17 @@ impl Gateway {
 struct SiteHandler {
     site: Arc<SiteConfig>,
     auth: Authenticator,
-    connected: Arc<AtomicUsize>,
+    /// The site's own namespace, for its connection count.
+    namespace: Arc<OnceLock<Weak<Namespace>>>,
+}
+
+impl SiteHandler {
+    fn connected(&self) -> usize {
+        self.namespace
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(0, |ns| ns.len())
+    }
 }
 
 /// A string from the auth payload, else from the handshake query.
@@ -174,7 +187,7 @@ impl NamespaceHandler for SiteHandler {
         let site = Arc::clone(&self.site);
         if site
             .max_connections
-            .is_some_and(|max| self.connected.load(Ordering::Relaxed) >= max)
+            .is_some_and(|max| self.connected() >= max)
         {
             let message = format!("site '{}' is at its connection limit", site.name);
             return Decision::Now(Err(Refusal(message)));
@@ -222,16 +235,8 @@ impl NamespaceHandler for SiteHandler {
         }))
     }
 
-    fn on_connect(&self, _socket: &Arc<Socket>) {
-        self.connected.fetch_add(1, Ordering::Relaxed);
-    }
-
     fn on_event(&self, socket: &Arc<Socket>, event: IncomingEvent) {
         // Clients only listen: rooms come from the auth answer or the API, never from a client's request.
         tracing::debug!(socket = socket.id(), event = %event.name, "ignored a client event");
-    }
-
-    fn on_disconnect(&self, _socket: &Arc<Socket>, _reason: &'static str) {
-        self.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }

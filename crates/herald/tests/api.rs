@@ -339,3 +339,20 @@ async fn webhook_site_joins_the_rooms_the_backend_names() {
         r#"44/shop,{"message":"the token was refused"}"#
     );
 }
+
+#[tokio::test]
+async fn a_site_refuses_clients_past_its_connection_limit() {
+    let mut site = shop(AuthConfig::Public);
+    site.max_connections = Some(1);
+    let addr = start(vec![site]).await;
+    let (_first, _) = join_shop(addr, "deviceId=one").await;
+
+    let ws = common::ws_open(addr, "/socket.io/?EIO=4&transport=websocket", None).await;
+    let mut second = WsClient::pump(ws);
+    assert!(second.next_text().await.starts_with("0{"));
+    second.send("40/shop,");
+    assert_eq!(
+        second.next_text().await,
+        r#"44/shop,{"message":"site 'shop' is at its connection limit"}"#
+    );
+}

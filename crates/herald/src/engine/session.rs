@@ -84,6 +84,15 @@ pub(crate) struct State {
     pub close_delivered: bool,
 }
 
+impl State {
+    fn push(&mut self, frames: impl IntoIterator<Item = OutFrame>) {
+        for frame in frames {
+            self.outbox_bytes += frame.len();
+            self.outbox.push_back(frame);
+        }
+    }
+}
+
 /// An Engine.IO session; `C` is the state of the layer above (socket.io's namespaces on this connection).
 pub struct Session<C> {
     sid: Box<str>,
@@ -178,10 +187,7 @@ impl<C> Session<C> {
         if state.closed.is_some() {
             return Err(SendError::Closed);
         }
-        for frame in frames {
-            state.outbox_bytes += frame.len();
-            state.outbox.push_back(frame);
-        }
+        state.push(frames);
         if state.outbox.len() > self.limits.frames || state.outbox_bytes > self.limits.bytes {
             // The session is over: like Node's engine.io, drop what it could not take, freeing it now.
             state.outbox = VecDeque::new();
@@ -212,10 +218,7 @@ impl<C> Session<C> {
         {
             return false;
         }
-        for frame in frames {
-            state.outbox_bytes += frame.len();
-            state.outbox.push_back(frame);
-        }
+        state.push(frames);
         drop(state);
         self.writable.notify_one();
         true

@@ -302,19 +302,29 @@ async fn write_or_abandon<C>(
             notified.await;
         }
     };
-    tokio::select! {
-        result = tokio::time::timeout(limit, write_frames(ws, frames, session.version())) => match result {
-            Ok(Ok(())) => Written::All,
-            Ok(Err(e)) => {
-                tracing::debug!(sid = session.sid(), error = %e, "WebSocket write failed");
-                Written::Failed
-            }
-            Err(_) => {
-                tracing::info!(sid = session.sid(), "closed a session: the client took no data for too long");
-                Written::Failed
-            }
+    let write = write_frames(ws, frames, session.version());
+    tokio::pin!(write);
+    // Nearly every write completes at once; only one that blocks pays for a deadline timer and a close watch.
+    let result = match futures_util::FutureExt::now_or_never(&mut write) {
+        Some(result) => Ok(result),
+        None => tokio::select! {
+            result = tokio::time::timeout(limit, &mut write) => result,
+            () = closed => return Written::Abandoned,
         },
-        () = closed => Written::Abandoned,
+    };
+    match result {
+        Ok(Ok(())) => Written::All,
+        Ok(Err(e)) => {
+            tracing::debug!(sid = session.sid(), error = %e, "WebSocket write failed");
+            Written::Failed
+        }
+        Err(_) => {
+            tracing::info!(
+                sid = session.sid(),
+                "closed a session: the client took no data for too long"
+            );
+            Written::Failed
+        }
     }
 }
 
