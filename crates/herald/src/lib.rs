@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod gateway;
 pub mod logging;
+pub mod mailbox;
 pub mod secret;
 pub mod sites;
 pub mod socketio;

@@ -1,0 +1,790 @@
+//! The embedded mailbox store: one redb file in the data directory, written by one thread that commits every
+//! write that arrived meanwhile in one transaction (group commit), so a burst costs one fsync, not one each.
+//!
+//! Tables (`dev` is `site␟user␟device`, `user` is `site␟user`, ␟ = U+001F, which names may not hold):
+//! - `entries`: `(dev, offset)` → `[resync u8][event length u32][event][payload]`
+//! - `devices`: `dev` → `Meta` (next offset, count, bytes, expiry, overflow mark)
+//! - `user_rooms`: `user` → the user's lowercase shared rooms, ␟-separated
+//! - `room_users`: `(site␟room, user)` → `()`, the index shared-room publishes expand through
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{
+    Database, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{
+    now_ms, valid_name, AckOutcome, Caps, DeviceKey, DeviceStatus, Entry, MailboxStore, NewEntry,
+    Page, Queued, StoreError,
+};
+
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+const USER_ROOMS: TableDefinition<&str, &str> = TableDefinition::new("user_rooms");
+const ROOM_USERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("room_users");
+
+const SEP: char = '\u{1f}';
+/// Most writes one transaction commits; bounds the latency of the first writer in a burst.
+const MAX_GROUP: usize = 4096;
+/// Writes waiting for the writer thread; senders wait when it is full (back-pressure on publishers).
+const QUEUE: usize = 16_384;
+
+/// The embedded store. Cloning shares the database and the writer thread.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writes: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `path` and starts its writer thread. A file left by a crash is
+    /// repaired here, before herald serves anyone.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        create_tables(&db)?;
+        let (writes, queue) = mpsc::channel(QUEUE);
+        let writer_db = Arc::clone(&db);
+        std::thread::Builder::new()
+            .name("herald-mailbox-writer".into())
+            .spawn(move || writer(&writer_db, queue))
+            .map_err(|e| StoreError::Embedded(format!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedStore { db, writes })
+    }
+
+    async fn write(&self, op: Op) -> Result<Reply, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(embedded)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Embedded(format!("read task failed: {e}")))?
+    }
+}
+
+fn embedded(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Embedded(e.to_string())
+}
+
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(embedded)?;
+    txn.open_table(ENTRIES).map_err(embedded)?;
+    txn.open_table(DEVICES).map_err(embedded)?;
+    txn.open_table(USER_ROOMS).map_err(embedded)?;
+    txn.open_table(ROOM_USERS).map_err(embedded)?;
+    txn.commit().map_err(embedded)
+}
+
+/// A device's bookkeeping, fixed-size little-endian.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Meta {
+    /// The offset the last append got.
+    last_offset: u64,
+    count: u64,
+    bytes: u64,
+    /// Unix ms when the mailbox expires; 0 while connected.
+    expires_at: u64,
+    overflowed: bool,
+}
+
+impl Meta {
+    const LEN: usize = 33;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&self.last_offset.to_le_bytes());
+        out[8..16].copy_from_slice(&self.count.to_le_bytes());
+        out[16..24].copy_from_slice(&self.bytes.to_le_bytes());
+        out[24..32].copy_from_slice(&self.expires_at.to_le_bytes());
+        out[32] = u8::from(self.overflowed);
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Result<Self, StoreError> {
+        let word = |at: usize| -> Result<u64, StoreError> {
+            raw.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| StoreError::Corrupt("device record too short".into()))
+        };
+        Ok(Meta {
+            last_offset: word(0)?,
+            count: word(8)?,
+            bytes: word(16)?,
+            expires_at: word(24)?,
+            overflowed: raw.get(32).copied().unwrap_or(0) != 0,
+        })
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now
+    }
+}
+
+fn encode_entry(entry: &NewEntry<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + entry.event.len() + entry.payload.len());
+    out.push(u8::from(entry.resync));
+    out.extend_from_slice(&(entry.event.len() as u32).to_le_bytes());
+    out.extend_from_slice(entry.event.as_bytes());
+    out.extend_from_slice(entry.payload);
+    out
+}
+
+/// The event name, the payload and the resync flag of a stored entry.
+fn decode_entry(raw: &[u8]) -> Result<(&str, &[u8], bool), StoreError> {
+    let corrupt = || StoreError::Corrupt("entry record malformed".into());
+    let resync = *raw.first().ok_or_else(corrupt)? != 0;
+    let len = raw
+        .get(1..5)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(corrupt)? as usize;
+    let event = raw.get(5..5 + len).ok_or_else(corrupt)?;
+    let event = std::str::from_utf8(event).map_err(|_| corrupt())?;
+    Ok((event, &raw[5 + len..], resync))
+}
+
+fn payload_len(raw: &[u8]) -> u64 {
+    decode_entry(raw).map_or(0, |(_, p, _)| p.len() as u64)
+}
+
+fn dev_id(key: &DeviceKey) -> Result<String, StoreError> {
+    for name in [&key.site, &key.user, &key.device] {
+        if !valid_name(name) {
+            return Err(StoreError::BadName(name.clone()));
+        }
+    }
+    Ok(format!("{}{SEP}{}{SEP}{}", key.site, key.user, key.device))
+}
+
+fn user_id(site: &str, user: &str) -> Result<String, StoreError> {
+    for name in [site, user] {
+        if !valid_name(name) {
+            return Err(StoreError::BadName(name.to_string()));
+        }
+    }
+    Ok(format!("{site}{SEP}{user}{SEP}"))
+}
+
+/// `[prefix, end)` covers every `dev` that starts with `prefix` (which ends in ␟).
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix[..prefix.len() - SEP.len_utf8()].to_string();
+    end.push('\u{20}');
+    end
+}
+
+/// A write for the writer thread.
+enum Op {
+    Connect {
+        dev: String,
+        user: String,
+        rooms: Vec<String>,
+    },
+    Disconnect {
+        dev: String,
+        expires_at: u64,
+    },
+    Append {
+        users: Vec<String>,
+        entry: Vec<u8>,
+        payload_len: u64,
+        caps: Caps,
+    },
+    Ack {
+        dev: String,
+        through: u64,
+        resync_event: Option<String>,
+    },
+    Reset {
+        dev: String,
+    },
+    Sweep {
+        now: u64,
+    },
+}
+
+enum Reply {
+    Done,
+    Queued(Vec<Queued>),
+    Ack(AckOutcome),
+    Swept(usize),
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// The writer thread: takes every job waiting, applies them in one transaction, commits once, answers all.
+fn writer(db: &Database, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (results, committed) = match db.begin_write() {
+            Ok(txn) => {
+                let results: Vec<_> = jobs.iter().map(|job| apply(&txn, &job.op)).collect();
+                (results, txn.commit().map_err(embedded))
+            }
+            Err(e) => (Vec::new(), Err(embedded(e))),
+        };
+        match committed {
+            Ok(()) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = jobs.len(), "mailbox commit failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Embedded(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+struct Tables<'t> {
+    entries: Table<'t, (&'static str, u64), &'static [u8]>,
+    devices: Table<'t, &'static str, &'static [u8]>,
+    user_rooms: Table<'t, &'static str, &'static str>,
+    room_users: Table<'t, (&'static str, &'static str), ()>,
+}
+
+fn apply(txn: &WriteTransaction, op: &Op) -> Result<Reply, StoreError> {
+    let mut t = Tables {
+        entries: txn.open_table(ENTRIES).map_err(embedded)?,
+        devices: txn.open_table(DEVICES).map_err(embedded)?,
+        user_rooms: txn.open_table(USER_ROOMS).map_err(embedded)?,
+        room_users: txn.open_table(ROOM_USERS).map_err(embedded)?,
+    };
+    match op {
+        Op::Connect { dev, user, rooms } => {
+            let mut meta = t.meta(dev)?.unwrap_or_default();
+            meta.expires_at = 0;
+            t.put_meta(dev, &meta)?;
+            t.set_rooms(user, rooms)?;
+            Ok(Reply::Done)
+        }
+        Op::Disconnect { dev, expires_at } => {
+            if let Some(mut meta) = t.meta(dev)? {
+                meta.expires_at = *expires_at;
+                t.put_meta(dev, &meta)?;
+            }
+            Ok(Reply::Done)
+        }
+        Op::Append {
+            users,
+            entry,
+            payload_len,
+            caps,
+        } => {
+            let mut queued = Vec::new();
+            for (index, user) in users.iter().enumerate() {
+                for (device, offset) in t.append(user, entry, *payload_len, *caps)? {
+                    queued.push(Queued {
+                        user: index,
+                        device,
+                        offset,
+                    });
+                }
+            }
+            Ok(Reply::Queued(queued))
+        }
+        Op::Ack {
+            dev,
+            through,
+            resync_event,
+        } => t
+            .ack(dev, *through, resync_event.as_deref())
+            .map(Reply::Ack),
+        Op::Reset { dev } => {
+            if let Some(mut meta) = t.meta(dev)? {
+                t.remove_entries(dev, 0, u64::MAX, |_| true)?;
+                meta.count = 0;
+                meta.bytes = 0;
+                meta.overflowed = false;
+                t.put_meta(dev, &meta)?;
+            }
+            Ok(Reply::Done)
+        }
+        Op::Sweep { now } => t.sweep(*now).map(Reply::Swept),
+    }
+}
+
+impl Tables<'_> {
+    fn meta(&self, dev: &str) -> Result<Option<Meta>, StoreError> {
+        match self.devices.get(dev).map_err(embedded)? {
+            Some(raw) => Meta::decode(raw.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta(&mut self, dev: &str, meta: &Meta) -> Result<(), StoreError> {
+        self.devices
+            .insert(dev, &meta.encode()[..])
+            .map_err(embedded)?;
+        Ok(())
+    }
+
+    /// Every device of `user` (a `site␟user␟` prefix) with its record.
+    fn devices_of(&self, user: &str) -> Result<Vec<(String, Meta)>, StoreError> {
+        let end = prefix_end(user);
+        let mut found = Vec::new();
+        for row in self
+            .devices
+            .range::<&str>(user..end.as_str())
+            .map_err(embedded)?
+        {
+            let (dev, meta) = row.map_err(embedded)?;
+            found.push((dev.value().to_string(), Meta::decode(meta.value())?));
+        }
+        Ok(found)
+    }
+
+    fn append(
+        &mut self,
+        user: &str,
+        entry: &[u8],
+        payload_len: u64,
+        caps: Caps,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let now = now_ms();
+        let mut landed = Vec::new();
+        for (dev, mut meta) in self.devices_of(user)? {
+            if meta.expired(now) {
+                self.forget_device(&dev)?;
+                continue;
+            }
+            meta.last_offset += 1;
+            meta.count += 1;
+            meta.bytes += payload_len;
+            self.entries
+                .insert((dev.as_str(), meta.last_offset), entry)
+                .map_err(embedded)?;
+            while meta.count > caps.max_entries || meta.bytes > caps.max_bytes {
+                let Some(dropped) = self.pop_oldest(&dev)? else {
+                    break;
+                };
+                meta.count -= 1;
+                meta.bytes = meta.bytes.saturating_sub(dropped);
+                meta.overflowed = true;
+            }
+            self.put_meta(&dev, &meta)?;
+            landed.push((dev[user.len()..].to_string(), meta.last_offset));
+        }
+        Ok(landed)
+    }
+
+    /// Removes the oldest entry of `dev`; returns its payload size.
+    fn pop_oldest(&mut self, dev: &str) -> Result<Option<u64>, StoreError> {
+        let first = self
+            .entries
+            .range((dev, 0)..=(dev, u64::MAX))
+            .map_err(embedded)?
+            .next()
+            .transpose()
+            .map_err(embedded)?
+            .map(|(k, v)| (k.value().1, payload_len(v.value())));
+        match first {
+            Some((offset, size)) => {
+                self.entries.remove((dev, offset)).map_err(embedded)?;
+                Ok(Some(size))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the entries of `dev` in `[from, to]` that `matches` picks; returns (count, payload bytes).
+    fn remove_entries(
+        &mut self,
+        dev: &str,
+        from: u64,
+        to: u64,
+        mut matches: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut count, mut bytes) = (0, 0);
+        let removed = self
+            .entries
+            .extract_from_if((dev, from)..=(dev, to), |_, v| matches(v))
+            .map_err(embedded)?;
+        for row in removed {
+            let (_, v) = row.map_err(embedded)?;
+            count += 1;
+            bytes += payload_len(v.value());
+        }
+        Ok((count, bytes))
+    }
+
+    fn ack(
+        &mut self,
+        dev: &str,
+        through: u64,
+        resync_event: Option<&str>,
+    ) -> Result<AckOutcome, StoreError> {
+        let Some(mut meta) = self.meta(dev)? else {
+            return Ok(AckOutcome::Acked);
+        };
+        let is_event =
+            |raw: &[u8], event: &str| decode_entry(raw).is_ok_and(|(e, _, _)| e == event);
+        let skipped_head = match resync_event {
+            Some(event) if through > 0 => {
+                let mut older = self
+                    .entries
+                    .range((dev, 0)..(dev, through))
+                    .map_err(embedded)?;
+                older.any(|row| row.is_ok_and(|(_, v)| is_event(v.value(), event)))
+            }
+            _ => false,
+        };
+        let (mut count, mut bytes) = self.remove_entries(dev, 0, through, |_| true)?;
+        if let (true, Some(event)) = (skipped_head, resync_event) {
+            let (c, b) = self.remove_entries(dev, through, u64::MAX, |v| is_event(v, event))?;
+            count += c;
+            bytes += b;
+        }
+        meta.count = meta.count.saturating_sub(count);
+        meta.bytes = meta.bytes.saturating_sub(bytes);
+        self.put_meta(dev, &meta)?;
+        Ok(if skipped_head {
+            AckOutcome::Resync
+        } else {
+            AckOutcome::Acked
+        })
+    }
+
+    /// Replaces `user`'s shared rooms (lowercase) in the room index.
+    fn set_rooms(&mut self, user: &str, rooms: &[String]) -> Result<(), StoreError> {
+        let (site, name) = split_user(user);
+        let new: Vec<String> = rooms.iter().map(|r| r.to_lowercase()).collect();
+        let old = self.user_rooms.get(user).map_err(embedded)?.map(|v| {
+            v.value()
+                .split(SEP)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        });
+        for room in old.unwrap_or_default() {
+            if !new.contains(&room) {
+                let room_key = format!("{site}{SEP}{room}");
+                self.room_users
+                    .remove((room_key.as_str(), name))
+                    .map_err(embedded)?;
+            }
+        }
+        for room in &new {
+            let room_key = format!("{site}{SEP}{room}");
+            self.room_users
+                .insert((room_key.as_str(), name), ())
+                .map_err(embedded)?;
+        }
+        let joined = new.join(&SEP.to_string());
+        self.user_rooms
+            .insert(user, joined.as_str())
+            .map_err(embedded)?;
+        Ok(())
+    }
+
+    fn forget_device(&mut self, dev: &str) -> Result<(), StoreError> {
+        self.remove_entries(dev, 0, u64::MAX, |_| true)?;
+        self.devices.remove(dev).map_err(embedded)?;
+        let user_end = dev.rfind(SEP).map_or(dev.len(), |at| at + SEP.len_utf8());
+        let user = &dev[..user_end];
+        if self.devices_of(user)?.is_empty() {
+            self.set_rooms(user, &[])?;
+            self.user_rooms.remove(user).map_err(embedded)?;
+        }
+        Ok(())
+    }
+
+    fn sweep(&mut self, now: u64) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for row in self.devices.iter().map_err(embedded)? {
+            let (dev, meta) = row.map_err(embedded)?;
+            if Meta::decode(meta.value())?.expired(now) {
+                expired.push(dev.value().to_string());
+            }
+        }
+        for dev in &expired {
+            self.forget_device(dev)?;
+        }
+        Ok(expired.len())
+    }
+}
+
+/// `site␟user␟` as (`site`, `user`).
+fn split_user(user: &str) -> (&str, &str) {
+    let trimmed = user.strip_suffix(SEP).unwrap_or(user);
+    trimmed.split_once(SEP).unwrap_or((trimmed, ""))
+}
+
+fn read_meta(txn: &redb::ReadTransaction, dev: &str) -> Result<Option<Meta>, StoreError> {
+    let devices = txn.open_table(DEVICES).map_err(embedded)?;
+    match devices.get(dev).map_err(embedded)? {
+        Some(raw) => Meta::decode(raw.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_page(
+    txn: &redb::ReadTransaction,
+    dev: &str,
+    after: u64,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
+    let Some(meta) = read_meta(txn, dev)?.filter(|m| !m.expired(now_ms())) else {
+        return Ok(Page::default());
+    };
+    let entries = txn.open_table(ENTRIES).map_err(embedded)?;
+    let mut page = Page {
+        entries: Vec::new(),
+        overflowed: meta.overflowed,
+    };
+    let mut bytes = 0usize;
+    let start = after.saturating_add(1);
+    for row in entries
+        .range((dev, start)..=(dev, u64::MAX))
+        .map_err(embedded)?
+    {
+        if page.entries.len() >= max_entries {
+            break;
+        }
+        let (key, value) = row.map_err(embedded)?;
+        let (event, payload, resync) = decode_entry(value.value())?;
+        if !page.entries.is_empty() && bytes + payload.len() > max_bytes {
+            break;
+        }
+        bytes += payload.len();
+        page.entries.push(Entry {
+            offset: key.value().1,
+            event: event.to_string(),
+            payload: Bytes::copy_from_slice(payload),
+            resync,
+        });
+    }
+    Ok(page)
+}
+
+#[async_trait]
+impl MailboxStore for EmbeddedStore {
+    async fn connect(&self, key: &DeviceKey, rooms: &[String]) -> Result<(), StoreError> {
+        if let Some(bad) = rooms.iter().find(|r| !valid_name(r)) {
+            return Err(StoreError::BadName(bad.clone()));
+        }
+        let op = Op::Connect {
+            dev: dev_id(key)?,
+            user: user_id(&key.site, &key.user)?,
+            rooms: rooms.to_vec(),
+        };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn disconnect(&self, key: &DeviceKey, ttl: Duration) -> Result<(), StoreError> {
+        let expires_at = now_ms().saturating_add(ttl.as_millis() as u64).max(1);
+        let op = Op::Disconnect {
+            dev: dev_id(key)?,
+            expires_at,
+        };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn append(
+        &self,
+        site: &str,
+        users: &[String],
+        entry: NewEntry<'_>,
+        caps: Caps,
+    ) -> Result<Vec<Queued>, StoreError> {
+        let users = users
+            .iter()
+            .map(|u| user_id(site, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let op = Op::Append {
+            users,
+            entry: encode_entry(&entry),
+            payload_len: entry.payload.len() as u64,
+            caps,
+        };
+        match self.write(op).await? {
+            Reply::Queued(queued) => Ok(queued),
+            _ => Err(StoreError::Embedded("unexpected writer reply".into())),
+        }
+    }
+
+    async fn read(
+        &self,
+        key: &DeviceKey,
+        after: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError> {
+        let dev = dev_id(key)?;
+        self.read_with(move |txn| read_page(txn, &dev, after, max_entries, max_bytes))
+            .await
+    }
+
+    async fn ack(
+        &self,
+        key: &DeviceKey,
+        through: u64,
+        resync_event: Option<&str>,
+    ) -> Result<AckOutcome, StoreError> {
+        let op = Op::Ack {
+            dev: dev_id(key)?,
+            through,
+            resync_event: resync_event.map(str::to_string),
+        };
+        match self.write(op).await? {
+            Reply::Ack(outcome) => Ok(outcome),
+            _ => Err(StoreError::Embedded("unexpected writer reply".into())),
+        }
+    }
+
+    async fn reset(&self, key: &DeviceKey) -> Result<(), StoreError> {
+        self.write(Op::Reset { dev: dev_id(key)? })
+            .await
+            .map(|_| ())
+    }
+
+    async fn users_in_room(&self, site: &str, room: &str) -> Result<Vec<String>, StoreError> {
+        let room_key = format!("{site}{SEP}{}", room.to_lowercase());
+        self.read_with(move |txn| {
+            let index = txn.open_table(ROOM_USERS).map_err(embedded)?;
+            let mut users = Vec::new();
+            for row in index.range((room_key.as_str(), "")..).map_err(embedded)? {
+                let (key, _) = row.map_err(embedded)?;
+                let (room, user) = key.value();
+                if room != room_key {
+                    break;
+                }
+                users.push(user.to_string());
+            }
+            Ok(users)
+        })
+        .await
+    }
+
+    async fn devices(&self, site: &str, user: &str) -> Result<Vec<DeviceStatus>, StoreError> {
+        let user = user_id(site, user)?;
+        self.read_with(move |txn| {
+            let devices = txn.open_table(DEVICES).map_err(embedded)?;
+            let end = prefix_end(&user);
+            let now = now_ms();
+            let mut found = Vec::new();
+            for row in devices
+                .range::<&str>(user.as_str()..end.as_str())
+                .map_err(embedded)?
+            {
+                let (dev, meta) = row.map_err(embedded)?;
+                let meta = Meta::decode(meta.value())?;
+                if meta.expired(now) {
+                    continue;
+                }
+                found.push(DeviceStatus {
+                    device: dev.value()[user.len()..].to_string(),
+                    connected: meta.expires_at == 0,
+                    pending: meta.count,
+                    bytes: meta.bytes,
+                    overflowed: meta.overflowed,
+                    expires_at_ms: (meta.expires_at != 0).then_some(meta.expires_at),
+                });
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn sweep(&self) -> Result<usize, StoreError> {
+        match self.write(Op::Sweep { now: now_ms() }).await? {
+            Reply::Swept(n) => Ok(n),
+            _ => Err(StoreError::Embedded("unexpected writer reply".into())),
+        }
+    }
+}
+
+/// How many entries the store holds in all, for tests and the benchmark.
+pub fn entry_count(store: &EmbeddedStore) -> Result<u64, StoreError> {
+    let txn = store.db.begin_read().map_err(embedded)?;
+    let entries = txn.open_table(ENTRIES).map_err(embedded)?;
+    entries.len().map_err(embedded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_store_passes_the_contract() {
+        let dir = std::env::temp_dir().join(format!("herald-mbx-{}", rand::random::<u64>()));
+        let store = EmbeddedStore::open(&dir.join("mailbox.redb")).expect("opens");
+        crate::mailbox::contract::run_all(Arc::new(store)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn entries_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("herald-mbx-{}", rand::random::<u64>()));
+        let path = dir.join("mailbox.redb");
+        let key = DeviceKey::new("s", "user_1", "d");
+        {
+            let store = EmbeddedStore::open(&path).expect("opens");
+            store.connect(&key, &[]).await.expect("connect");
+            let entry = NewEntry {
+                event: "ev",
+                payload: b"[\"ev\",1]",
+                resync: false,
+            };
+            let caps = crate::mailbox::contract::ROOMY;
+            store
+                .append("s", &["user_1".to_string()], entry, caps)
+                .await
+                .expect("append");
+        }
+        // The writer thread still holds the first handle until its queue closes; wait for it to let go.
+        let store = loop {
+            match EmbeddedStore::open(&path) {
+                Ok(store) => break store,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let page = store.read(&key, 0, 10, usize::MAX).await.expect("read");
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(&page.entries[0].payload[..], b"[\"ev\",1]");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,1 @@
+//! The Redis mailbox store, for clusters (written by a helper; placeholder).
