@@ -10,8 +10,15 @@ use serde_json::Value;
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator};
-use crate::config::{Config, SiteConfig};
+use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
+use crate::mailbox::embedded::EmbeddedStore;
+use crate::mailbox::redis::RedisStore;
+use crate::mailbox::store::valid_name;
+use crate::mailbox::{
+    DeviceKey, Mailbox, MailboxStore, Presence, PresenceTarget, PresenceUser, StoreError,
+};
+use crate::secret::Secret;
 use crate::sites::{ClientInfo, Site, Sites};
 use crate::socketio::{
     Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, Refusal,
@@ -25,6 +32,8 @@ pub enum GatewayError {
     Auth { site: String, source: AuthError },
     #[error("cannot create the HTTP client for auth webhooks: {0}")]
     Http(String),
+    #[error("cannot open the mailbox store: {0}")]
+    Mailbox(#[from] StoreError),
 }
 
 /// The running gateway: its socket.io server, engine and sites.
@@ -40,13 +49,39 @@ pub struct Gateway {
 /// The page `/` serves: a live view of the demo site's public room, with a publish form.
 const DEMO_PAGE: &str = include_str!("ui/demo.html");
 
-/// Builds the gateway for `config` (already validated).
-pub fn build(config: &Config) -> Result<Gateway, GatewayError> {
+/// Whether `site` keeps durable mailboxes: it knows its users (a user-room prefix) and keeps them (a TTL).
+fn keeps_mailboxes(site: &SiteConfig) -> bool {
+    site.user_room_prefix
+        .as_deref()
+        .is_some_and(|p| !p.is_empty())
+        && site.device_ttl_secs > 0
+}
+
+/// Opens the configured mailbox store and starts the service, when some site keeps mailboxes.
+async fn open_mailbox(config: &Config) -> Result<Option<Arc<Mailbox>>, GatewayError> {
+    if !config.sites.iter().any(keeps_mailboxes) {
+        return Ok(None);
+    }
+    let server = &config.server;
+    let store: Arc<dyn MailboxStore> = match (server.mailbox_store(), &server.redis_url) {
+        (MailboxStoreKind::Redis, Some(url)) => Arc::new(RedisStore::connect(url).await?),
+        _ => Arc::new(EmbeddedStore::open(&server.data_dir.join("mailbox.redb"))?),
+    };
+    Ok(Some(Mailbox::start(store, server.mailbox.clone()).await?))
+}
+
+/// Builds the gateway for `config` (already validated), opening its mailbox store.
+pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
     let io = SocketIo::new(SocketIoConfig::default());
     let http = reqwest::Client::builder()
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
+    let mailbox = open_mailbox(config).await?;
+    let presence = Arc::new(Presence::new(
+        http.clone(),
+        Duration::from_millis(config.server.mailbox.presence_debounce_ms),
+    ));
     let mut sites = Vec::with_capacity(config.sites.len());
     for site in &config.sites {
         let auth =
@@ -55,10 +90,13 @@ pub fn build(config: &Config) -> Result<Gateway, GatewayError> {
                 source,
             })?;
         let own_namespace = Arc::new(OnceLock::new());
+        let site_mailbox = mailbox.clone().filter(|_| keeps_mailboxes(site));
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
             auth,
             namespace: Arc::clone(&own_namespace),
+            mailbox: site_mailbox.clone(),
+            presence: presence_target(site).map(|t| (Arc::clone(&presence), t)),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -66,6 +104,7 @@ pub fn build(config: &Config) -> Result<Gateway, GatewayError> {
         sites.push(Site {
             config: site.clone(),
             namespace,
+            mailbox: site_mailbox,
         });
     }
     let engine = Engine::new(engine_config(config), io.clone());
@@ -152,12 +191,24 @@ impl Gateway {
     }
 }
 
+/// Where the site reports its users' comings and goings, if it does.
+fn presence_target(site: &SiteConfig) -> Option<PresenceTarget> {
+    let url = site.update_user_url.clone()?;
+    let scheme = match &site.auth {
+        auth::AuthConfig::Webhook(webhook) => webhook.scheme.clone(),
+        _ => "Bearer".to_string(),
+    };
+    Some(PresenceTarget { url, scheme })
+}
+
 /// Lets clients into one site's namespace by the site's rule; clients never pick their own rooms.
 struct SiteHandler {
     site: Arc<SiteConfig>,
     auth: Authenticator,
     /// The site's own namespace, for its connection count.
     namespace: Arc<OnceLock<Weak<Namespace>>>,
+    mailbox: Option<Arc<Mailbox>>,
+    presence: Option<(Arc<Presence>, PresenceTarget)>,
 }
 
 impl SiteHandler {
@@ -166,6 +217,37 @@ impl SiteHandler {
             .get()
             .and_then(Weak::upgrade)
             .map_or(0, |ns| ns.len())
+    }
+
+    /// The mailbox `socket` reads, when the site keeps them and the client is a user.
+    fn device_key(&self, info: &ClientInfo) -> Option<DeviceKey> {
+        self.mailbox.as_ref()?;
+        Some(DeviceKey::new(
+            &self.site.name,
+            info.user_room.as_deref()?,
+            info.device_id.as_deref().unwrap_or(""),
+        ))
+    }
+
+    /// The shared rooms of `socket`: neither its id, nor a user room, nor the public channel.
+    fn shared_rooms(&self, socket: &Socket) -> Vec<String> {
+        let prefix = self.site.user_room_prefix.as_deref().unwrap_or_default();
+        socket
+            .rooms()
+            .into_iter()
+            .skip(1)
+            .filter(|r| !(r.starts_with(prefix) || self.site.public_channel.as_ref() == Some(r)))
+            .collect()
+    }
+
+    fn presence_user(&self, info: &ClientInfo) -> Option<PresenceUser> {
+        let room = info.user_room.as_deref()?;
+        let prefix = self.site.user_room_prefix.as_deref().unwrap_or_default();
+        Some(PresenceUser {
+            site: self.site.name.clone(),
+            id: room.strip_prefix(prefix).unwrap_or(room).to_string(),
+            token: info.token.clone(),
+        })
     }
 }
 
@@ -193,6 +275,10 @@ impl NamespaceHandler for SiteHandler {
             return Decision::Now(Err(Refusal(message)));
         }
         let device_id = credential(&request, "deviceId");
+        if device_id.as_deref().is_some_and(|d| !valid_name(d)) {
+            let message = "deviceId must be at most 256 bytes, without control characters";
+            return Decision::Now(Err(Refusal(message.into())));
+        }
         let auth_request = AuthRequest {
             token: credential(&request, "token"),
             meta: request.query_param("meta").map(str::to_string),
@@ -205,8 +291,8 @@ impl NamespaceHandler for SiteHandler {
         if public_only {
             let rooms = site.public_channel.iter().cloned().collect();
             let data = ClientInfo {
-                user: None,
                 device_id,
+                ..ClientInfo::default()
             };
             return Decision::Now(Ok(Accepted {
                 rooms,
@@ -220,9 +306,19 @@ impl NamespaceHandler for SiteHandler {
                 Refusal(e.to_string())
             })?;
             let mut user = identity.user.clone();
+            let mut user_room = None;
             if let Some(prefix) = site.user_room_prefix.as_deref().filter(|p| !p.is_empty()) {
                 auth::require_user_room(&identity, prefix).map_err(|e| Refusal(e.to_string()))?;
-                user = user.or_else(|| auth::user_room_user(&identity, prefix).map(str::to_string));
+                let id = auth::user_room_user(&identity, prefix);
+                user = user.or_else(|| id.map(str::to_string));
+                user_room = id.map(|id| format!("{prefix}{id}"));
+            }
+            if let Some(bad) = identity.rooms.iter().find(|r| !valid_name(r)) {
+                tracing::info!(site = %site.name, "refused a client: the auth answer named an invalid room");
+                return Err(Refusal(format!(
+                    "the auth answer named an invalid room '{}'",
+                    bad.escape_debug()
+                )));
             }
             let mut rooms = identity.rooms;
             if let Some(public) = site.public_channel.as_ref().filter(|p| !rooms.contains(p)) {
@@ -230,9 +326,39 @@ impl NamespaceHandler for SiteHandler {
             }
             Ok(Accepted {
                 rooms,
-                data: Some(Box::new(ClientInfo { user, device_id })),
+                data: Some(Box::new(ClientInfo {
+                    user,
+                    device_id,
+                    user_room,
+                    token: auth_request.token.map(Secret::new),
+                })),
             })
         }))
+    }
+
+    fn on_connect(&self, socket: &Arc<Socket>) {
+        let Some(info) = socket.data::<ClientInfo>() else {
+            return;
+        };
+        if let (Some(mailbox), Some(key)) = (&self.mailbox, self.device_key(info)) {
+            let ttl = Duration::from_secs(self.site.device_ttl_secs);
+            mailbox.attach(Arc::clone(socket), key, self.shared_rooms(socket), ttl);
+        }
+        if let (Some((presence, target)), Some(user)) = (&self.presence, self.presence_user(info)) {
+            presence.connected(target, user);
+        }
+    }
+
+    fn on_disconnect(&self, socket: &Arc<Socket>, _reason: &'static str) {
+        let Some(info) = socket.data::<ClientInfo>() else {
+            return;
+        };
+        if let (Some(mailbox), Some(key)) = (&self.mailbox, self.device_key(info)) {
+            mailbox.detach(&key, socket.id());
+        }
+        if let (Some((presence, target)), Some(user)) = (&self.presence, self.presence_user(info)) {
+            presence.disconnected(target, user);
+        }
     }
 
     fn on_event(&self, socket: &Arc<Socket>, event: IncomingEvent) {

@@ -170,11 +170,14 @@ fn check_config(flags: &SourceFlags) -> Result<(), Failure> {
 fn serve(flags: &SourceFlags) -> Result<(), Failure> {
     let config = load(flags)?;
     herald::logging::init(config.server.log.json, &config.server.log.level);
-    let gateway = herald::gateway::build(&config).map_err(|e| Failure::Config(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime
-        .block_on(run(config, gateway))
-        .map_err(Failure::Other)
+    runtime.block_on(async {
+        // The mailbox store opens here, so a store that cannot open is reported before any port is bound.
+        let gateway = herald::gateway::build(&config)
+            .await
+            .map_err(|e| Failure::Config(e.to_string()))?;
+        run(config, gateway).await.map_err(Failure::Other)
+    })
 }
 
 async fn run(config: Config, gateway: herald::gateway::Gateway) -> anyhow::Result<()> {

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::SiteConfig;
+use crate::mailbox::Mailbox;
+use crate::secret::Secret;
 use crate::socketio::Namespace;
 
 /// Who a connected client is, attached to its socket when the site let it in.
@@ -11,16 +13,37 @@ use crate::socketio::Namespace;
 pub struct ClientInfo {
     pub user: Option<String>,
     pub device_id: Option<String>,
+    /// The user's room (`user_42`), which names the user's mailboxes; on sites with a user-room prefix.
+    pub user_room: Option<String>,
+    /// The client's token, for `updateUserUrl` calls made on its behalf.
+    pub token: Option<Secret>,
 }
 
-/// One site: its configuration and its namespace.
+/// One site: its configuration, its namespace, and its mailboxes when it keeps them.
 #[derive(Debug)]
 pub struct Site {
     pub config: SiteConfig,
     pub namespace: Arc<Namespace>,
+    /// Present when the site has a user-room prefix and a device TTL above 0.
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 impl Site {
+    /// Whether publishes to `room` go through mailboxes (user and shared rooms) rather than a live broadcast.
+    pub fn is_mailboxed(&self, room: &str) -> bool {
+        self.mailbox.is_some() && self.config.public_channel.as_deref() != Some(room)
+    }
+
+    /// The user room `room` names, if it is one.
+    pub fn user_room<'a>(&self, room: &'a str) -> Option<&'a str> {
+        let prefix = self
+            .config
+            .user_room_prefix
+            .as_deref()
+            .filter(|p| !p.is_empty())?;
+        room.starts_with(prefix).then_some(room)
+    }
+
     /// Whether `key` is one of the site's API keys, compared in constant time.
     pub fn accepts_key(&self, key: &str) -> bool {
         // Check every key, so the time taken does not tell which one nearly matched.

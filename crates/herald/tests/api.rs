@@ -32,7 +32,7 @@ async fn start(sites: Vec<SiteConfig>) -> SocketAddr {
         sites,
         ..Config::default()
     };
-    let gateway = herald::gateway::build(&config).unwrap();
+    let gateway = herald::gateway::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, gateway.router()).await });
@@ -143,7 +143,10 @@ async fn v1_publish_targets_rooms_all_sockets_and_except() {
         &json!({"all": true, "event": "e", "args": [1]}),
     )
     .await;
-    assert_eq!((status, answer), (200, json!({"matched": 2})));
+    assert_eq!(
+        (status, answer),
+        (200, json!({"matched": 2, "queued": 0, "online": 0}))
+    );
     assert_eq!(a.next_text().await, r#"42/shop,["e",1]"#);
     assert_eq!(b.next_text().await, r#"42/shop,["e",1]"#);
 
@@ -155,7 +158,7 @@ async fn v1_publish_targets_rooms_all_sockets_and_except() {
         &json!({"rooms": ["lobby"], "except": [a_id.clone()], "event": "e", "args": [2]}),
     )
     .await;
-    assert_eq!(answer, json!({"matched": 1}));
+    assert_eq!(answer, json!({"matched": 1, "queued": 0, "online": 0}));
     assert_eq!(b.next_text().await, r#"42/shop,["e",2]"#);
 
     let (_, answer) = api(
@@ -166,7 +169,7 @@ async fn v1_publish_targets_rooms_all_sockets_and_except() {
         &json!({"sockets": [a_id], "event": "e", "args": [3]}),
     )
     .await;
-    assert_eq!(answer, json!({"matched": 1}));
+    assert_eq!(answer, json!({"matched": 1, "queued": 0, "online": 0}));
     assert_eq!(a.next_text().await, r#"42/shop,["e",3]"#);
 
     let (status, answer) = api(
@@ -220,7 +223,10 @@ async fn v1_publish_targets_rooms_all_sockets_and_except() {
     .await;
     assert_eq!(
         (status, answer),
-        (200, json!({"results": [{"matched": 2}, {"matched": 2}]}))
+        (
+            200,
+            json!({"results": [{"matched": 2, "queued": 0, "online": 0}, {"matched": 2, "queued": 0, "online": 0}]})
+        )
     );
 }
 
@@ -261,7 +267,7 @@ async fn v1_lists_disconnects_and_moves_sockets_between_rooms() {
         &json!({"rooms": ["vip"], "event": "v"}),
     )
     .await;
-    assert_eq!(answer, json!({"matched": 1}));
+    assert_eq!(answer, json!({"matched": 1, "queued": 0, "online": 0}));
     assert_eq!(a.next_text().await, r#"42/shop,["v"]"#);
 
     let (status, _) = api(

@@ -25,6 +25,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("internal error")]
     Internal(String),
+    /// The mailbox store failed: nothing was promised durable, the publisher should retry.
+    #[error("the mailbox store is unavailable; retry")]
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -37,14 +40,15 @@ impl ApiError {
             ApiError::UnknownSite(_) | ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(detail = %detail, "publish API internal error");
+        if let ApiError::Internal(detail) | ApiError::StoreUnavailable(detail) = &self {
+            tracing::error!(detail = %detail, "publish API error");
         }
         let body = serde_json::json!({ "error": self.to_string() });
         (self.status(), Json(body)).into_response()

@@ -42,6 +42,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sites/{site}/sockets", get(v1::list_sockets))
         .route("/api/v1/sites/{site}/sockets/{id}", delete(v1::disconnect))
         .route("/api/v1/sites/{site}/sockets/{id}/rooms", post(v1::rooms))
+        .route(
+            "/api/v1/sites/{site}/users/{user}/devices",
+            get(v1::user_devices),
+        )
         .with_state(state)
 }
 

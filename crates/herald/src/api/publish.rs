@@ -1,6 +1,7 @@
-//! One publish: validate a request and broadcast it to a site's namespace, encoded once.
+//! One publish: validate a request, append it to the mailboxes of the users it names (durably, before the answer),
+//! and broadcast the rest to the site's namespace, encoded once.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -26,9 +27,12 @@ pub struct PublishRequest {
     pub event: String,
     #[serde(default)]
     pub args: Vec<Value>,
-    /// Drop the message for clients that are behind instead of queueing it.
+    /// Drop the message for clients that are behind instead of queueing it; never stored in mailboxes.
     #[serde(default)]
     pub volatile: bool,
+    /// crossroads' `resync`: an ack that skips an older pending entry of this event clears it and emits `_resync`.
+    #[serde(default)]
+    pub resync: bool,
 }
 
 impl PublishRequest {
@@ -57,12 +61,46 @@ impl PublishRequest {
     }
 }
 
-/// Broadcasts a validated request; returns how many sockets it was queued for.
-pub fn publish(site: &Site, request: &PublishRequest) -> Result<usize, ApiError> {
+/// What one publish reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Sockets a live broadcast was queued for (public channel, `all`, socket ids, sites without mailboxes).
+    pub matched: usize,
+    /// Mailbox entries written, one per device of each user reached; durable when the answer is sent.
+    pub queued: usize,
+    /// Of those, entries handed straight to a device connected to this node.
+    pub online: usize,
+}
+
+/// Publishes a validated request: mailboxes first (so a 200 means durable), then the live broadcast.
+/// `resync` is crossroads' `resync=true`.
+pub async fn publish(
+    site: &Site,
+    request: &PublishRequest,
+    resync: bool,
+) -> Result<Outcome, ApiError> {
     request.validate()?;
-    let rooms: Vec<&str> = request
+    // Volatile messages are for whoever is connected now: never stored.
+    let (mailboxed, live): (Vec<&String>, Vec<&String>) = request
         .rooms
         .iter()
+        .partition(|room| !request.volatile && site.is_mailboxed(room));
+    let mut outcome = Outcome::default();
+    if !mailboxed.is_empty() {
+        let (queued, online) = to_mailboxes(site, request, &mailboxed, resync).await?;
+        outcome.queued = queued;
+        outcome.online = online;
+    }
+    if request.all || !live.is_empty() || !request.sockets.is_empty() {
+        outcome.matched = broadcast(site, request, &live)?;
+    }
+    Ok(outcome)
+}
+
+fn broadcast(site: &Site, request: &PublishRequest, live: &[&String]) -> Result<usize, ApiError> {
+    let rooms: Vec<&str> = live
+        .iter()
+        .copied()
         .chain(&request.sockets)
         .map(String::as_str)
         .collect();
@@ -76,4 +114,45 @@ pub fn publish(site: &Site, request: &PublishRequest) -> Result<usize, ApiError>
     site.namespace
         .broadcast(&target, &request.event, &request.args, &[])
         .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Appends to the mailbox of every device of the users `rooms` name: a user room names its user, a shared
+/// room every user who joined it (on any node). Returns (queued, online).
+async fn to_mailboxes(
+    site: &Site,
+    request: &PublishRequest,
+    rooms: &[&String],
+    resync: bool,
+) -> Result<(usize, usize), ApiError> {
+    let Some(mailbox) = &site.mailbox else {
+        return Ok((0, 0));
+    };
+    let unavailable = |e: crate::mailbox::StoreError| ApiError::StoreUnavailable(e.to_string());
+    let mut users: Vec<String> = Vec::new();
+    for room in rooms {
+        match site.user_room(room) {
+            Some(user) => users.push(user.to_string()),
+            None => users.extend(
+                mailbox
+                    .users_in_room(&site.config.name, room)
+                    .await
+                    .map_err(unavailable)?,
+            ),
+        }
+    }
+    users.sort_unstable();
+    users.dedup();
+    users.retain(|u| crate::mailbox::store::valid_name(u));
+    let mut payload = Vec::with_capacity(64);
+    let array = herald_protocol::socketio::Event {
+        name: &request.event,
+        args: &request.args,
+    };
+    serde_json::to_writer(&mut payload, &array)
+        .map_err(|e| ApiError::BadRequest(format!("args are not serializable: {e}")))?;
+    let delivery = mailbox
+        .deliver(&site.config.name, &users, &request.event, &payload, resync)
+        .await
+        .map_err(unavailable)?;
+    Ok((delivery.queued, delivery.online))
 }

@@ -16,8 +16,7 @@ pub struct SendQuery {
     site: Option<String>,
     #[serde(rename = "apiKey")]
     api_key: Option<String>,
-    /// Mailbox resync on a mismatched ack (issue 4); accepted and ignored until mailboxes exist.
-    #[allow(dead_code)]
+    /// `resync=true`: an ack that skips an older entry of this event clears that event and emits `_resync`.
     resync: Option<String>,
 }
 
@@ -41,8 +40,12 @@ pub async fn send(
         .ok_or(ApiError::InvalidLegacyKey)?;
     let body = super::read_body(body, &headers, state.max_publish_bytes).await?;
     let request = parse(&headers, &body)?;
-    let matched = publish(site, &request)?;
-    tracing::debug!(site = %site_name, event = %request.event, matched, "published through /send");
+    // crossroads tests `req.query.resync` for truthiness: any non-empty value turns it on.
+    let resync = query
+        .resync
+        .is_some_and(|r| !r.is_empty() && r != "false" && r != "0");
+    let outcome = publish(site, &request, resync).await?;
+    tracing::debug!(site = %site_name, event = %request.event, ?outcome, "published through /send");
     Ok("OK")
 }
 

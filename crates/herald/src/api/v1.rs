@@ -50,8 +50,8 @@ pub async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
     let request: PublishRequest = json_body(&state, &headers, body).await?;
-    let matched = broadcast(&site, &request)?;
-    Ok(Json(json!({ "matched": matched })))
+    let outcome = broadcast(&site, &request, request.resync).await?;
+    Ok(Json(json!(outcome)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,11 +74,10 @@ pub async fn batch(
             .validate()
             .map_err(|e| ApiError::BadRequest(format!("messages[{i}]: {e}")))?;
     }
-    let results = request
-        .messages
-        .iter()
-        .map(|m| broadcast(&site, m).map(|matched| json!({ "matched": matched })))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(request.messages.len());
+    for message in &request.messages {
+        results.push(broadcast(&site, message, message.resync).await?);
+    }
     Ok(Json(json!({ "results": results })))
 }
 
@@ -149,4 +148,47 @@ pub async fn rooms(
         socket.join(room);
     }
     Ok(Json(json!({ "rooms": socket.rooms() })))
+}
+
+/// A user's devices and what each has pending: `user` is the user room (`user_42`) or the id after its prefix.
+pub async fn user_devices(
+    State(state): State<ApiState>,
+    Path((site, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let site = authorized(&state, &headers, &site)?;
+    let Some(mailbox) = &site.mailbox else {
+        return Err(ApiError::BadRequest(format!(
+            "site '{}' keeps no mailboxes: it needs a user_room_prefix and a device_ttl_secs above 0",
+            site.config.name
+        )));
+    };
+    let room = match site.user_room(&user) {
+        Some(room) => room.to_string(),
+        None => format!(
+            "{}{user}",
+            site.config.user_room_prefix.as_deref().unwrap_or_default()
+        ),
+    };
+    if !crate::mailbox::store::valid_name(&room) {
+        return Err(ApiError::BadRequest("invalid user name".into()));
+    }
+    let devices = mailbox
+        .devices(&site.config.name, &room)
+        .await
+        .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
+    let listed: Vec<Value> = devices
+        .iter()
+        .map(|d| {
+            json!({
+                "deviceId": d.device,
+                "connected": d.connected,
+                "pending": d.pending,
+                "bytes": d.bytes,
+                "overflowed": d.overflowed,
+                "expiresAtMs": d.expires_at_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "user": room, "devices": listed })))
 }

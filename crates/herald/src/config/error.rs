@@ -92,6 +92,10 @@ pub enum ConfigError {
 
     #[error("{field} must be greater than 0")]
     ServerZero { field: &'static str },
+    #[error("server.mailbox.store is redis but no redis_url (REDIS_URL) is set")]
+    MailboxNeedsRedis,
+    #[error("server.redis_url must start with redis:// or rediss://")]
+    RedisUrl,
     #[error("server.engine.path '{path}' must start and end with '/'")]
     EnginePath { path: String },
 

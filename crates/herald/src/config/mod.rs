@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub engine: EngineSettings,
     /// Redis for clusters (`REDIS_URL`); none runs embedded. Default none.
     pub redis_url: Option<String>,
+    /// Durable per-device mailboxes.
+    pub mailbox: MailboxSettings,
     /// Milliseconds SIGTERM waits for connections to drain. Default 10000.
     pub shutdown_grace_ms: u64,
 }
@@ -73,6 +75,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             engine: EngineSettings::default(),
             redis_url: None,
+            mailbox: MailboxSettings::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -122,6 +125,64 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Where mailboxes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxStoreKind {
+    /// `<data_dir>/mailbox.redb` on this node's disk.
+    Embedded,
+    /// The Redis at `redis_url`, shared by every node.
+    Redis,
+}
+
+/// Durable per-device mailboxes (sites with a `user_room_prefix` and a `device_ttl_secs` above 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailboxSettings {
+    /// `embedded` or `redis`. Default: `redis` when `redis_url` is set, else `embedded`.
+    pub store: Option<MailboxStoreKind>,
+    /// Most entries one device's mailbox keeps; more drop the oldest and end in `_resync`. Default 100 000.
+    pub max_entries: u64,
+    /// Most payload bytes one device's mailbox keeps. Default 64 MiB.
+    pub max_bytes: u64,
+    /// Most entries in one `_batch` page of a replay. Default 1000.
+    pub page_entries: usize,
+    /// Most payload bytes in one `_batch` page. Default 512 KiB.
+    pub page_bytes: usize,
+    /// Milliseconds a replay waits for a `_batch` ack before it goes on without one. Default 30000.
+    pub batch_ack_timeout_ms: u64,
+    /// Milliseconds a user must stay away before `updateUserUrl` hears `last_disconnected`. Default 5000.
+    pub presence_debounce_ms: u64,
+    /// Milliseconds between sweeps of expired mailboxes (embedded store). Default 60000.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for MailboxSettings {
+    fn default() -> Self {
+        MailboxSettings {
+            store: None,
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+            page_entries: 1000,
+            page_bytes: 512 << 10,
+            batch_ack_timeout_ms: 30_000,
+            presence_debounce_ms: 5000,
+            sweep_interval_ms: 60_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The mailbox store this configuration runs.
+    pub fn mailbox_store(&self) -> MailboxStoreKind {
+        self.mailbox.store.unwrap_or(if self.redis_url.is_some() {
+            MailboxStoreKind::Redis
+        } else {
+            MailboxStoreKind::Embedded
+        })
+    }
+}
+
 /// Engine.IO settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -166,10 +227,12 @@ pub struct SiteConfig {
     /// A room every client of the site may join without a token. Default none.
     #[serde(default)]
     pub public_channel: Option<String>,
-    /// URL that gets `PUT {id, user: {last_connected|last_disconnected}}` (issue 4). Default none.
+    /// URL that gets `PUT {id, user: {last_connected|last_disconnected}}` when a user comes and goes (`:id` is
+    /// the user room without its prefix). Default none.
     #[serde(default)]
     pub update_user_url: Option<String>,
-    /// Seconds a device's mailbox outlives its last connection (issue 4). Default 86400.
+    /// Seconds a device's mailbox outlives its last connection; 0 turns mailboxes off (live delivery only, as
+    /// crossroads' 0 stores nothing). Default 86400.
     #[serde(default = "default_device_ttl")]
     pub device_ttl_secs: u64,
     /// Most concurrent clients of this site; none means only the server limit. Default none.

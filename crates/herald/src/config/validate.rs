@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::auth::{AuthConfig, JwtConfig, WebhookConfig};
 use crate::config::error::KeysFound;
-use crate::config::{Config, ConfigError, ServerConfig, SiteConfig, DEMO_SITE};
+use crate::config::{Config, ConfigError, MailboxStoreKind, ServerConfig, SiteConfig, DEMO_SITE};
 
 /// The JWT algorithms a site may name. `none` is not one of them.
 pub const JWT_ALGORITHMS: &[&str] = &[
@@ -53,9 +53,35 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
         ("server.limits.outbox_frames", limits.outbox_frames as u64),
         ("server.engine.ping_interval_ms", engine.ping_interval_ms),
         ("server.engine.ping_timeout_ms", engine.ping_timeout_ms),
+        ("server.mailbox.max_entries", server.mailbox.max_entries),
+        ("server.mailbox.max_bytes", server.mailbox.max_bytes),
+        (
+            "server.mailbox.page_entries",
+            server.mailbox.page_entries as u64,
+        ),
+        (
+            "server.mailbox.page_bytes",
+            server.mailbox.page_bytes as u64,
+        ),
+        (
+            "server.mailbox.batch_ack_timeout_ms",
+            server.mailbox.batch_ack_timeout_ms,
+        ),
+        (
+            "server.mailbox.sweep_interval_ms",
+            server.mailbox.sweep_interval_ms,
+        ),
     ];
     if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
         return Err(ConfigError::ServerZero { field });
+    }
+    if server.mailbox_store() == MailboxStoreKind::Redis && server.redis_url.is_none() {
+        return Err(ConfigError::MailboxNeedsRedis);
+    }
+    if let Some(url) = &server.redis_url {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::RedisUrl);
+        }
     }
     if !engine.path.starts_with('/') || !engine.path.ends_with('/') {
         return Err(ConfigError::EnginePath {

@@ -27,6 +27,21 @@ pub(crate) fn event(
     packet(kind, nsp, ack_id, &Event { name, args }, binaries)
 }
 
+/// The frame of an event whose `[name, ...args]` array is already JSON, with ack id `ack_id`.
+pub(crate) fn raw_event(nsp: &str, ack_id: u64, array: &serde_json::value::RawValue) -> OutFrame {
+    let mut out = Vec::with_capacity(16 + nsp.len() + array.get().len());
+    out.push(b'4');
+    let header = Header {
+        kind: PacketType::Event,
+        nsp,
+        id: Some(ack_id),
+        attachments: 0,
+    };
+    // A RawValue is JSON already, so serializing it cannot fail.
+    let _ = encode(&header, Some(array), &mut out);
+    OutFrame::Text(Bytes::from(out))
+}
+
 /// Frames answering the client's ack `id` with `args`.
 pub(crate) fn ack(
     nsp: &str,
@@ -98,6 +113,12 @@ mod tests {
                 OutFrame::text("451-/chat,3[\"hi\",1]"),
                 OutFrame::Binary(Bytes::from_static(b"\x01"))
             ]
+        );
+        let raw = serde_json::from_str::<&serde_json::value::RawValue>(r#"["ev",{"a":1}]"#)
+            .expect("json");
+        assert_eq!(
+            raw_event("/s", 7, raw),
+            OutFrame::text("42/s,7[\"ev\",{\"a\":1}]")
         );
         assert_eq!(
             simple::<Value>(PacketType::Disconnect, "/", None),

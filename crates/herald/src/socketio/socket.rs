@@ -141,6 +141,21 @@ impl Socket {
         }
     }
 
+    /// Emits a pre-encoded JSON array `[event, ...args]` asking for an ack; the receiver resolves with the
+    /// client's answer, or fails when the socket goes. Stored messages are sent this way without re-encoding.
+    pub fn emit_json_with_ack(
+        &self,
+        array: &serde_json::value::RawValue,
+    ) -> Result<tokio::sync::oneshot::Receiver<AckReply>, AckError> {
+        let (id, reply) = self.acks.lock().register();
+        let frame = frames::raw_event(self.ns.name(), id, array);
+        if self.session.send(frame).is_err() {
+            self.acks.lock().forget(id);
+            return Err(AckError::NotSent);
+        }
+        Ok(reply)
+    }
+
     pub(crate) fn send_ack(&self, id: u64, args: &[Value], binaries: &[Bytes]) -> bool {
         frames::ack(self.ns.name(), id, args, binaries)
             .ok()

@@ -1,0 +1,243 @@
+//! One device's delivery task, from connect to disconnect: `_settings`, the replay of its mailbox in `_batch`
+//! pages (each acked before the next), then live entries in offset order, each with an ack that clears it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::service::Mailbox;
+use super::store::{AckOutcome, DeviceKey, Entry, StoreError};
+use crate::engine::CloseReason;
+use crate::socketio::Socket;
+
+/// Why a delivery task woke.
+#[derive(Debug)]
+pub(super) enum Wake {
+    /// An entry appended on this node, handed over so the common case needs no read.
+    Entry(Entry),
+    /// Another node appended for this user: read the mailbox.
+    Poll,
+}
+
+/// Why delivery stopped.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error("the client left")]
+    Gone,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A live entry waiting for its ack: resolves to (offset, the event if it asked for resync, acked?).
+type AckWait = Pin<Box<dyn Future<Output = (u64, Option<String>, bool)> + Send>>;
+
+pub(super) struct Task {
+    pub(super) mailbox: Arc<Mailbox>,
+    pub(super) socket: Arc<Socket>,
+    pub(super) key: DeviceKey,
+    pub(super) rooms: Vec<String>,
+    pub(super) ttl: Duration,
+    pub(super) wakes: mpsc::Receiver<Wake>,
+}
+
+impl Task {
+    pub(super) async fn run(mut self) {
+        let settings = serde_json::json!({ "device_ttl": self.ttl.as_secs() });
+        let _ = self.socket.emit("_settings", &[settings]);
+        let mut cursor = 0;
+        let outcome = async {
+            self.store().connect(&self.key, &self.rooms).await?;
+            self.replay(&mut cursor).await?;
+            self.live(&mut cursor).await
+        }
+        .await;
+        if let Err(Stop::Store(e)) = &outcome {
+            // The client reconnects on a transport close and its next attempt tries the store again.
+            tracing::warn!(error = %e, socket = self.socket.id(), "mailbox delivery failed; closing the session");
+            self.socket.session().close(CloseReason::ServerClose);
+        }
+        self.mailbox.detach(&self.key, self.socket.id());
+        if !self.mailbox.replaced(&self.key, self.socket.id()) {
+            if let Err(e) = self.store().disconnect(&self.key, self.ttl).await {
+                tracing::warn!(error = %e, "could not mark a device disconnected");
+            }
+        }
+    }
+
+    fn store(&self) -> &Arc<dyn super::store::MailboxStore> {
+        self.mailbox.store()
+    }
+
+    /// Sends everything pending as `_batch` pages until the mailbox is empty.
+    async fn replay(&mut self, cursor: &mut u64) -> Result<(), Stop> {
+        let settings = self.mailbox.settings().clone();
+        let ack_timeout = Duration::from_millis(settings.batch_ack_timeout_ms);
+        loop {
+            let page = self
+                .store()
+                .read(
+                    &self.key,
+                    *cursor,
+                    settings.page_entries,
+                    settings.page_bytes,
+                )
+                .await?;
+            if page.overflowed {
+                self.resync().await?;
+                continue;
+            }
+            let Some(last) = page.entries.last().map(|e| e.offset) else {
+                return Ok(());
+            };
+            let batch = batch_json(&page.entries);
+            let raw = RawValue::from_string(batch).map_err(|_| Stop::Gone)?;
+            let reply = self
+                .socket
+                .emit_json_with_ack(&raw)
+                .map_err(|_| Stop::Gone)?;
+            match tokio::time::timeout(ack_timeout, reply).await {
+                Ok(Ok(_)) => {
+                    self.store().ack(&self.key, last, None).await?;
+                }
+                Ok(Err(_)) => return Err(Stop::Gone),
+                // A client without a `_batch` handler never acks: go on; a later live ack is cumulative.
+                Err(_) => {
+                    tracing::debug!(socket = self.socket.id(), "a _batch went unacknowledged")
+                }
+            }
+            *cursor = last;
+        }
+    }
+
+    /// Delivers entries as they come, in offset order, until the socket leaves.
+    async fn live(&mut self, cursor: &mut u64) -> Result<(), Stop> {
+        let mut acks: FuturesUnordered<AckWait> = FuturesUnordered::new();
+        let refresh_every = (self.ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut refresh = tokio::time::interval(refresh_every);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                wake = self.wakes.recv() => match wake {
+                    None => return Err(Stop::Gone),
+                    Some(Wake::Entry(entry)) if entry.offset <= *cursor => {}
+                    Some(Wake::Entry(entry)) if entry.offset == *cursor + 1 => {
+                        acks.push(self.send_live(entry)?);
+                        *cursor += 1;
+                    }
+                    Some(_) => self.catch_up(cursor, &mut acks).await?,
+                },
+                Some((offset, resync_event, acked)) = acks.next(), if !acks.is_empty() => {
+                    if !acked {
+                        return Err(Stop::Gone);
+                    }
+                    let outcome = self.store().ack(&self.key, offset, resync_event.as_deref()).await?;
+                    if outcome == AckOutcome::Resync {
+                        let _ = self.socket.emit("_resync", &[]);
+                    }
+                }
+                _ = refresh.tick(), if self.mailbox.shared() => {
+                    // Another node may have marked this device disconnected after it moved here.
+                    self.store().connect(&self.key, &self.rooms).await?;
+                }
+            }
+        }
+    }
+
+    /// Reads and sends what this task has not seen yet (wakes were dropped, or came from another node).
+    async fn catch_up(
+        &mut self,
+        cursor: &mut u64,
+        acks: &mut FuturesUnordered<AckWait>,
+    ) -> Result<(), Stop> {
+        let settings = self.mailbox.settings().clone();
+        loop {
+            let page = self
+                .store()
+                .read(
+                    &self.key,
+                    *cursor,
+                    settings.page_entries,
+                    settings.page_bytes,
+                )
+                .await?;
+            if page.overflowed {
+                self.resync().await?;
+                continue;
+            }
+            let full = page.entries.len() >= settings.page_entries;
+            for entry in page.entries {
+                *cursor = entry.offset;
+                acks.push(self.send_live(entry)?);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Empties an overflowed mailbox and tells the client to resync from its backend.
+    async fn resync(&self) -> Result<(), Stop> {
+        self.store().reset(&self.key).await?;
+        self.socket.emit("_resync", &[]).map_err(|_| Stop::Gone)
+    }
+
+    fn send_live(&self, entry: Entry) -> Result<AckWait, Stop> {
+        let raw: &RawValue = match serde_json::from_slice(&entry.payload) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Only herald writes entries; a bad one is skipped and cleared by the next cumulative ack.
+                tracing::warn!(error = %e, offset = entry.offset, "skipped a mailbox entry that is not JSON");
+                let offset = entry.offset;
+                return Ok(Box::pin(async move { (offset, None, true) }));
+            }
+        };
+        let reply = self
+            .socket
+            .emit_json_with_ack(raw)
+            .map_err(|_| Stop::Gone)?;
+        let resync_event = entry.resync.then_some(entry.event);
+        let offset = entry.offset;
+        Ok(Box::pin(async move {
+            (offset, resync_event, reply.await.is_ok())
+        }))
+    }
+}
+
+/// `["_batch", [entry, ...]]` from stored `[event, ...args]` arrays, without re-encoding them.
+fn batch_json(entries: &[Entry]) -> String {
+    let size: usize = entries.iter().map(|e| e.payload.len() + 1).sum();
+    let mut out = String::with_capacity(size + 16);
+    out.push_str("[\"_batch\",[");
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(std::str::from_utf8(&entry.payload).unwrap_or("null"));
+    }
+    out.push_str("]]");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_arrays_of_stored_arrays() {
+        let entry = |offset, payload: &'static str| Entry {
+            offset,
+            event: "ev".into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            resync: false,
+        };
+        let json = batch_json(&[entry(1, r#"["ev",1]"#), entry(2, r#"["ev",{"a":2}]"#)]);
+        assert_eq!(json, r#"["_batch",[["ev",1],["ev",{"a":2}]]]"#);
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(value[1].as_array().map(Vec::len), Some(2));
+    }
+}
