@@ -16,7 +16,8 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { io } from "socket.io-client";
-import { freePort, heraldBin, startProcess } from "./server.mjs";
+import { freePort } from "./server.mjs";
+import { HOST, api, b64url, craftJwt, gatewayBin, json, startAuthServer, startGateway } from "./gateway-helpers.mjs";
 import {
   Clients,
   QUIET_MS,
@@ -29,81 +30,12 @@ import {
   waitConnected,
 } from "./util.mjs";
 
-const HOST = "127.0.0.1";
 const SHOP_KEY = "shop-key-0123456789";
 const APP_KEY = "app-key-0123456789";
 const JWT_SECRET = "app-jwt-secret-0123456789abcdef";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers: the gateway process, the auth webhook, the API, tokens.
-
-export function gatewayBin() {
-  if (process.env.HERALD_GATEWAY_BIN) return path.resolve(process.env.HERALD_GATEWAY_BIN);
-  return path.join(path.dirname(heraldBin()), "herald");
-}
-
-/**
- * Spawns `herald --sites FILE` (sitesYaml) or `herald --config FILE` (configYaml) on a free port with its own
- * data directory. Returns { url, port, file, flag, stop(), output() }.
- */
-async function startGateway({ sitesYaml, configYaml }) {
-  const bin = gatewayBin();
-  if (!existsSync(bin)) {
-    throw new Error(`herald binary not found at ${bin}; build it with \`cargo build -p herald\` or set HERALD_GATEWAY_BIN`);
-  }
-  const dir = mkdtempSync(path.join(os.tmpdir(), "herald-gw-"));
-  const file = path.join(dir, sitesYaml ? "sites.yml" : "herald.yml");
-  writeFileSync(file, sitesYaml ?? configYaml);
-  const flag = sitesYaml ? "--sites" : "--config";
-  const env = { ...process.env, RUST_BACKTRACE: "1" };
-  for (const k of Object.keys(env)) if (k.startsWith("HERALD_")) delete env[k]; // no stray config
-  const argsFor = (port) => [flag, file, "--port", String(port), "--data-dir", path.join(dir, "data")];
-  const srv = await startProcess({ bin, argsFor, env });
-  return {
-    ...srv,
-    file,
-    flag,
-    async stop() {
-      try {
-        await srv.stop();
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    },
-  };
-}
-
-/** A real HTTP auth webhook. `routes[path](req, res)` answers; returns { url, port, calls, close() }. */
-async function startAuthServer(routes) {
-  const calls = [];
-  const timers = new Set();
-  const server = http.createServer((req, res) => {
-    const { pathname } = new URL(req.url, "http://x");
-    calls.push({ path: pathname, method: req.method, authorization: req.headers.authorization });
-    const route = routes[pathname];
-    if (!route) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    route(req, res, { later: (ms, fn) => timers.add(setTimeout(fn, ms)) });
-  });
-  await new Promise((resolve) => server.listen(0, HOST, resolve));
-  const { port } = server.address();
-  return {
-    url: `http://${HOST}:${port}`,
-    port,
-    calls,
-    async close() {
-      for (const t of timers) clearTimeout(t);
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
-
-function json(res, status, body) {
-  res.writeHead(status, { "Content-Type": "application/json" }).end(JSON.stringify(body));
-}
 
 /** The rooms the backend grants each token (crossroads' answer: a JSON array of rooms). */
 const TOKENS = {
@@ -126,32 +58,6 @@ const AUTH_ROUTES = {
   "/slow": (req, res, { later }) => later(2_000, () => json(res, 200, TOKENS.good)),
 };
 
-/** A call to the gateway's HTTP API; resolves { status, body } (body parsed as JSON when it is JSON). */
-async function api(base, method, urlPath, { key, body, form, headers = {} } = {}) {
-  const h = { ...headers };
-  if (key) h.Authorization = `Bearer ${key}`;
-  let payload;
-  if (form !== undefined) {
-    h["Content-Type"] = "application/x-www-form-urlencoded";
-    payload = form;
-  } else if (body !== undefined) {
-    h["Content-Type"] = "application/json";
-    payload = JSON.stringify(body);
-  }
-  const res = await fetch(base + urlPath, {
-    method,
-    headers: h,
-    body: payload,
-    signal: AbortSignal.timeout(STEP_TIMEOUT_MS),
-  });
-  const text = await res.text();
-  let parsed = text;
-  try {
-    parsed = JSON.parse(text);
-  } catch {}
-  return { status: res.status, body: parsed };
-}
-
 /** `herald token ...`; resolves the token. */
 function heraldToken(args) {
   return new Promise((resolve, reject) => {
@@ -162,7 +68,6 @@ function heraldToken(args) {
   });
 }
 
-const b64url = (x) => Buffer.from(typeof x === "string" ? x : JSON.stringify(x)).toString("base64url");
 const FIXTURES = new URL("../../crates/herald/tests/fixtures/", import.meta.url);
 const RSA_PUBLIC = readFileSync(new URL("rsa_public.pem", FIXTURES), "utf8");
 const RSA_PRIVATE = readFileSync(new URL("rsa_private.pem", FIXTURES), "utf8");
@@ -174,14 +79,6 @@ function craftRsJwt(claims) {
 }
 /** The PEM as a YAML block scalar indented for a site field. */
 const yamlBlock = (text, indent) => "|\n" + text.trim().split("\n").map((l) => " ".repeat(indent) + l).join("\n");
-
-/** An HMAC-signed JWT, crafted by hand. */
-function craftJwt(alg, claims, secret) {
-  const hash = { HS256: "sha256", HS384: "sha384", HS512: "sha512" }[alg];
-  const signingInput = `${b64url({ alg, typ: "JWT" })}.${b64url(claims)}`;
-  const sig = createHmac(hash, secret).update(signingInput).digest("base64url");
-  return `${signingInput}.${sig}`;
-}
 
 const clients = new Clients();
 afterEach(() => clients.closeAll());
@@ -341,7 +238,8 @@ nouser:
         key: SHOP_KEY,
         body: { rooms: ["team_a"], event: "v1-team", args: [1, { deep: [true, null] }] },
       });
-      assert.deepEqual(res, { status: 200, body: { matched: 3 } });
+      // team_a is a shared room of a site with user rooms: one mailbox entry per device of its users, all online
+      assert.deepEqual(res, { status: 200, body: { matched: 0, queued: 3, online: 3 } });
       await expectOnly(got, ["A", "B", "C"], [1, { deep: [true, null] }], "v1 to team_a");
     });
 
@@ -351,7 +249,7 @@ nouser:
         key: SHOP_KEY,
         body: { all: true, event: "v1-all", args: ["everyone"] },
       });
-      assert.deepEqual(res, { status: 200, body: { matched: 4 } });
+      assert.deepEqual(res, { status: 200, body: { matched: 4, queued: 0, online: 0 } });
       await expectOnly(got, ["A", "B", "C", "P"], ["everyone"], "v1 all");
     });
 
@@ -361,7 +259,7 @@ nouser:
         key: SHOP_KEY,
         body: { rooms: ["lobby"], except: ["user_7"], event: "v1-except", args: [] },
       });
-      assert.deepEqual(res, { status: 200, body: { matched: 2 } });
+      assert.deepEqual(res, { status: 200, body: { matched: 2, queued: 0, online: 0 } });
       await expectOnly(got, ["C", "P"], [], "v1 lobby except user_7");
 
       got = recordAll(named, "v1-except-id");
@@ -369,7 +267,7 @@ nouser:
         key: SHOP_KEY,
         body: { all: true, except: [P.id, A.id], event: "v1-except-id", args: ["e"] },
       });
-      assert.deepEqual(res, { status: 200, body: { matched: 2 } });
+      assert.deepEqual(res, { status: 200, body: { matched: 2, queued: 0, online: 0 } });
       await expectOnly(got, ["B", "C"], ["e"], "v1 all except P and A by id");
     });
 
@@ -379,7 +277,7 @@ nouser:
         key: SHOP_KEY,
         body: { sockets: [B.id], event: "v1-one", args: ["just you"] },
       });
-      assert.deepEqual(res, { status: 200, body: { matched: 1 } });
+      assert.deepEqual(res, { status: 200, body: { matched: 1, queued: 0, online: 0 } });
       await expectOnly(got, ["B"], ["just you"], "v1 to socket B");
 
       got = recordAll(named, "v1-one-room");
@@ -387,7 +285,7 @@ nouser:
         key: SHOP_KEY,
         body: { rooms: [P.id], event: "v1-one-room", args: [] },
       });
-      assert.deepEqual(res, { status: 200, body: { matched: 1 } });
+      assert.deepEqual(res, { status: 200, body: { matched: 1, queued: 0, online: 0 } });
       await expectOnly(got, ["P"], [], "v1 to P's id as a room");
     });
 
@@ -455,7 +353,12 @@ nouser:
         key: SHOP_KEY,
         body: { rooms: ["vip"], event: "vip-news", args: ["welcome"] },
       });
-      assert.deepEqual(pub, { status: 200, body: { matched: 1 } });
+      // vip joined through the API is one of user_7's shared rooms: one entry per device of user_7 (earlier tests'
+      // devices are offline but within their TTL), online for X only
+      const devices = await api(gw.url, "GET", "/api/v1/sites/shop/users/user_7/devices", { key: SHOP_KEY });
+      assert.equal(devices.status, 200);
+      assert.ok(devices.body.devices.some((d) => d.deviceId === "d1" && d.connected), JSON.stringify(devices.body));
+      assert.deepEqual(pub, { status: 200, body: { matched: 0, queued: devices.body.devices.length, online: 1 } });
       await expectOnly(got, ["X"], ["welcome"], "publish to vip");
 
       const disconnected = nextEvent(X, "disconnect");
@@ -536,7 +439,7 @@ sites:
       key: APP_KEY,
       body: { rooms: ["news"], except: [J2.id], event: "jwt-news", args: ["hello 42"] },
     });
-    assert.deepEqual(pub, { status: 200, body: { matched: 1 } });
+    assert.deepEqual(pub, { status: 200, body: { matched: 1, queued: 0, online: 0 } });
     await expectOnly(got, ["J1"], ["hello 42"], "publish to news except J2");
   });
 

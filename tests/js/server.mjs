@@ -64,8 +64,8 @@ function canConnect(port) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function spawnOnce(bin, argsFor, env) {
-  const port = await freePort();
+async function spawnOnce(bin, argsFor, env, fixedPort) {
+  const port = fixedPort ?? (await freePort());
   const args = argsFor(port);
   const child = spawn(bin, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env });
   running.add(child);
@@ -119,16 +119,21 @@ async function spawnOnce(bin, argsFor, env) {
  * Spawns `bin` with `argsFor(port)` on a free loopback port and waits until it accepts connections, retrying a
  * lost port race. Returns { url, port, stop(), output() }; stop() fails if the process died on its own.
  */
-export async function startProcess({ bin, argsFor, env = { RUST_BACKTRACE: "1", ...process.env } }) {
+export async function startProcess({ bin, argsFor, env = { RUST_BACKTRACE: "1", ...process.env }, port }) {
   let lastErr;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const srv = await spawnOnce(bin, argsFor, env);
+      const srv = await spawnOnce(bin, argsFor, env, port);
       const url = `http://${HOST.includes(":") ? `[${HOST}]` : HOST}:${srv.port}`;
       return {
         url,
         port: srv.port,
         output: srv.getOutput,
+        /** SIGKILL, as a crash: nothing is flushed or closed. */
+        async kill() {
+          srv.child.kill("SIGKILL");
+          await srv.exitPromise;
+        },
         async stop() {
           if (srv.getExited()) {
             const e = srv.getExited();

@@ -19,7 +19,7 @@ use crate::mailbox::{
     DeviceKey, Mailbox, MailboxStore, Presence, PresenceTarget, PresenceUser, StoreError,
 };
 use crate::secret::Secret;
-use crate::sites::{ClientInfo, Site, Sites};
+use crate::sites::{ClientInfo, RoomFilter, Site, Sites};
 use crate::socketio::{
     Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, Refusal,
     Socket, SocketIo, SocketIoConfig,
@@ -229,17 +229,6 @@ impl SiteHandler {
         ))
     }
 
-    /// The shared rooms of `socket`: neither its id, nor a user room, nor the public channel.
-    fn shared_rooms(&self, socket: &Socket) -> Vec<String> {
-        let prefix = self.site.user_room_prefix.as_deref().unwrap_or_default();
-        socket
-            .rooms()
-            .into_iter()
-            .skip(1)
-            .filter(|r| !(r.starts_with(prefix) || self.site.public_channel.as_ref() == Some(r)))
-            .collect()
-    }
-
     fn presence_user(&self, info: &ClientInfo) -> Option<PresenceUser> {
         let room = info.user_room.as_deref()?;
         let prefix = self.site.user_room_prefix.as_deref().unwrap_or_default();
@@ -342,7 +331,12 @@ impl NamespaceHandler for SiteHandler {
         };
         if let (Some(mailbox), Some(key)) = (&self.mailbox, self.device_key(info)) {
             let ttl = Duration::from_secs(self.site.device_ttl_secs);
-            mailbox.attach(Arc::clone(socket), key, self.shared_rooms(socket), ttl);
+            mailbox.attach(
+                Arc::clone(socket),
+                key,
+                RoomFilter::for_site(&self.site),
+                ttl,
+            );
         }
         if let (Some((presence, target)), Some(user)) = (&self.presence, self.presence_user(info)) {
             presence.connected(target, user);

@@ -29,9 +29,17 @@ pub struct Site {
 }
 
 impl Site {
-    /// Whether publishes to `room` go through mailboxes (user and shared rooms) rather than a live broadcast.
+    /// Whether publishes to `room` go through mailboxes (user and shared rooms) rather than a live broadcast:
+    /// the public channel and socket ids are live only.
     pub fn is_mailboxed(&self, room: &str) -> bool {
-        self.mailbox.is_some() && self.config.public_channel.as_deref() != Some(room)
+        self.mailbox.is_some()
+            && self.config.public_channel.as_deref() != Some(room)
+            && self.namespace.socket(room).is_none()
+    }
+
+    /// Which of a socket's rooms are shared rooms of this site.
+    pub fn room_filter(&self) -> RoomFilter {
+        RoomFilter::for_site(&self.config)
     }
 
     /// The user room `room` names, if it is one.
@@ -51,6 +59,35 @@ impl Site {
             .api_keys
             .iter()
             .fold(false, |found, k| k.matches(key) | found)
+    }
+}
+
+/// Tells a socket's shared rooms (the ones a publish expands to users) from its id, user rooms and public channel.
+#[derive(Debug, Clone, Default)]
+pub struct RoomFilter {
+    pub user_prefix: String,
+    pub public: Option<String>,
+}
+
+impl RoomFilter {
+    pub fn for_site(site: &SiteConfig) -> Self {
+        RoomFilter {
+            user_prefix: site.user_room_prefix.clone().unwrap_or_default(),
+            public: site.public_channel.clone(),
+        }
+    }
+
+    /// `socket`'s shared rooms.
+    pub fn shared_rooms(&self, socket: &crate::socketio::Socket) -> Vec<String> {
+        socket
+            .rooms()
+            .into_iter()
+            .skip(1)
+            .filter(|r| {
+                let user_room = !self.user_prefix.is_empty() && r.starts_with(&self.user_prefix);
+                !(user_room || self.public.as_ref() == Some(r))
+            })
+            .collect()
     }
 }
 

@@ -142,6 +142,8 @@ async fn to_mailboxes(
     }
     users.sort_unstable();
     users.dedup();
+    // `except` leaves out user rooms (socket ids in it only narrow the live broadcast).
+    users.retain(|u| !request.except.contains(u));
     users.retain(|u| crate::mailbox::store::valid_name(u));
     let mut payload = Vec::with_capacity(64);
     let array = herald_protocol::socketio::Event {

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::service::Mailbox;
 use super::store::{AckOutcome, DeviceKey, Entry, StoreError};
 use crate::engine::CloseReason;
+use crate::sites::RoomFilter;
 use crate::socketio::Socket;
 
 /// Why a delivery task woke.
@@ -40,7 +41,7 @@ pub(super) struct Task {
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) socket: Arc<Socket>,
     pub(super) key: DeviceKey,
-    pub(super) rooms: Vec<String>,
+    pub(super) rooms: RoomFilter,
     pub(super) ttl: Duration,
     pub(super) wakes: mpsc::Receiver<Wake>,
 }
@@ -51,9 +52,11 @@ impl Task {
         let _ = self.socket.emit("_settings", &[settings]);
         let mut cursor = 0;
         let outcome = async {
-            self.store().connect(&self.key, &self.rooms).await?;
-            self.replay(&mut cursor).await?;
-            self.live(&mut cursor).await
+            let rooms = self.rooms.shared_rooms(&self.socket);
+            self.store().connect(&self.key, &rooms).await?;
+            let mut acks = FuturesUnordered::new();
+            self.replay(&mut cursor, &mut acks).await?;
+            self.live(&mut cursor, acks).await
         }
         .await;
         if let Err(Stop::Store(e)) = &outcome {
@@ -73,10 +76,17 @@ impl Task {
         self.mailbox.store()
     }
 
-    /// Sends everything pending as `_batch` pages until the mailbox is empty.
-    async fn replay(&mut self, cursor: &mut u64) -> Result<(), Stop> {
+    /// Sends everything pending as `_batch` pages until the mailbox is empty. A page is sent only once the one
+    /// before it was acked (or its ack timed out); the last page's ack joins `acks`, so live entries need not
+    /// wait for a client that never acks a `_batch`.
+    async fn replay(
+        &mut self,
+        cursor: &mut u64,
+        acks: &mut FuturesUnordered<AckWait>,
+    ) -> Result<(), Stop> {
         let settings = self.mailbox.settings().clone();
         let ack_timeout = Duration::from_millis(settings.batch_ack_timeout_ms);
+        let mut outstanding: Option<AckWait> = None;
         loop {
             let page = self
                 .store()
@@ -92,31 +102,37 @@ impl Task {
                 continue;
             }
             let Some(last) = page.entries.last().map(|e| e.offset) else {
+                acks.extend(outstanding);
                 return Ok(());
             };
-            let batch = batch_json(&page.entries);
-            let raw = RawValue::from_string(batch).map_err(|_| Stop::Gone)?;
+            if let Some(previous) = outstanding.take() {
+                match tokio::time::timeout(ack_timeout, previous).await {
+                    Ok((through, _, true)) => {
+                        self.store().ack(&self.key, through, None).await?;
+                    }
+                    Ok((_, _, false)) => return Err(Stop::Gone),
+                    // A client without a `_batch` handler never acks: go on; a later ack is cumulative.
+                    Err(_) => {
+                        tracing::debug!(socket = self.socket.id(), "a _batch went unacknowledged")
+                    }
+                }
+            }
+            let raw = RawValue::from_string(batch_json(&page.entries)).map_err(|_| Stop::Gone)?;
             let reply = self
                 .socket
                 .emit_json_with_ack(&raw)
                 .map_err(|_| Stop::Gone)?;
-            match tokio::time::timeout(ack_timeout, reply).await {
-                Ok(Ok(_)) => {
-                    self.store().ack(&self.key, last, None).await?;
-                }
-                Ok(Err(_)) => return Err(Stop::Gone),
-                // A client without a `_batch` handler never acks: go on; a later live ack is cumulative.
-                Err(_) => {
-                    tracing::debug!(socket = self.socket.id(), "a _batch went unacknowledged")
-                }
-            }
+            outstanding = Some(Box::pin(async move { (last, None, reply.await.is_ok()) }));
             *cursor = last;
         }
     }
 
     /// Delivers entries as they come, in offset order, until the socket leaves.
-    async fn live(&mut self, cursor: &mut u64) -> Result<(), Stop> {
-        let mut acks: FuturesUnordered<AckWait> = FuturesUnordered::new();
+    async fn live(
+        &mut self,
+        cursor: &mut u64,
+        mut acks: FuturesUnordered<AckWait>,
+    ) -> Result<(), Stop> {
         let refresh_every = (self.ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut refresh = tokio::time::interval(refresh_every);
         refresh.tick().await;
@@ -142,7 +158,8 @@ impl Task {
                 }
                 _ = refresh.tick(), if self.mailbox.shared() => {
                     // Another node may have marked this device disconnected after it moved here.
-                    self.store().connect(&self.key, &self.rooms).await?;
+                    let rooms = self.rooms.shared_rooms(&self.socket);
+                    self.store().connect(&self.key, &rooms).await?;
                 }
             }
         }

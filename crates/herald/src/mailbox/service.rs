@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::delivery::{self, Wake};
 use super::store::{Caps, DeviceKey, DeviceStatus, Entry, MailboxStore, NewEntry, StoreError};
 use crate::config::MailboxSettings;
+use crate::sites::RoomFilter;
 use crate::socketio::Socket;
 
 /// Wake-ups one delivery task may have waiting; beyond, wakes are dropped and the task reads the store.
@@ -95,12 +96,12 @@ impl Mailbox {
         }
     }
 
-    /// Starts delivering `key`'s mailbox to `socket`, which just connected; `rooms` are its shared rooms.
+    /// Starts delivering `key`'s mailbox to `socket`, which just connected; `rooms` tells its shared rooms.
     pub fn attach(
         self: &Arc<Self>,
         socket: Arc<Socket>,
         key: DeviceKey,
-        rooms: Vec<String>,
+        rooms: RoomFilter,
         ttl: Duration,
     ) {
         let (wake, wakes) = mpsc::channel(WAKE_QUEUE);
