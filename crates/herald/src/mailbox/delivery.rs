@@ -48,12 +48,13 @@ pub(super) struct Task {
 
 impl Task {
     pub(super) async fn run(mut self) {
-        let settings = serde_json::json!({ "device_ttl": self.ttl.as_secs() });
-        let _ = self.socket.emit("_settings", &[settings]);
         let mut cursor = 0;
         let outcome = async {
             let rooms = self.rooms.shared_rooms(&self.socket);
             self.store().connect(&self.key, &rooms).await?;
+            // After the device is registered, so a client that saw `_settings` misses no publish.
+            let settings = serde_json::json!({ "device_ttl": self.ttl.as_secs() });
+            self.socket.emit("_settings", &[settings]).map_err(|_| Stop::Gone)?;
             let mut acks = FuturesUnordered::new();
             self.replay(&mut cursor, &mut acks).await?;
             self.live(&mut cursor, acks).await
