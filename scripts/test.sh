@@ -4,7 +4,8 @@
 # tests/js) and the python-socketio client (tests/python).
 #
 # Usage: bash scripts/test.sh [--no-cargo] [--only STAGE[,STAGE...]]
-#   stages: cargo-build, cargo-test, js-install, js-test, py-install, py-test
+#   stages: services, cargo-build, cargo-test, js-install, js-test, py-install, py-test
+#   (services: scripts/services.sh makes sure Redis answers on 127.0.0.1:6379, starting it if needed)
 #   --no-cargo         skip cargo build/test (re-run only the e2e tests against the existing binary)
 #   env HERALD_BIN     binary the e2e tests spawn (default ${CARGO_TARGET_DIR:-target}/debug/herald-conformance)
 #   env HERALD_E2E_TIMEOUT  seconds allowed for each e2e runner (default 900)
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --no-cargo) RUN_CARGO=0 ;;
     --only) ONLY="${2:-}"; shift ;;
     --only=*) ONLY="${1#--only=}" ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -80,6 +81,10 @@ skip_stage() { SKIPPED+=("$1($2)"); echo "[test.sh] stage $1 skipped: $2" >&2; }
 stage_failed() { local s; for s in "${FAILED[@]+"${FAILED[@]}"}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 sha_of() { sha256sum "$@" | sha256sum | cut -d' ' -f1; }
+
+# ---- services ------------------------------------------------------------------------------------
+# The Redis mailbox store's tests (Rust and JS) need Redis on 127.0.0.1:6379.
+run_stage services bash "$ROOT/scripts/services.sh"
 
 # ---- Rust ----------------------------------------------------------------------------------------
 cargo_test() { cargo test --workspace --no-fail-fast; }
