@@ -54,7 +54,9 @@ impl Task {
             self.store().connect(&self.key, &rooms).await?;
             // After the device is registered, so a client that saw `_settings` misses no publish.
             let settings = serde_json::json!({ "device_ttl": self.ttl.as_secs() });
-            self.socket.emit("_settings", &[settings]).map_err(|_| Stop::Gone)?;
+            self.socket
+                .emit("_settings", &[settings])
+                .map_err(|_| Stop::Gone)?;
             let mut acks = FuturesUnordered::new();
             self.replay(&mut cursor, &mut acks).await?;
             self.live(&mut cursor, acks).await
