@@ -39,10 +39,10 @@ export function record(socket, event) {
   return got;
 }
 
-/** Waits until `cond()` is true (polling), or throws after `ms`. */
+/** Waits until `cond()` (which may be async) is true, polling, or throws after `ms`. */
 export async function until(cond, ms = STEP_TIMEOUT_MS, what = "condition") {
   const deadline = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await sleep(10);
   }
