@@ -28,10 +28,13 @@ fn shop(auth: AuthConfig) -> SiteConfig {
 }
 
 async fn start(sites: Vec<SiteConfig>) -> SocketAddr {
-    let config = Config {
+    let mut config = Config {
         sites,
         ..Config::default()
     };
+    // Mailboxes (sites with user rooms) live in the data directory: keep them out of the source tree.
+    config.server.data_dir =
+        std::env::temp_dir().join(format!("herald-api-test-{}", rand::random::<u64>()));
     let gateway = herald::gateway::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
