@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::service::Mailbox;
-use super::store::{AckOutcome, DeviceKey, Entry, StoreError};
+use super::store::{AckOutcome, DeviceKey, Entry, Page, StoreError};
 use crate::engine::CloseReason;
 use crate::sites::RoomFilter;
 use crate::socketio::Socket;
@@ -87,23 +87,10 @@ impl Task {
         cursor: &mut u64,
         acks: &mut FuturesUnordered<AckWait>,
     ) -> Result<(), Stop> {
-        let settings = self.mailbox.settings().clone();
-        let ack_timeout = Duration::from_millis(settings.batch_ack_timeout_ms);
+        let ack_timeout = Duration::from_millis(self.mailbox.settings().batch_ack_timeout_ms);
         let mut outstanding: Option<AckWait> = None;
         loop {
-            let page = self
-                .store()
-                .read(
-                    &self.key,
-                    *cursor,
-                    settings.page_entries,
-                    settings.page_bytes,
-                )
-                .await?;
-            if page.overflowed {
-                self.resync().await?;
-                continue;
-            }
+            let page = self.next_page(*cursor).await?;
             let Some(last) = page.entries.last().map(|e| e.offset) else {
                 acks.extend(outstanding);
                 return Ok(());
@@ -174,22 +161,10 @@ impl Task {
         cursor: &mut u64,
         acks: &mut FuturesUnordered<AckWait>,
     ) -> Result<(), Stop> {
-        let settings = self.mailbox.settings().clone();
+        let page_entries = self.mailbox.settings().page_entries;
         loop {
-            let page = self
-                .store()
-                .read(
-                    &self.key,
-                    *cursor,
-                    settings.page_entries,
-                    settings.page_bytes,
-                )
-                .await?;
-            if page.overflowed {
-                self.resync().await?;
-                continue;
-            }
-            let full = page.entries.len() >= settings.page_entries;
+            let page = self.next_page(*cursor).await?;
+            let full = page.entries.len() >= page_entries;
             for entry in page.entries {
                 *cursor = entry.offset;
                 acks.push(self.send_live(entry)?);
@@ -197,6 +172,26 @@ impl Task {
             if !full {
                 return Ok(());
             }
+        }
+    }
+
+    /// The page after `cursor`; an overflowed mailbox is emptied and the client told to resync first.
+    async fn next_page(&self, cursor: u64) -> Result<Page, Stop> {
+        let settings = self.mailbox.settings();
+        loop {
+            let page = self
+                .store()
+                .read(
+                    &self.key,
+                    cursor,
+                    settings.page_entries,
+                    settings.page_bytes,
+                )
+                .await?;
+            if !page.overflowed {
+                return Ok(page);
+            }
+            self.resync().await?;
         }
     }
 

@@ -178,11 +178,13 @@ impl Mailbox {
         let mut announced = vec![false; users.len()];
         {
             let links = self.links.lock();
+            // One lookup per user, not per device.
+            let local: Vec<_> = users
+                .iter()
+                .map(|user| links.get(&(site.to_string(), user.clone())))
+                .collect();
             for q in &queued {
-                let link = links
-                    .get(&(site.to_string(), users[q.user].clone()))
-                    .and_then(|devices| devices.get(&q.device));
-                match link {
+                match local[q.user].and_then(|devices| devices.get(&q.device)) {
                     Some(link) => {
                         let entry = Entry {
                             offset: q.offset,
@@ -199,9 +201,11 @@ impl Mailbox {
                 }
             }
         }
-        for (user, _) in users.iter().zip(&announced).filter(|(_, a)| **a) {
-            if let Err(e) = self.store.announce(site, user).await {
-                tracing::warn!(error = %e, "could not announce a mailbox append to other nodes");
+        if self.shared {
+            for (user, _) in users.iter().zip(&announced).filter(|(_, a)| **a) {
+                if let Err(e) = self.store.announce(site, user).await {
+                    tracing::warn!(error = %e, "could not announce a mailbox append to other nodes");
+                }
             }
         }
         Ok(delivery)
