@@ -1,0 +1,128 @@
+// Reference server for herald-bench: the official socket.io server on node's http server.
+//
+// Behaves like herald's benchmark site (see ../README.md): namespace /bench admits a client whose HS256 JWT
+// verifies with BENCH_JWT_SECRET and joins it to the token's `rooms` before the CONNECT ack;
+// POST /send?site=bench&apiKey=KEY emits {event, args} to the union of `rooms`; GET /healthcheck answers 200.
+// Nothing is logged per connection or message, so logging does not weigh on the CPU figures.
+
+import { createServer } from "node:http";
+import jwt from "jsonwebtoken";
+import { Server } from "socket.io";
+
+const NAMESPACE = "/bench";
+const SITE = "bench";
+// Clock skew allowed on `exp`, the same as herald's JWT check.
+const LEEWAY_SECS = 60;
+// axum's default body limit, so both reference servers refuse the same bodies.
+const MAX_BODY_BYTES = 2 * 1024 * 1024;
+
+function env(name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`${name} must be set`);
+    process.exit(64);
+  }
+  return value;
+}
+
+const port = Number(env("PORT"));
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error("PORT must be a port number");
+  process.exit(64);
+}
+const secret = env("BENCH_JWT_SECRET");
+const apiKey = env("BENCH_API_KEY");
+
+const httpServer = createServer(handle);
+// The load generator keeps its HTTP connections open between publishes; never close them for idleness.
+httpServer.keepAliveTimeout = 0;
+
+// Defaults spelled out where the benchmark depends on them.
+const io = new Server(httpServer, {
+  path: "/socket.io/",
+  pingInterval: 25000,
+  pingTimeout: 20000,
+  transports: ["polling", "websocket"],
+  perMessageDeflate: false,
+});
+const bench = io.of(NAMESPACE);
+
+// Runs before the socket enters the namespace, so a publish that follows the client's CONNECT ack always finds
+// it in its rooms.
+bench.use((socket, next) => {
+  const token = socket.handshake.auth?.token ?? socket.handshake.query?.token;
+  if (typeof token !== "string" || token === "") {
+    return next(new Error("missing token"));
+  }
+  let claims;
+  try {
+    claims = jwt.verify(token, secret, { algorithms: ["HS256"], clockTolerance: LEEWAY_SECS });
+  } catch {
+    return next(new Error("invalid token"));
+  }
+  const rooms = claims.rooms ?? [];
+  if (!Array.isArray(rooms) || !rooms.every((r) => typeof r === "string")) {
+    return next(new Error("invalid token"));
+  }
+  socket.join(rooms);
+  next();
+});
+
+function reply(res, status, text) {
+  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function handle(req, res) {
+  const url = new URL(req.url, "http://localhost");
+  if (url.pathname === "/healthcheck" && req.method === "GET") {
+    return reply(res, 200, "OK");
+  }
+  if (url.pathname === "/send" && req.method === "POST") {
+    return send(req, res, url.searchParams);
+  }
+  reply(res, 404, "Not Found");
+}
+
+function send(req, res, query) {
+  if (query.get("site") !== SITE || query.get("apiKey") !== apiKey) {
+    req.resume();
+    return reply(res, 403, "Forbidden");
+  }
+  const chunks = [];
+  let size = 0;
+  let tooLarge = false;
+  req.on("data", (chunk) => {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) tooLarge = true;
+    else chunks.push(chunk);
+  });
+  req.on("end", () => {
+    if (tooLarge) return reply(res, 413, "Payload Too Large");
+    let body;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    } catch {
+      return reply(res, 400, "Bad Request");
+    }
+    const rooms = typeof body?.rooms === "string" ? [body.rooms] : body?.rooms;
+    if (!Array.isArray(rooms) || !rooms.every((r) => typeof r === "string") || typeof body.event !== "string") {
+      return reply(res, 400, "Bad Request");
+    }
+    const args = body.args === undefined || body.args === null ? [] : Array.isArray(body.args) ? body.args : [body.args];
+    // No rooms means nobody: socket.io would read an empty room list as the whole namespace.
+    if (rooms.length > 0) {
+      try {
+        bench.to(rooms).emit(body.event, ...args);
+      } catch {
+        // socket.io refuses its reserved event names ("connect", "disconnect", ...).
+        return reply(res, 400, "Bad Request");
+      }
+    }
+    reply(res, 200, "OK");
+  });
+}
+
+httpServer.listen(port, "127.0.0.1", () => {
+  console.log(`listening on 127.0.0.1:${httpServer.address().port}`);
+});
