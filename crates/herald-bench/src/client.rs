@@ -1,78 +1,92 @@
-//! One socket.io v5 client over WebSocket: joins `/`, optionally a room, answers heartbeats and counts events.
+//! One socket.io v5 client over WebSocket, from a chosen source address: joins the site's namespace with its
+//! token, then answers heartbeats and records every `m` event it is sent.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-/// A connected client; dropping it closes the connection.
+use crate::stats::{Deliveries, Order};
+use crate::target::Target;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// A connected client; dropping it drops the connection.
 pub struct Client {
-    outbound: mpsc::Sender<String>,
-    _task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Client {
+    /// Connects as connection number `i` with `token`, and returns once the namespace CONNECT is acknowledged:
+    /// by then the server has joined the token's rooms.
     pub async fn connect(
-        addr: &str,
-        room: Option<&str>,
-        received: Arc<AtomicU64>,
+        target: &Target,
+        i: usize,
+        token: &str,
+        deliveries: Arc<Deliveries>,
     ) -> anyhow::Result<Self> {
-        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .context("WebSocket connect")?;
+        let mut ws = open(target.addr, target.source(i)).await?;
         expect_prefix(&mut ws, "0{").await?;
-        ws.send(Message::text("40")).await?;
-        expect_prefix(&mut ws, "40").await?;
-        if let Some(room) = room {
-            ws.send(Message::text(format!("421[\"join\",\"{room}\"]")))
-                .await?;
-            // Skip the `auth` greeting until the join is acknowledged.
-            loop {
-                let text = next_text(&mut ws).await?;
-                if text.starts_with("431") {
-                    break;
-                }
-            }
+        let namespace = target.namespace();
+        let auth = serde_json::json!({ "token": token });
+        ws.send(Message::text(format!("40{namespace},{auth}")))
+            .await?;
+        let text = next_text(&mut ws).await?;
+        if !text.starts_with(&format!("40{namespace},")) {
+            bail!("namespace {namespace} refused the client: {text}");
         }
-        let (tx, mut rx) = mpsc::channel::<String>(64);
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    frame = ws.next() => match frame {
-                        Some(Ok(Message::Text(text))) => {
-                            if text.as_str() == "2" {
-                                if ws.send(Message::text("3")).await.is_err() { return; }
-                            } else if text.starts_with("42[\"m\"") {
-                                received.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        _ => return,
-                    },
-                    out = rx.recv() => match out {
-                        Some(text) => if ws.send(Message::text(text)).await.is_err() { return },
-                        None => { let _ = ws.close(None).await; return; }
-                    },
-                }
-            }
-        });
-        Ok(Client {
-            outbound: tx,
-            _task: task,
-        })
-    }
-
-    pub async fn send(&self, text: String) -> anyhow::Result<()> {
-        self.outbound.send(text).await.context("client closed")
+        let prefix = format!("42{namespace},[\"m\",");
+        let task = tokio::spawn(listen(ws, prefix, deliveries));
+        Ok(Client { task })
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+async fn open(server: SocketAddr, source: SocketAddr) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4().context("creating a socket")?;
+    socket
+        .bind(source)
+        .with_context(|| format!("binding {source}"))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .with_context(|| format!("connecting to {server} from {source}"))?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .context("WebSocket handshake")?;
+    Ok(ws)
+}
+
+async fn listen(mut ws: Ws, prefix: String, deliveries: Arc<Deliveries>) {
+    let mut order = Order::default();
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let text = text.as_str();
+                if let Some(payload) = text.strip_prefix(prefix.as_str()) {
+                    deliveries.record(payload, &mut order);
+                } else if text == "2" && ws.send(Message::text("3")).await.is_err() {
+                    break;
+                }
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    deliveries.disconnects.fetch_add(1, Ordering::Relaxed);
+}
 
 async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     loop {

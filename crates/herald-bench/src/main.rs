@@ -1,152 +1,222 @@
-//! `herald-bench`: opens many socket.io WebSocket clients against a server and measures what the server pays for
-//! them, reading the server's memory and CPU time from `/proc/<pid>`.
-//!
-//! `idle`: RSS per idle connection. `fanout`: server CPU per delivered broadcast message. The server must offer
-//! herald-conformance's e2e handlers (`join`, `broadcast`), which `--suite e2e` does.
+//! `herald-bench`: a load generator for socket.io servers. It opens many socket.io clients (WebSocket, spread
+//! over source addresses 127.0.0.x), gets them into rooms with a site token, publishes through the HTTP API
+//! and measures what the server pays (RSS and CPU from `/proc/<pid>`) and what clients see (rate, loss, order,
+//! latency). Every server it is pointed at must offer the same site: see `target.rs` and bench/reference.
 
 mod client;
+mod connect;
+mod fanout;
 mod procfs;
+mod publish;
+mod report;
+mod stats;
+mod target;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Measures a socket.io server's memory per connection and CPU per delivered message"
+    about = "Measures a socket.io server: memory per connection, connects/s, fan-out CPU and latency"
 )]
 struct Args {
-    /// Server address, host:port.
+    /// Server address.
     #[arg(long, default_value = "127.0.0.1:3000")]
-    addr: String,
-    /// The server's pid, to read its RSS and CPU time from /proc.
+    addr: SocketAddr,
+    /// The server's pid, to read its RSS and CPU time from /proc. Required by every scenario.
     #[arg(long)]
-    pid: u32,
+    pid: Option<u32>,
+    /// The site: clients join namespace /<site>; publishes go to /send?site=<site>.
+    #[arg(long, default_value = "bench")]
+    site: String,
+    #[arg(
+        long,
+        env = "BENCH_API_KEY",
+        default_value = "bench-api-key-0123456789"
+    )]
+    api_key: String,
+    /// HS256 secret the server verifies client tokens with.
+    #[arg(
+        long,
+        env = "BENCH_JWT_SECRET",
+        default_value = "bench-jwt-secret-0123456789abcdef"
+    )]
+    jwt_secret: String,
+    /// Source addresses 127.0.0.1 to 127.0.0.<N>, used round-robin.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// The server's name in the JSON record.
+    #[arg(long, default_value = "herald")]
+    server: String,
+    /// Appends the result as one JSON line to this file (for `report`).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Fails (exit 1) when a message was lost, duplicated, out of order or refused by the publish API.
+    #[arg(long)]
+    strict: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Opens N connections that only answer heartbeats; reports RSS growth per connection.
+    /// Opens N connections that only answer heartbeats; reports server RSS growth per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
         conns: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds to wait after the last connect before reading RSS.
+        #[arg(long, default_value_t = 5)]
+        settle_secs: u64,
     },
-    /// N subscribers in one room; a publisher broadcasts M messages of S bytes; reports server CPU per delivery.
+    /// Opens N connections, C handshakes in flight; reports connects/s and connect latency.
+    Storm {
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 500)]
+        concurrency: usize,
+    },
+    /// Subscribers in one room (or one personal room each) get M messages of S bytes published over HTTP.
     Fanout {
         #[arg(long, default_value_t = 1_000)]
         subs: usize,
+        /// Each subscriber in its own room `user_<i>`; messages go round-robin over them.
+        #[arg(long)]
+        personal: bool,
         #[arg(long, default_value_t = 2_000)]
         messages: usize,
+        /// Size of the socket.io frame each subscriber receives, in bytes.
         #[arg(long, default_value_t = 100)]
         size: usize,
-        /// Broadcasts per second; 0 sends as fast as acks come back.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
+        /// Messages per second, over all publishers; 0 publishes as fast as the window allows.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Concurrent HTTP publishers (personal rooms only; one room has one publisher, to keep order defined).
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        /// Unpaced runs stay at most this many messages ahead of the deliveries.
+        #[arg(long, default_value_t = 50)]
+        window: usize,
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
     },
+    /// Prints BENCHMARKS.md tables from a file of JSON lines.
+    Report { file: PathBuf },
 }
 
-#[tokio::main]
+/// What a scenario measured: a line for people and a JSON object for `report`.
+pub struct Outcome {
+    pub human: String,
+    pub metrics: serde_json::Value,
+}
+
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    match args.scenario {
-        Scenario::Idle { conns } => idle(&args.addr, args.pid, conns).await,
+    let target = target::Target::new(
+        args.addr,
+        args.site.clone(),
+        args.api_key.clone(),
+        &args.jwt_secret,
+        args.sources,
+    );
+    let pid = || args.pid.context("--pid is required");
+    let (scenario, variant, outcome) = match args.scenario {
+        Scenario::Report { ref file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            print!("{}", report::render(&text)?);
+            return Ok(());
+        }
+        Scenario::Idle {
+            conns,
+            concurrency,
+            settle_secs,
+        } => (
+            "idle",
+            format!("{conns} connections"),
+            connect::idle(
+                &target,
+                pid()?,
+                conns,
+                concurrency,
+                Duration::from_secs(settle_secs),
+            )
+            .await?,
+        ),
+        Scenario::Storm { conns, concurrency } => (
+            "storm",
+            format!("{conns} connections, {concurrency} in flight"),
+            connect::storm(&target, pid()?, conns, concurrency).await?,
+        ),
         Scenario::Fanout {
             subs,
+            personal,
             messages,
             size,
             rate,
-        } => fanout(&args.addr, args.pid, subs, messages, size, rate).await,
-    }
-}
-
-async fn idle(addr: &str, pid: u32, conns: usize) -> anyhow::Result<()> {
-    let before = procfs::rss_kib(pid)?;
-    let started = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let client = client::Client::connect(addr, None, Arc::clone(&received))
-            .await
-            .with_context(|| format!("connecting client {i}"))?;
-        clients.push(client);
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = procfs::rss_kib(pid)?;
-    let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / conns as f64;
-    println!(
-        "idle: {conns} connections in {connect_secs:.1}s ({:.0}/s); server RSS {before} KiB -> {after} KiB; \
-         {per_conn:.0} bytes ({:.2} KiB) per connection",
-        conns as f64 / connect_secs,
-        per_conn / 1024.0
-    );
-    drop(clients);
-    Ok(())
-}
-
-async fn fanout(
-    addr: &str,
-    pid: u32,
-    subs: usize,
-    messages: usize,
-    size: usize,
-    rate: u64,
-) -> anyhow::Result<()> {
-    let received = Arc::new(AtomicU64::new(0));
-    let mut subscribers = Vec::with_capacity(subs);
-    for _ in 0..subs {
-        subscribers
-            .push(client::Client::connect(addr, Some("bench"), Arc::clone(&received)).await?);
-    }
-    let publisher = client::Client::connect(addr, None, Arc::new(AtomicU64::new(0))).await?;
-    let payload = "x".repeat(size.saturating_sub(20));
-    let expected = (subs * messages) as u64;
-    let cpu_before = procfs::cpu_ticks(pid)?;
-    let started = Instant::now();
-    let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
-    for i in 0..messages {
-        let frame =
-            serde_json::json!(["broadcast", {"room": "bench", "event": "m", "args": [i, payload]}]);
-        publisher.send(format!("42{frame}")).await?;
-        if let Some(interval) = interval {
-            tokio::time::sleep_until((started + interval * (i as u32 + 1)).into()).await;
-        } else if i % 50 == 49 {
-            // Unpaced, but never more than 50 broadcasts ahead of the slowest subscriber.
-            wait_for(
-                &received,
-                ((i + 1 - 50) * subs) as u64,
-                Duration::from_secs(30),
+            publishers,
+            window,
+            drain_secs,
+        } => {
+            let plan = fanout::Plan {
+                subs,
+                personal,
+                messages,
+                size,
+                rate,
+                publishers,
+                window,
+                connect_concurrency: 64,
+                drain: Duration::from_secs(drain_secs),
+            };
+            let variant = format!(
+                "{subs} subs, {}, {}",
+                if personal {
+                    "personal rooms"
+                } else {
+                    "one room"
+                },
+                if rate > 0.0 {
+                    format!("{rate} msg/s")
+                } else {
+                    "unpaced".into()
+                }
+            );
+            (
+                "fanout",
+                variant,
+                fanout::fanout(&target, pid()?, plan).await?,
             )
-            .await;
         }
+    };
+    println!("[{}] {}", args.server, outcome.human);
+    let faults = ["lost", "duplicates", "out_of_order", "publish_errors"]
+        .into_iter()
+        .filter(|k| outcome.metrics[*k].as_u64().is_some_and(|n| n > 0))
+        .collect::<Vec<_>>();
+    if let Some(path) = &args.json {
+        let record = report::Record {
+            scenario: scenario.into(),
+            variant,
+            server: args.server.clone(),
+            metrics: outcome.metrics,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(file, "{}", serde_json::to_string(&record)?)?;
     }
-    let complete = wait_for(&received, expected, Duration::from_secs(60)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = procfs::cpu_ticks(pid)?;
-    let delivered = received.load(Ordering::Relaxed);
-    let cpu_secs = (cpu_after - cpu_before) as f64 / procfs::ticks_per_second() as f64;
-    println!(
-        "fanout: {subs} subscribers x {messages} messages of {size} bytes; delivered {delivered}/{expected}{}; \
-         {:.0} msg/s; server CPU {cpu_secs:.2}s = {:.3} us per delivered message",
-        if complete { "" } else { " (INCOMPLETE)" },
-        delivered as f64 / elapsed,
-        cpu_secs * 1e6 / delivered.max(1) as f64
-    );
+    if args.strict && !faults.is_empty() {
+        anyhow::bail!("--strict: the run had {}", faults.join(", "));
+    }
     Ok(())
-}
-
-async fn wait_for(counter: &AtomicU64, target: u64, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while counter.load(Ordering::Relaxed) < target {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    true
 }

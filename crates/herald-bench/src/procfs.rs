@@ -1,4 +1,4 @@
-//! Reading a server process's resident memory and CPU time from `/proc`.
+//! Reading a process's resident memory and CPU time from `/proc`.
 
 use anyhow::Context;
 
@@ -13,28 +13,30 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS line")
 }
 
-/// User plus system CPU time in clock ticks (fields 14 and 15 of /proc/<pid>/stat).
-pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc stat")?;
+/// User plus system CPU seconds of a process, children not included.
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    cpu_secs_of(&format!("/proc/{pid}/stat"))
+}
+
+/// User plus system CPU seconds of this process (the load generator).
+pub fn own_cpu_secs() -> anyhow::Result<f64> {
+    cpu_secs_of("/proc/self/stat")
+}
+
+fn cpu_secs_of(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name may hold spaces; fields are counted after its closing parenthesis.
     let after = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .context("malformed stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: u64 = fields
-        .get(11)
-        .and_then(|f| f.parse().ok())
-        .context("no utime")?;
-    let stime: u64 = fields
-        .get(12)
-        .and_then(|f| f.parse().ok())
-        .context("no stime")?;
-    Ok(utime + stime)
-}
-
-/// Clock ticks per second; 100 on every Linux this runs on (CONFIG_HZ-independent USER_HZ).
-pub fn ticks_per_second() -> u64 {
-    100
+    let field = |i: usize| -> anyhow::Result<u64> {
+        after
+            .split_whitespace()
+            .nth(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("no field {i} in {path}"))
+    };
+    // utime and stime, in USER_HZ ticks: 100 per second on every Linux, whatever CONFIG_HZ is.
+    Ok((field(11)? + field(12)?) as f64 / 100.0)
 }

@@ -1,0 +1,126 @@
+//! Opening many clients: the idle-memory scenario (RSS per connection) and the connection storm (connects/s).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{stream, StreamExt};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::procfs;
+use crate::stats::{micros_histogram, Deliveries, Latency};
+use crate::target::Target;
+use crate::Outcome;
+
+/// Clients opened together, and what opening them cost.
+pub struct Opened {
+    pub clients: Vec<Client>,
+    pub secs: f64,
+    pub latency: Latency,
+}
+
+/// Opens `n` clients, `concurrency` handshakes at a time; client `i` is user `u<i>` with the rooms `rooms(i)`.
+/// Tokens are minted first so that signing them is not timed.
+pub async fn open_all(
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+    deliveries: &Arc<Deliveries>,
+    rooms: impl Fn(usize) -> Vec<String>,
+) -> anyhow::Result<Opened> {
+    let tokens = (0..n)
+        .map(|i| target.token(&format!("u{i}"), &rooms(i)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let mut results = stream::iter(tokens.iter().enumerate())
+        .map(|(i, token)| async move {
+            let began = Instant::now();
+            let client = Client::connect(target, i, token, Arc::clone(deliveries))
+                .await
+                .with_context(|| format!("client {i}"));
+            (client, began.elapsed())
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut clients = Vec::with_capacity(n);
+    let mut histogram = micros_histogram();
+    while let Some((client, took)) = results.next().await {
+        clients.push(client?);
+        histogram.saturating_record(took.as_micros() as u64);
+    }
+    Ok(Opened {
+        clients,
+        secs: started.elapsed().as_secs_f64(),
+        latency: Latency::of(&histogram),
+    })
+}
+
+/// `n` connections that only answer heartbeats: server RSS growth per connection, after `settle`.
+pub async fn idle(
+    target: &Target,
+    pid: u32,
+    n: usize,
+    concurrency: usize,
+    settle: Duration,
+) -> anyhow::Result<Outcome> {
+    let deliveries = Arc::new(Deliveries::default());
+    let before = procfs::rss_kib(pid)?;
+    let opened = open_all(target, n, concurrency, &deliveries, |_| Vec::new()).await?;
+    tokio::time::sleep(settle).await;
+    let after = procfs::rss_kib(pid)?;
+    drop(opened.clients);
+    let per_conn_kib = after.saturating_sub(before) as f64 / n as f64;
+    let human = format!(
+        "idle: {n} connections in {:.2}s ({:.0}/s); server RSS {before} KiB -> {after} KiB = {per_conn_kib:.2} KiB \
+         per connection",
+        opened.secs,
+        n as f64 / opened.secs
+    );
+    Ok(Outcome {
+        human,
+        metrics: json!({
+            "conns": n,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "kib_per_conn": per_conn_kib,
+            "connects_per_sec": n as f64 / opened.secs,
+        }),
+    })
+}
+
+/// `n` clients connecting `concurrency` at a time: connects per second, connect latency, server CPU per connect.
+pub async fn storm(
+    target: &Target,
+    pid: u32,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Outcome> {
+    let deliveries = Arc::new(Deliveries::default());
+    let cpu_before = procfs::cpu_secs(pid)?;
+    let own_before = procfs::own_cpu_secs()?;
+    let opened = open_all(target, n, concurrency, &deliveries, |i| {
+        vec![format!("user_{i}")]
+    })
+    .await?;
+    let server_cpu = procfs::cpu_secs(pid)? - cpu_before;
+    let own_cpu = procfs::own_cpu_secs()? - own_before;
+    drop(opened.clients);
+    let rate = n as f64 / opened.secs;
+    let human = format!(
+        "storm: {n} connections, {concurrency} at a time, in {:.2}s = {rate:.0} connects/s; connect latency {}; \
+         server CPU {:.1} us per connect; generator CPU {own_cpu:.2}s",
+        opened.secs,
+        opened.latency.describe(),
+        server_cpu * 1e6 / n as f64,
+    );
+    Ok(Outcome {
+        human,
+        metrics: json!({
+            "conns": n,
+            "connects_per_sec": rate,
+            "connect_latency_us": opened.latency,
+            "server_cpu_us_per_connect": server_cpu * 1e6 / n as f64,
+            "own_cpu_secs": own_cpu,
+        }),
+    })
+}

@@ -1,0 +1,249 @@
+//! Turns the JSON lines of many runs into BENCHMARKS.md tables: per scenario and variant, each server's median
+//! (and range) and herald's edge over each other server.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One run of one scenario against one server, as written with `--json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub scenario: String,
+    pub variant: String,
+    pub server: String,
+    pub metrics: Value,
+}
+
+struct Metric {
+    label: &'static str,
+    pointer: &'static str,
+    higher_is_better: bool,
+    /// Whether a ratio means anything (not for counts that should be zero).
+    ratio: bool,
+}
+
+const fn metric(label: &'static str, pointer: &'static str, higher_is_better: bool) -> Metric {
+    Metric {
+        label,
+        pointer,
+        higher_is_better,
+        ratio: true,
+    }
+}
+
+const fn count(label: &'static str, pointer: &'static str) -> Metric {
+    Metric {
+        label,
+        pointer,
+        higher_is_better: false,
+        ratio: false,
+    }
+}
+
+const IDLE: &[Metric] = &[metric("KiB RSS per connection", "/kib_per_conn", false)];
+
+const STORM: &[Metric] = &[
+    metric("connects/s", "/connects_per_sec", true),
+    metric("connect p99 (ms)", "/connect_latency_us/p99", false),
+    metric(
+        "server CPU per connect (µs)",
+        "/server_cpu_us_per_connect",
+        false,
+    ),
+];
+
+const FANOUT: &[Metric] = &[
+    metric("delivered msg/s", "/msgs_per_sec", true),
+    metric(
+        "server CPU per delivery (µs)",
+        "/server_cpu_us_per_msg",
+        false,
+    ),
+    metric("latency p50 (ms)", "/latency_us/p50", false),
+    metric("latency p90 (ms)", "/latency_us/p90", false),
+    metric("latency p99 (ms)", "/latency_us/p99", false),
+    metric("latency p99.9 (ms)", "/latency_us/p999", false),
+    count("lost", "/lost"),
+    count("out of order", "/out_of_order"),
+    metric(
+        "generator CPU per delivery (µs)",
+        "/own_cpu_us_per_msg",
+        false,
+    ),
+];
+
+fn metrics_of(scenario: &str) -> &'static [Metric] {
+    match scenario {
+        "idle" => IDLE,
+        "storm" => STORM,
+        "fanout" => FANOUT,
+        _ => &[],
+    }
+}
+
+/// Markdown for every scenario found in `text` (JSON lines), servers in order of first appearance.
+pub fn render(text: &str) -> anyhow::Result<String> {
+    let records = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Record>(l).with_context(|| format!("bad record: {l}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut servers: Vec<&str> = Vec::new();
+    let mut scenarios: Vec<&str> = Vec::new();
+    // scenario -> variant (in order) -> server -> runs
+    let mut runs: BTreeMap<(&str, &str), BTreeMap<&str, Vec<&Value>>> = BTreeMap::new();
+    let mut variants: Vec<(&str, &str)> = Vec::new();
+    for r in &records {
+        if !servers.contains(&r.server.as_str()) {
+            servers.push(&r.server);
+        }
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+        let key = (r.scenario.as_str(), r.variant.as_str());
+        if !variants.contains(&key) {
+            variants.push(key);
+        }
+        runs.entry(key)
+            .or_default()
+            .entry(&r.server)
+            .or_default()
+            .push(&r.metrics);
+    }
+    let mut out = String::new();
+    for scenario in scenarios {
+        out.push_str(&table(scenario, &variants, &runs, &servers));
+    }
+    Ok(out)
+}
+
+type Runs<'a> = BTreeMap<(&'a str, &'a str), BTreeMap<&'a str, Vec<&'a Value>>>;
+
+fn table(scenario: &str, variants: &[(&str, &str)], runs: &Runs, servers: &[&str]) -> String {
+    let base = servers.first().copied().unwrap_or("herald");
+    let mut out = format!("### {scenario}\n\n| variant | metric |");
+    for s in servers {
+        out.push_str(&format!(" {s} |"));
+    }
+    for s in &servers[1.min(servers.len())..] {
+        out.push_str(&format!(" {base}'s edge over {s} |"));
+    }
+    out.push_str("\n| --- | --- |");
+    out.push_str(&" ---: |".repeat(servers.len() * 2 - 1.min(servers.len())));
+    out.push('\n');
+    for &(sc, variant) in variants.iter().filter(|(sc, _)| *sc == scenario) {
+        let Some(by_server) = runs.get(&(sc, variant)) else {
+            continue;
+        };
+        for m in metrics_of(scenario) {
+            let medians: Vec<Option<f64>> = servers
+                .iter()
+                .map(|s| by_server.get(s).and_then(|r| median(r, m.pointer)))
+                .collect();
+            out.push_str(&format!("| {variant} | {} |", m.label));
+            for s in servers {
+                let cell = by_server
+                    .get(s)
+                    .map(|r| cell(r, m))
+                    .unwrap_or_else(|| "—".into());
+                out.push_str(&format!(" {cell} |"));
+            }
+            for other in &medians[1.min(medians.len())..] {
+                out.push_str(&format!(" {} |", edge(medians[0], *other, m)));
+            }
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn values(runs: &[&Value], pointer: &str) -> Vec<f64> {
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn median(runs: &[&Value], pointer: &str) -> Option<f64> {
+    let v = values(runs, pointer);
+    (!v.is_empty()).then(|| {
+        if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        }
+    })
+}
+
+fn scaled(value: f64, m: &Metric) -> f64 {
+    if m.label.ends_with("(ms)") {
+        value / 1000.0
+    } else {
+        value
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// The median, with the range when there were several runs.
+fn cell(runs: &[&Value], m: &Metric) -> String {
+    let v = values(runs, m.pointer);
+    let Some(med) = median(runs, m.pointer) else {
+        return "—".into();
+    };
+    let med = format_value(scaled(med, m));
+    match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) if v.len() > 1 && lo != hi => format!(
+            "{med} ({}–{})",
+            format_value(scaled(*lo, m)),
+            format_value(scaled(*hi, m))
+        ),
+        _ => med,
+    }
+}
+
+/// How many times better the first server is than `other` (above 1: ahead).
+fn edge(base: Option<f64>, other: Option<f64>, m: &Metric) -> String {
+    match (base, other) {
+        (Some(b), Some(o)) if m.ratio && b > 0.0 && o > 0.0 => {
+            let factor = if m.higher_is_better { b / o } else { o / b };
+            format!("{factor:.2}×")
+        }
+        _ => "—".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_show_medians_and_edges() {
+        let lines = [
+            r#"{"scenario":"idle","variant":"10000 conns","server":"herald","metrics":{"kib_per_conn":4.0}}"#,
+            r#"{"scenario":"idle","variant":"10000 conns","server":"node","metrics":{"kib_per_conn":20.0}}"#,
+            r#"{"scenario":"idle","variant":"10000 conns","server":"herald","metrics":{"kib_per_conn":6.0}}"#,
+        ]
+        .join("\n");
+        let md = render(&lines).expect("render");
+        assert!(
+            md.contains(
+                "| 10000 conns | KiB RSS per connection | 5.00 (4.00–6.00) | 20.0 | 4.00× |"
+            ),
+            "{md}"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! The server under test: where its socket.io endpoint and publish API are, and how a client proves who it is
+//! (an HS256 JWT naming its rooms, as a backend would mint it).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::Context;
+use jsonwebtoken::{EncodingKey, Header};
+use serde::Serialize;
+
+/// Every server in the comparison offers the same site: namespace `/<site>`, JWT auth whose `rooms` claim lists
+/// the rooms to join, and crossroads' `POST /send?site=&apiKey=`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub site: String,
+    pub api_key: String,
+    jwt_key: EncodingKey,
+    /// Source addresses 127.0.0.1.. 127.0.0.<sources>, used round-robin so that more connections than one
+    /// address has ephemeral ports (~28k) fit on one machine.
+    sources: u8,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    rooms: &'a [String],
+    exp: u64,
+}
+
+impl Target {
+    pub fn new(
+        addr: SocketAddr,
+        site: String,
+        api_key: String,
+        jwt_secret: &str,
+        sources: u8,
+    ) -> Self {
+        Target {
+            addr,
+            site,
+            api_key,
+            jwt_key: EncodingKey::from_secret(jwt_secret.as_bytes()),
+            sources: sources.max(1),
+        }
+    }
+
+    /// The source address of the `i`th connection.
+    pub fn source(&self, i: usize) -> SocketAddr {
+        let host = 1 + (i % usize::from(self.sources)) as u8;
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), 0)
+    }
+
+    /// A token for user `sub` in `rooms`, valid for a day.
+    pub fn token(&self, sub: &str, rooms: &[String]) -> anyhow::Result<String> {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("clock before 1970")?
+            .as_secs()
+            + 86_400;
+        jsonwebtoken::encode(
+            &Header::default(),
+            &Claims { sub, rooms, exp },
+            &self.jwt_key,
+        )
+        .context("signing a token")
+    }
+
+    pub fn namespace(&self) -> String {
+        format!("/{}", self.site)
+    }
+
+    pub fn send_url(&self) -> String {
+        format!(
+            "http://{}/send?site={}&apiKey={}",
+            self.addr, self.site, self.api_key
+        )
+    }
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md's comparison in one sitting: herald, Node socket.io and socketioxide run the same
+# scenarios, alternating server by server within each round so a noisy machine affects all of them alike.
+#
+#   bash scripts/bench.sh                   # everything, 2 rounds (~25 min on 2 cores)
+#   bash scripts/bench.sh --rounds 3 --servers "herald node"
+#   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word
+#   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
+#
+# Results: target/bench/results.jsonl (one JSON line per run) and target/bench/report.md (the tables).
+# The server is pinned to CPU 0 and the load generator to CPU 1 when the machine has two or more.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0 rounds=2 servers="herald node socketioxide" only="" out=target/bench
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --smoke) smoke=1; servers=herald; rounds=1; shift ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --servers) servers=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 64 ;;
+  esac
+done
+
+if [[ $smoke == 1 ]]; then
+  profile_dir=target/debug
+  cargo build -q -p herald -p herald-bench
+else
+  profile_dir=target/release
+  cargo build -q --release -p herald -p herald-bench
+fi
+if [[ $servers != herald ]]; then bash scripts/bench-setup.sh; fi
+
+mkdir -p "$out"
+results=$out/results.jsonl
+: > "$results"
+if [[ $(nproc) -ge 2 ]]; then server_cpu=(taskset -c 0) gen_cpu=(taskset -c 1); else server_cpu=() gen_cpu=(); fi
+port=${BENCH_PORT:-3790}
+export BENCH_API_KEY=bench-api-key-0123456789 BENCH_JWT_SECRET=bench-jwt-secret-0123456789abcdef
+
+server_pid=""
+start_server() {
+  case "$1" in
+    herald) "${server_cpu[@]}" "$profile_dir/herald" --config bench/herald.yml --port "$port" >"$out/server.log" 2>&1 & ;;
+    node) PORT=$port "${server_cpu[@]}" node bench/reference/node/server.mjs >"$out/server.log" 2>&1 & ;;
+    socketioxide) PORT=$port "${server_cpu[@]}" bench/reference/socketioxide/target/release/herald-ref-socketioxide \
+        >"$out/server.log" 2>&1 & ;;
+    *) echo "unknown server $1" >&2; exit 64 ;;
+  esac
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    if curl -sf "http://127.0.0.1:$port/healthcheck" >/dev/null; then return; fi
+    sleep 0.1
+  done
+  echo "$1 did not start:" >&2; cat "$out/server.log" >&2; exit 1
+}
+
+stop_server() {
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+}
+trap stop_server EXIT
+
+# name | herald-bench arguments
+if [[ $smoke == 1 ]]; then
+  scenarios=(
+    "idle|idle --conns 200 --settle-secs 1"
+    "storm|storm --conns 500 --concurrency 50"
+    "fanout-room|fanout --subs 100 --messages 200"
+    "fanout-room-paced|fanout --subs 100 --messages 100 --rate 200"
+    "fanout-personal|fanout --subs 200 --personal --messages 2000 --rate 2000"
+  )
+  strict=(--strict)
+else
+  # The server's open-file limit on this machine is 20 000 (hard), so 18 000 is the largest idle run.
+  scenarios=(
+    "idle-10k|idle --conns 10000"
+    "idle-18k|idle --conns 18000"
+    "storm|storm --conns 15000 --concurrency 500"
+    "fanout-1k-unpaced|fanout --subs 1000 --messages 3000"
+    "fanout-1k-50|fanout --subs 1000 --messages 500 --rate 50"
+    "fanout-1k-100|fanout --subs 1000 --messages 1000 --rate 100"
+    "fanout-10k-unpaced|fanout --subs 10000 --messages 300"
+    "fanout-10k-10|fanout --subs 10000 --messages 100 --rate 10"
+    "fanout-personal-10k|fanout --subs 10000 --personal --messages 100000 --rate 10000"
+  )
+  strict=()
+fi
+
+for entry in "${scenarios[@]}"; do
+  name=${entry%%|*} args=${entry#*|}
+  if [[ -n $only && $name != *"$only"* ]]; then continue; fi
+  for round in $(seq 1 "$rounds"); do
+    for server in $servers; do
+      echo "== $name, round $round, $server" >&2
+      start_server "$server"
+      # shellcheck disable=SC2086 # $args is a word list on purpose
+      "${gen_cpu[@]}" "$profile_dir/herald-bench" --addr "127.0.0.1:$port" --pid "$server_pid" --server "$server" \
+        --json "$results" "${strict[@]}" $args
+      stop_server
+      sleep 1
+    done
+  done
+done
+
+"$profile_dir/herald-bench" report "$results" | tee "$out/report.md"
+{
+  echo
+  echo "commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)'), $(date -u +%FT%TZ)"
+  echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+  if [[ $servers != herald ]]; then bash scripts/bench-setup.sh | grep -E '^\[bench-setup\] (node|socketioxide) [0-9]'; fi
+} | tee -a "$out/report.md"
