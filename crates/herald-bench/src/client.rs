@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -42,7 +43,13 @@ impl Client {
         let auth = serde_json::json!({ "token": token });
         ws.send(Message::text(format!("40{namespace},{auth}")))
             .await?;
-        let text = next_text(&mut ws).await?;
+        let text = loop {
+            // Some servers ping right after the handshake, before answering CONNECT.
+            match next_text(&mut ws).await? {
+                ping if ping == "2" => ws.send(Message::text("3")).await?,
+                text => break text,
+            }
+        };
         if !text.starts_with(&format!("40{namespace},")) {
             bail!("namespace {namespace} refused the client: {text}");
         }
@@ -63,7 +70,12 @@ async fn open(server: SocketAddr, source: SocketAddr) -> anyhow::Result<Ws> {
         .with_context(|| format!("connecting to {server} from {source}"))?;
     stream.set_nodelay(true)?;
     let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+    // tungstenite's default read buffer is 128 KiB, zeroed per connection: at thousands of connects per second
+    // the generator would spend most of its time clearing pages. Frames here are small.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .context("WebSocket handshake")?;
     Ok(ws)

@@ -48,7 +48,8 @@ impl Plan {
         }
     }
 
-    /// The publisher of a message: all messages to one room go through one publisher, in order.
+    /// The publisher of a message. Messages to one personal room all go through one publisher, so their order is
+    /// defined; in one room, message `i` is publisher `i % publishers`'s, and order holds per publisher.
     fn publisher_of(&self, message: usize) -> usize {
         let room = if self.personal {
             message % self.subs
@@ -61,15 +62,13 @@ impl Plan {
 
 pub async fn fanout(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Outcome> {
     let plan = Plan {
-        publishers: if plan.personal {
-            plan.publishers.max(1)
-        } else {
-            1
-        },
+        publishers: plan.publishers.max(1),
         subs: plan.subs.max(1),
         ..plan
     };
-    let deliveries = Arc::new(Deliveries::default());
+    // In one room every subscriber hears every publisher; in personal rooms each hears one.
+    let lanes = if plan.personal { 1 } else { plan.publishers };
+    let deliveries = Arc::new(Deliveries::new(lanes));
     let personal = plan.personal;
     let opened = open_all(
         target,

@@ -97,8 +97,8 @@ enum Scenario {
         /// Messages per second, over all publishers; 0 publishes as fast as the window allows.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Concurrent HTTP publishers (personal rooms only; one room has one publisher, to keep order defined).
-        #[arg(long, default_value_t = 8)]
+        /// Concurrent HTTP publishers, each sending one request at a time; order is checked per publisher.
+        #[arg(long, default_value_t = 1)]
         publishers: usize,
         /// Unpaced runs stay at most this many messages ahead of the deliveries.
         #[arg(long, default_value_t = 50)]

@@ -21,6 +21,9 @@ pub fn micros_histogram() -> Histogram<u64> {
 }
 
 pub struct Deliveries {
+    /// Publishers whose messages reach every subscriber: sequence number `s` came from publisher `s % lanes`,
+    /// and order is only defined per publisher.
+    lanes: usize,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
     pub out_of_order: AtomicU64,
@@ -32,7 +35,14 @@ pub struct Deliveries {
 
 impl Default for Deliveries {
     fn default() -> Self {
+        Deliveries::new(1)
+    }
+}
+
+impl Deliveries {
+    pub fn new(lanes: usize) -> Self {
         Deliveries {
+            lanes: lanes.max(1),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
@@ -43,10 +53,10 @@ impl Default for Deliveries {
     }
 }
 
-/// One client's view of the sequence numbers it was sent, in publish order per room.
+/// One client's view of the sequence numbers it was sent: the last one seen from each publisher.
 #[derive(Default)]
 pub struct Order {
-    last: Option<u64>,
+    last: Vec<Option<u64>>,
 }
 
 impl Deliveries {
@@ -60,14 +70,18 @@ impl Deliveries {
             return;
         };
         self.received.fetch_add(1, Ordering::Relaxed);
-        match order.last {
+        if order.last.is_empty() {
+            order.last = vec![None; self.lanes];
+        }
+        let last = &mut order.last[(seq % self.lanes as u64) as usize];
+        match *last {
             Some(last) if seq == last => {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
             }
             Some(last) if seq < last => {
                 self.out_of_order.fetch_add(1, Ordering::Relaxed);
             }
-            _ => order.last = Some(seq),
+            _ => *last = Some(seq),
         }
         let latency = now_us().saturating_sub(stamp).max(1);
         if let Ok(mut histogram) = self.latency.lock() {
@@ -151,5 +165,17 @@ mod tests {
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(stats.out_of_order.load(Ordering::Relaxed), 1);
         assert_eq!(stats.malformed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn order_is_per_publisher() {
+        let stats = Deliveries::new(2);
+        let mut order = Order::default();
+        for seq in [1, 0, 3, 2, 5, 4] {
+            stats.record(&format!("{{\"s\":{seq},\"t\":1}}"), &mut order);
+        }
+        assert_eq!(stats.out_of_order.load(Ordering::Relaxed), 0);
+        stats.record("{\"s\":1,\"t\":1}", &mut order);
+        assert_eq!(stats.out_of_order.load(Ordering::Relaxed), 1);
     }
 }

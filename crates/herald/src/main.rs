@@ -1,6 +1,7 @@
 //! The `herald` binary: parses the command line, loads the config (reporting a bad one in one line, exit 64,
 //! before any port is bound), and runs the library: `serve`, `check-config`, `send`, `token`.
 
+use std::future::IntoFuture;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,23 +183,25 @@ fn serve(flags: &SourceFlags) -> Result<(), Failure> {
 
 async fn run(config: Config, gateway: herald::gateway::Gateway) -> anyhow::Result<()> {
     let listen = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        herald::listener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(%addr, ?sites, "herald listening; open http://{addr}/ for the demo page");
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let draining = gateway.clone();
-    axum::serve(listener, gateway.router())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: no new connections, closing sockets");
-            draining.set_draining();
-            draining.close_all();
-            draining.drained(grace).await;
-        })
+    let server = axum::serve(listener, gateway.router()).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections, closing sockets");
+        draining.set_draining();
+        draining.close_all();
+        draining.drained(grace).await;
+    });
+    // The accept loop runs on a worker thread, not on the thread in `block_on`: connection tasks it spawns then
+    // start on that worker's own queue instead of waking another thread for each accept.
+    tokio::spawn(server.into_future())
         .await
+        .context("the server task failed")?
         .context("serving")?;
     Ok(())
 }
