@@ -7,12 +7,14 @@
 #   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word
 #   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
 #
-# Results: target/bench/results.jsonl (one JSON line per run) and target/bench/report.md (the tables).
+# Results: target/bench/results.jsonl (one JSON line per run) and target/bench/report.md (the tables), under
+# $CARGO_TARGET_DIR when it is set.
 # The server is pinned to CPU 0 and the load generator to CPU 1 when the machine has two or more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0 rounds=2 servers="herald node socketioxide" only="" out=target/bench
+target_dir=${CARGO_TARGET_DIR:-target}
+smoke=0 rounds=2 servers="herald node socketioxide" only="" out=$target_dir/bench
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --smoke) smoke=1; servers=herald; rounds=1; shift ;;
@@ -25,10 +27,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 if [[ $smoke == 1 ]]; then
-  profile_dir=target/debug
+  profile_dir=$target_dir/debug
   cargo build -q -p herald -p herald-bench
 else
-  profile_dir=target/release
+  profile_dir=$target_dir/release
   cargo build -q --release -p herald -p herald-bench
 fi
 if [[ $servers != herald ]]; then bash scripts/bench-setup.sh; fi
@@ -68,9 +70,9 @@ if [[ $smoke == 1 ]]; then
   scenarios=(
     "idle|idle --conns 200 --settle-secs 1"
     "storm|storm --conns 500 --concurrency 50"
-    "fanout-room|fanout --subs 100 --messages 200"
+    "fanout-room|fanout --subs 100 --messages 200 --publishers 4"
     "fanout-room-paced|fanout --subs 100 --messages 100 --rate 200"
-    "fanout-personal|fanout --subs 200 --personal --messages 2000 --rate 2000"
+    "fanout-personal|fanout --subs 200 --personal --messages 2000 --rate 2000 --publishers 4"
   )
   strict=(--strict)
 else
@@ -79,12 +81,13 @@ else
     "idle-10k|idle --conns 10000"
     "idle-18k|idle --conns 18000"
     "storm|storm --conns 15000 --concurrency 500"
-    "fanout-1k-unpaced|fanout --subs 1000 --messages 3000"
+    "fanout-1k-unpaced|fanout --subs 1000 --messages 4000 --publishers 16"
     "fanout-1k-50|fanout --subs 1000 --messages 500 --rate 50"
     "fanout-1k-100|fanout --subs 1000 --messages 1000 --rate 100"
-    "fanout-10k-unpaced|fanout --subs 10000 --messages 300"
+    "fanout-10k-unpaced|fanout --subs 10000 --messages 400 --publishers 16"
     "fanout-10k-10|fanout --subs 10000 --messages 100 --rate 10"
-    "fanout-personal-10k|fanout --subs 10000 --personal --messages 100000 --rate 10000"
+    "fanout-1k-polling|--transport polling fanout --subs 1000 --messages 500 --rate 50"
+    "fanout-personal-10k|fanout --subs 10000 --personal --messages 100000 --rate 10000 --publishers 32"
   )
   strict=()
 fi

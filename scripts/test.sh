@@ -4,7 +4,8 @@
 # tests/js) and the python-socketio client (tests/python).
 #
 # Usage: bash scripts/test.sh [--no-cargo] [--only STAGE[,STAGE...]]
-#   stages: services, cargo-build, cargo-test, js-install, js-test, py-install, py-test
+#   stages: services, cargo-build, cargo-test, js-install, js-test, py-install, py-test, bench-smoke
+#   (bench-smoke: scripts/bench.sh --smoke, herald-bench's scenarios at tiny sizes, failing on any lost message)
 #   (services: scripts/services.sh makes sure Redis answers on 127.0.0.1:6379, starting it if needed)
 #   --no-cargo         skip cargo build/test (re-run only the e2e tests against the existing binary)
 #   env HERALD_BIN     binary the e2e tests spawn (default ${CARGO_TARGET_DIR:-target}/debug/herald-conformance)
@@ -187,6 +188,15 @@ if wanted py-install || wanted py-test; then
     skip_stage py-test "cargo build failed"
   else
     run_stage py-test py_test
+  fi
+fi
+
+# ---- benchmark harness smoke run ------------------------------------------------------------------
+if wanted bench-smoke; then
+  if stage_failed cargo-build; then
+    skip_stage bench-smoke "cargo build failed"
+  else
+    run_stage bench-smoke bash "$ROOT/scripts/bench.sh" --smoke
   fi
 fi
 

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::stats::{Deliveries, Order};
-use crate::target::Target;
+use crate::target::{Target, Transport};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -37,6 +37,10 @@ impl Client {
         token: &str,
         deliveries: Arc<Deliveries>,
     ) -> anyhow::Result<Self> {
+        if target.transport == Transport::Polling {
+            let task = crate::polling::connect(target, i, token, deliveries).await?;
+            return Ok(Client { task });
+        }
         let mut ws = open(target.addr, target.source(i)).await?;
         expect_prefix(&mut ws, "0{").await?;
         let namespace = target.namespace();

@@ -6,6 +6,7 @@
 mod client;
 mod connect;
 mod fanout;
+mod polling;
 mod procfs;
 mod publish;
 mod report;
@@ -50,6 +51,9 @@ struct Args {
     /// Source addresses 127.0.0.1 to 127.0.0.<N>, used round-robin.
     #[arg(long, default_value_t = 8)]
     sources: u8,
+    /// How clients connect.
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: target::Transport,
     /// The server's name in the JSON record.
     #[arg(long, default_value = "herald")]
     server: String,
@@ -125,7 +129,8 @@ async fn main() -> anyhow::Result<()> {
         args.api_key.clone(),
         &args.jwt_secret,
         args.sources,
-    );
+        args.transport,
+    )?;
     let pid = || args.pid.context("--pid is required");
     let (scenario, variant, outcome) = match args.scenario {
         Scenario::Report { ref file } => {
@@ -177,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
                 drain: Duration::from_secs(drain_secs),
             };
             let variant = format!(
-                "{subs} subs, {}, {}",
+                "{subs} subs, {}, {}{}{}",
                 if personal {
                     "personal rooms"
                 } else {
@@ -187,6 +192,16 @@ async fn main() -> anyhow::Result<()> {
                     format!("{rate} msg/s")
                 } else {
                     "unpaced".into()
+                },
+                if publishers > 1 {
+                    format!(", {publishers} publishers")
+                } else {
+                    String::new()
+                },
+                if args.transport == target::Transport::Polling {
+                    ", polling"
+                } else {
+                    ""
                 }
             );
             (

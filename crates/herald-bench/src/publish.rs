@@ -78,7 +78,9 @@ mod tests {
             "k".into(),
             "s",
             1,
-        );
+            crate::target::Transport::Websocket,
+        )
+        .expect("target");
         let publisher = Publisher::new(&target, 100).expect("publisher");
         let frame = format!(
             "42/bench,[\"m\",{}]",

@@ -18,6 +18,15 @@ pub struct Target {
     /// Source addresses 127.0.0.1.. 127.0.0.<sources>, used round-robin so that more connections than one
     /// address has ephemeral ports (~28k) fit on one machine.
     sources: u8,
+    pub transport: Transport,
+    /// One HTTP client per source address, for polling clients.
+    http: Vec<reqwest::Client>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Websocket,
+    Polling,
 }
 
 #[derive(Serialize)]
@@ -34,14 +43,32 @@ impl Target {
         api_key: String,
         jwt_secret: &str,
         sources: u8,
-    ) -> Self {
-        Target {
+        transport: Transport,
+    ) -> anyhow::Result<Self> {
+        let sources = sources.max(1);
+        let http = (1..=sources)
+            .map(|host| {
+                reqwest::Client::builder()
+                    .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
+                    .tcp_nodelay(true)
+                    .build()
+                    .context("building a polling HTTP client")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Target {
             addr,
             site,
             api_key,
             jwt_key: EncodingKey::from_secret(jwt_secret.as_bytes()),
-            sources: sources.max(1),
-        }
+            sources,
+            transport,
+            http,
+        })
+    }
+
+    /// The HTTP client bound to the source address of the `i`th connection.
+    pub fn http(&self, i: usize) -> &reqwest::Client {
+        &self.http[i % self.http.len()]
     }
 
     /// The source address of the `i`th connection.
