@@ -134,14 +134,14 @@ impl SocketIo {
                 sio::check_placeholders(data, packet.attachments)?;
             }
             if packet.attachments > 0 {
-                *session.conn.partial.lock() = Some(conn::Partial {
+                *session.conn.partial.lock() = Some(Box::new(conn::Partial {
                     kind: packet.kind,
                     nsp: packet.nsp.to_string(),
                     id: packet.id,
                     data: packet.data,
                     expected: packet.attachments,
                     binaries: Vec::with_capacity(packet.attachments),
-                });
+                }));
                 return Ok(());
             }
         }
@@ -158,7 +158,9 @@ impl SocketIo {
             }
             partial.take()
         };
-        let Some(p) = complete else { return Ok(()) };
+        let Some(p) = complete.map(|p| *p) else {
+            return Ok(());
+        };
         let packet = sio::Packet {
             kind: p.kind,
             nsp: &p.nsp,
