@@ -65,7 +65,7 @@ pub struct EngineConfig {
     /// Most bytes queued for one client before it is disconnected as too slow. Default 4 MiB.
     pub outbox_bytes: usize,
     /// Read buffer of a WebSocket and the most read per syscall, in bytes; a larger message grows it while it is
-    /// read. It is most of an idle connection's memory. Default 1 KiB.
+    /// read. It is the largest single item of an idle connection's memory (BENCHMARKS.md). Default 1 KiB.
     pub ws_read_buffer: usize,
     /// Bytes of outbound frames a WebSocket gathers before a write syscall; frames queued together leave in one
     /// write up to this size. Default 8 KiB.
