@@ -4,7 +4,7 @@
 #
 #   bash scripts/bench.sh                   # everything, 2 rounds (~25 min on 2 cores)
 #   bash scripts/bench.sh --rounds 3 --servers "herald node"
-#   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word
+#   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word (mailbox: herald's mailbox bench)
 #   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
 #
 # Results: target/bench/results.jsonl (one JSON line per run) and target/bench/report.md (the tables), under
@@ -107,6 +107,17 @@ for entry in "${scenarios[@]}"; do
     done
   done
 done
+
+# Mailboxes are herald's alone (the reference servers deliver live only): appends/s and a 10k replay, through
+# the store trait, embedded and on Redis when one answers on 127.0.0.1:6379.
+if [[ $smoke == 0 && ( -z $only || mailbox == *"$only"* ) && " $servers " == *" herald "* ]]; then
+  echo "== mailbox, embedded" >&2
+  cargo bench -q -p herald --bench mailbox | tee "$out/mailbox.txt"
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    echo "== mailbox, Redis" >&2
+    cargo bench -q -p herald --bench mailbox -- --redis redis://127.0.0.1:6379/ | tee -a "$out/mailbox.txt"
+  fi
+fi
 
 "$profile_dir/herald-bench" report "$results" | tee "$out/report.md"
 {
