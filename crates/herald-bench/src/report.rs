@@ -122,36 +122,43 @@ pub fn render(text: &str) -> anyhow::Result<String> {
 type Runs<'a> = BTreeMap<(&'a str, &'a str), BTreeMap<&'a str, Vec<&'a Value>>>;
 
 fn table(scenario: &str, variants: &[(&str, &str)], runs: &Runs, servers: &[&str]) -> String {
-    let base = servers.first().copied().unwrap_or("herald");
+    let (base, others) = match servers.split_first() {
+        Some((base, others)) => (*base, others),
+        None => return String::new(),
+    };
     let mut out = format!("### {scenario}\n\n| variant | metric |");
     for s in servers {
         out.push_str(&format!(" {s} |"));
     }
-    for s in &servers[1.min(servers.len())..] {
+    for s in others {
         out.push_str(&format!(" {base}'s edge over {s} |"));
     }
     out.push_str("\n| --- | --- |");
-    out.push_str(&" ---: |".repeat(servers.len() * 2 - 1.min(servers.len())));
+    out.push_str(&" ---: |".repeat(servers.len() + others.len()));
     out.push('\n');
     for &(sc, variant) in variants.iter().filter(|(sc, _)| *sc == scenario) {
         let Some(by_server) = runs.get(&(sc, variant)) else {
             continue;
         };
         for m in metrics_of(scenario) {
-            let medians: Vec<Option<f64>> = servers
+            // Each server's runs of this metric, sorted.
+            let sorted: Vec<Vec<f64>> = servers
                 .iter()
-                .map(|s| by_server.get(s).and_then(|r| median(r, m.pointer)))
+                .map(|s| {
+                    by_server
+                        .get(s)
+                        .map_or_else(Vec::new, |r| values(r, m.pointer))
+                })
                 .collect();
             out.push_str(&format!("| {variant} | {} |", m.label));
-            for s in servers {
-                let cell = by_server
-                    .get(s)
-                    .map(|r| cell(r, m))
-                    .unwrap_or_else(|| "—".into());
-                out.push_str(&format!(" {cell} |"));
+            for v in &sorted {
+                out.push_str(&format!(" {} |", cell(v, m)));
             }
-            for other in &medians[1.min(medians.len())..] {
-                out.push_str(&format!(" {} |", edge(medians[0], *other, m)));
+            for other in &sorted[1..] {
+                out.push_str(&format!(
+                    " {} |",
+                    edge(median(&sorted[0]), median(other), m)
+                ));
             }
             out.push('\n');
         }
@@ -169,13 +176,14 @@ fn values(runs: &[&Value], pointer: &str) -> Vec<f64> {
     v
 }
 
-fn median(runs: &[&Value], pointer: &str) -> Option<f64> {
-    let v = values(runs, pointer);
-    (!v.is_empty()).then(|| {
-        if v.len() % 2 == 1 {
-            v[v.len() / 2]
+/// The median of sorted values.
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    (n > 0).then(|| {
+        if n % 2 == 1 {
+            sorted[n / 2]
         } else {
-            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
         }
     })
 }
@@ -199,14 +207,13 @@ fn format_value(value: f64) -> String {
 }
 
 /// The median, with the range when there were several runs.
-fn cell(runs: &[&Value], m: &Metric) -> String {
-    let v = values(runs, m.pointer);
-    let Some(med) = median(runs, m.pointer) else {
+fn cell(sorted: &[f64], m: &Metric) -> String {
+    let Some(med) = median(sorted) else {
         return "—".into();
     };
     let med = format_value(scaled(med, m));
-    match (v.first(), v.last()) {
-        (Some(lo), Some(hi)) if v.len() > 1 && lo != hi => format!(
+    match (sorted.first(), sorted.last()) {
+        (Some(lo), Some(hi)) if lo != hi => format!(
             "{med} ({}–{})",
             format_value(scaled(*lo, m)),
             format_value(scaled(*hi, m))

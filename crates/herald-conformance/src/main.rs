@@ -71,8 +71,7 @@ async fn main() -> anyhow::Result<()> {
         Suite::SocketIo => suites::socket_io(config),
         Suite::E2e => e2e::router(config),
     };
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
-        .await
+    let listener = herald::listener::bind(std::net::SocketAddr::from(([127, 0, 0, 1], args.port)))
         .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
