@@ -76,6 +76,8 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, suite = ?args.suite, "herald-conformance listening");
-    axum::serve(listener, router).await.context("serving")?;
+    herald::server::Server::new(listener, router, herald::server::ServeConfig::default())
+        .run()
+        .await;
     Ok(())
 }

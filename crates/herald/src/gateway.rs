@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator};
@@ -72,7 +73,17 @@ async fn open_mailbox(config: &Config) -> Result<Option<Arc<Mailbox>>, GatewayEr
 
 /// Builds the gateway for `config` (already validated), opening its mailbox store.
 pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
-    let io = SocketIo::new(SocketIoConfig::default());
+    let limits = &config.server.limits;
+    let io = SocketIo::new(SocketIoConfig {
+        max_connect_attempts: limits.max_auth_attempts,
+        ..SocketIoConfig::default()
+    });
+    let site_names: Vec<String> = config
+        .sites
+        .iter()
+        .map(|s| format!("/{}", s.name))
+        .collect();
+    io.add_namespace("/", RootNamespace::new(&site_names));
     let http = reqwest::Client::builder()
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -97,6 +108,8 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
             namespace: Arc::clone(&own_namespace),
             mailbox: site_mailbox.clone(),
             presence: presence_target(site).map(|t| (Arc::clone(&presence), t)),
+            auth_slots: Arc::new(Semaphore::new(limits.max_concurrent_auth)),
+            max_devices: limits.max_devices_per_user,
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -127,6 +140,7 @@ fn engine_config(config: &Config) -> EngineConfig {
         max_sessions: server.limits.max_connections,
         outbox_frames: server.limits.outbox_frames,
         allowed_origins: server.engine.allowed_origins.clone(),
+        max_handshake_bytes: server.limits.max_handshake_bytes,
         ..EngineConfig::default()
     }
 }
@@ -159,15 +173,11 @@ impl Gateway {
             )
     }
 
-    /// Closes every client's session with a close packet, so clients reconnect (to another node).
+    /// Closes every client's session with a close packet, so clients reconnect (to another node); sessions
+    /// that joined no site are closed too.
     pub fn close_all(&self) {
-        for site in self.sites.iter() {
-            for socket in site.namespace.sockets() {
-                socket
-                    .session()
-                    .close(crate::engine::CloseReason::ServerClose);
-            }
-        }
+        self.engine
+            .close_all(crate::engine::CloseReason::ServerClose);
     }
 
     /// Waits until every session has closed, or `grace` has passed.
@@ -185,9 +195,11 @@ impl Gateway {
         }
     }
 
-    /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients.
+    /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients, and new
+    /// sessions are refused with 503 while the open ones go on.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Release);
+        self.engine.refuse_new_sessions();
     }
 }
 
@@ -209,9 +221,83 @@ struct SiteHandler {
     namespace: Arc<OnceLock<Weak<Namespace>>>,
     mailbox: Option<Arc<Mailbox>>,
     presence: Option<(Arc<Presence>, PresenceTarget)>,
+    /// Auth checks of this site in flight (`limits.max_concurrent_auth`): a connect storm cannot turn into a
+    /// storm of webhook calls.
+    auth_slots: Arc<Semaphore>,
+    /// `limits.max_devices_per_user`.
+    max_devices: usize,
+}
+
+/// The root namespace `/`, which no site serves: it refuses every client with the namespaces that exist, so a
+/// client that connected to `io(url)` instead of `io(url + "/site")` hears why it gets nothing.
+struct RootNamespace {
+    message: String,
+}
+
+impl RootNamespace {
+    fn new(sites: &[String]) -> Self {
+        RootNamespace {
+            message: format!(
+                "herald serves no root namespace: connect to a site's namespace ({})",
+                sites.join(", ")
+            ),
+        }
+    }
+}
+
+impl NamespaceHandler for RootNamespace {
+    fn authorize(&self, _request: ConnectRequest) -> Decision {
+        Decision::Now(Err(Refusal(self.message.clone())))
+    }
+}
+
+/// Waits for one of the site's auth slots, as long as the auth check itself may take.
+async fn auth_slot(
+    slots: &Arc<Semaphore>,
+    site: &SiteConfig,
+) -> Result<OwnedSemaphorePermit, Refusal> {
+    let wait = match &site.auth {
+        auth::AuthConfig::Webhook(webhook) => webhook.timeout(),
+        _ => Duration::from_secs(5),
+    };
+    match tokio::time::timeout(wait, Arc::clone(slots).acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            tracing::warn!(site = %site.name, "refused a client: every auth slot stayed busy");
+            Err(Refusal("authentication is busy; retry later".into()))
+        }
+    }
 }
 
 impl SiteHandler {
+    /// Refuses a device the user does not have yet when the user already keeps `max_devices` mailboxes.
+    async fn check_device_room(
+        mailbox: Option<Arc<Mailbox>>,
+        site: &SiteConfig,
+        user_room: &str,
+        device: &str,
+        max_devices: usize,
+    ) -> Result<(), Refusal> {
+        let Some(mailbox) = mailbox else {
+            return Ok(());
+        };
+        let devices = mailbox
+            .devices(&site.name, user_room)
+            .await
+            .map_err(|e| {
+                tracing::warn!(site = %site.name, error = %e, "refused a client: the mailbox store is unavailable");
+                Refusal("the mailbox store is unavailable; retry".into())
+            })?;
+        if devices.len() >= max_devices && !devices.iter().any(|d| d.device == device) {
+            tracing::info!(site = %site.name, limit = max_devices, "refused a client: too many devices for one user");
+            return Err(Refusal(format!(
+                "this user already has {max_devices} devices, the limit; an unused device's mailbox expires \
+                 device_ttl after it disconnected"
+            )));
+        }
+        Ok(())
+    }
+
     fn connected(&self) -> usize {
         self.namespace
             .get()
@@ -254,6 +340,10 @@ fn credential(request: &ConnectRequest, key: &str) -> Option<String> {
 }
 
 impl NamespaceHandler for SiteHandler {
+    fn max_sockets(&self) -> Option<usize> {
+        self.site.max_connections
+    }
+
     fn authorize(&self, request: ConnectRequest) -> Decision {
         let site = Arc::clone(&self.site);
         if site
@@ -273,10 +363,14 @@ impl NamespaceHandler for SiteHandler {
             meta: request.query_param("meta").map(str::to_string),
             cookie: request.cookie.clone(),
         };
+        // A cookie is a credential only where the site's rule reads it: browsers send cookies with every
+        // request, and an anonymous visitor of a site with a public channel must not be asked for a token.
+        let forwards_cookie =
+            matches!(&site.auth, auth::AuthConfig::Webhook(webhook) if webhook.forward_cookie);
+        let credential_given =
+            auth_request.token.is_some() || (forwards_cookie && auth_request.cookie.is_some());
         let public_only = matches!(site.auth, auth::AuthConfig::Public)
-            || (auth_request.token.is_none()
-                && auth_request.cookie.is_none()
-                && site.public_channel.is_some());
+            || (!credential_given && site.public_channel.is_some());
         if public_only {
             let rooms = site.public_channel.iter().cloned().collect();
             let data = ClientInfo {
@@ -289,11 +383,16 @@ impl NamespaceHandler for SiteHandler {
             }));
         }
         let auth = self.auth.clone();
+        let slots = Arc::clone(&self.auth_slots);
+        let mailbox = self.mailbox.clone();
+        let max_devices = self.max_devices;
         Decision::Later(Box::pin(async move {
+            let slot = auth_slot(&slots, &site).await?;
             let identity = auth.authenticate(&auth_request).await.map_err(|e| {
                 tracing::info!(site = %site.name, reason = %e, "refused a client");
                 Refusal(e.to_string())
             })?;
+            drop(slot);
             let mut user = identity.user.clone();
             let mut user_room = None;
             if let Some(prefix) = site.user_room_prefix.as_deref().filter(|p| !p.is_empty()) {
@@ -308,6 +407,10 @@ impl NamespaceHandler for SiteHandler {
                     "the auth answer named an invalid room '{}'",
                     bad.escape_debug()
                 )));
+            }
+            if let Some(user_room) = user_room.as_deref() {
+                let device = device_id.as_deref().unwrap_or("");
+                Self::check_device_room(mailbox, &site, user_room, device, max_devices).await?;
             }
             let mut rooms = identity.rooms;
             if let Some(public) = site.public_channel.as_ref().filter(|p| !rooms.contains(p)) {

@@ -6,10 +6,12 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod gateway;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod mailbox;
 pub mod secret;
+pub mod server;
 pub mod sites;
 pub mod socketio;
 

@@ -1,7 +1,6 @@
 //! The `herald` binary: parses the command line, loads the config (reporting a bad one in one line, exit 64,
 //! before any port is bound), and runs the library: `serve`, `check-config`, `send`, `token`.
 
-use std::future::IntoFuture;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -188,21 +187,13 @@ async fn run(config: Config, gateway: herald::gateway::Gateway) -> anyhow::Resul
     let addr = listener.local_addr()?;
     let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(%addr, ?sites, "herald listening; open http://{addr}/ for the demo page");
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let draining = gateway.clone();
-    let server = axum::serve(listener, gateway.router()).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new connections, closing sockets");
-        draining.set_draining();
-        draining.close_all();
-        draining.drained(grace).await;
-    });
     // The accept loop runs on a worker thread, not on the thread in `block_on`: connection tasks it spawns then
     // start on that worker's own queue instead of waking another thread for each accept.
-    tokio::spawn(server.into_future())
-        .await
-        .context("the server task failed")?
-        .context("serving")?;
+    tokio::spawn(async move {
+        herald::lifecycle::run(gateway, listener, &config, shutdown_signal()).await;
+    })
+    .await
+    .context("the server task failed")?;
     Ok(())
 }
 

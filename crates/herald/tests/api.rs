@@ -197,7 +197,7 @@ async fn v1_publish_targets_rooms_all_sockets_and_except() {
     .await;
     assert_eq!(
         (status, answer),
-        (404, json!({"error": "unknown site 'nope'"}))
+        (401, json!({"error": "invalid API key for site 'nope'"}))
     );
     let (status, answer) = api(addr, "POST", publish, KEY, &json!({"event": "e"})).await;
     assert_eq!(

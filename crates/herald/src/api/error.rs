@@ -15,8 +15,6 @@ pub enum ApiError {
     MissingKey,
     #[error("invalid API key for site '{0}'")]
     InvalidKey(String),
-    #[error("unknown site '{0}'")]
-    UnknownSite(String),
     #[error("unknown socket '{0}'")]
     UnknownSocket(String),
     #[error("payload is {size}, limit is {limit}")]
@@ -37,7 +35,7 @@ impl ApiError {
             ApiError::InvalidLegacyKey | ApiError::MissingKey | ApiError::InvalidKey(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::UnknownSite(_) | ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -15,21 +15,18 @@ use super::{read_body, ApiState};
 use crate::sites::{ClientInfo, Site};
 use crate::socketio::Socket;
 
-/// The site named in the path, if the request's bearer key is one of its keys.
+/// The site named in the path, if the request's bearer key is one of its keys. An unknown site answers
+/// exactly as a wrong key does, so site names cannot be enumerated without a key.
 fn authorized(state: &ApiState, headers: &HeaderMap, site: &str) -> Result<Arc<Site>, ApiError> {
-    let found = state
-        .sites
-        .get(site)
-        .ok_or_else(|| ApiError::UnknownSite(site.to_string()))?;
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::MissingKey)?;
-    if !found.accepts_key(key.trim()) {
-        return Err(ApiError::InvalidKey(site.to_string()));
+    match state.sites.get(site) {
+        Some(found) if found.accepts_key(key.trim()) => Ok(Arc::clone(found)),
+        _ => Err(ApiError::InvalidKey(site.to_string())),
     }
-    Ok(Arc::clone(found))
 }
 
 async fn json_body<T: for<'de> Deserialize<'de>>(

@@ -98,6 +98,25 @@ pub enum ConfigError {
     RedisUrl,
     #[error("server.engine.path '{path}' must start and end with '/'")]
     EnginePath { path: String },
+    #[error("{field} ({value} ms) must be {relation} {other} ({other_value} ms)")]
+    ServerOrder {
+        field: &'static str,
+        value: u64,
+        relation: &'static str,
+        other: &'static str,
+        other_value: u64,
+    },
+    #[error(
+        "site '{site}' authenticates by forwarded cookie, so without an origin list any web page could connect \
+         as its logged-in users: set server.engine.allowed_origins to the origins of your pages"
+    )]
+    CookieSiteNeedsOrigins { site: String },
+    #[error(
+        "site '{site}': the auth URL carries a user or password, which would be sent in a second Authorization \
+         header beside the client's token; remove it from the URL (protect the webhook by network, or by a \
+         secret in its path or query, which herald never logs)"
+    )]
+    AuthUrlCredentials { site: String },
 
     /// A validation error located in the source that defined the site or setting (a file, the environment).
     #[error("{origin}: {inner}")]
@@ -129,7 +148,9 @@ impl ConfigError {
             | ConfigError::JwtKeyCount { site, .. }
             | ConfigError::JwtUnknownAlgorithm { site, .. }
             | ConfigError::JwtKeyMismatch { site, .. }
-            | ConfigError::JwtBadPem { site, .. } => Some(site),
+            | ConfigError::JwtBadPem { site, .. }
+            | ConfigError::CookieSiteNeedsOrigins { site }
+            | ConfigError::AuthUrlCredentials { site } => Some(site),
             _ => None,
         }
     }
@@ -138,7 +159,9 @@ impl ConfigError {
     pub(crate) fn is_server_setting(&self) -> bool {
         matches!(
             self,
-            ConfigError::ServerZero { .. } | ConfigError::EnginePath { .. }
+            ConfigError::ServerZero { .. }
+                | ConfigError::EnginePath { .. }
+                | ConfigError::ServerOrder { .. }
         )
     }
 }

@@ -408,7 +408,7 @@ mod tests {
         let config = load_with("# just comments\n", "", &[], Overrides::default()).unwrap();
         assert_eq!(config, Config::default());
         let config = load_with(
-            "server: {shutdown_grace_ms: 5}\n",
+            "server: {shutdown_grace_ms: 5000}\n",
             "",
             &[],
             Overrides::default(),
@@ -513,7 +513,7 @@ mod tests {
                 "",
                 &[],
                 "herald.yml: server: unknown field `listn`, expected one of `listen`, `data_dir`, `log`, \
-                 `limits`, `engine`, `redis_url`, `mailbox`, `shutdown_grace_ms` at line 2 column 3",
+                 `limits`, `engine`, `redis_url`, `mailbox`, `shutdown_grace_ms`, `drain_delay_ms` at line 2 column 3",
             ),
             (
                 "server:\n  listen: nowhere\n",

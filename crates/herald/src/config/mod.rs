@@ -62,8 +62,11 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     /// Durable per-device mailboxes.
     pub mailbox: MailboxSettings,
-    /// Milliseconds SIGTERM waits for connections to drain. Default 10000.
+    /// Milliseconds from SIGTERM to exit, whatever the clients do. Default 10000.
     pub shutdown_grace_ms: u64,
+    /// Milliseconds after SIGTERM during which `/readyz` answers 503 and new sessions are refused while the
+    /// listener stays open, so load balancers see the drain before connections close. Default 2000.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             redis_url: None,
             mailbox: MailboxSettings::default(),
             shutdown_grace_ms: 10_000,
+            drain_delay_ms: 2000,
         }
     }
 }
@@ -112,6 +116,29 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Most frames queued for one client before it is dropped as too slow. Default 1024.
     pub outbox_frames: usize,
+    /// Milliseconds to receive a request's headers, from the accept or the end of the previous response; it
+    /// closes slow-header (slowloris) and idle connections before any handshake. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds an HTTP connection may move no byte either way (a stalled body, a client that stops
+    /// reading); above `ping_interval_ms`, which a long-polling GET may wait. Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Most HTTP connections at once (WebSockets count once upgraded as sessions, `max_connections`); past it
+    /// herald stops accepting until one closes. Default 10000.
+    pub max_http_connections: usize,
+    /// Largest request head (request line and headers), in bytes; larger is answered 431. Default 65536.
+    pub max_header_bytes: usize,
+    /// Most bytes of a handshake's query string and `Cookie` header together, which a session keeps for its
+    /// life; larger is answered 431. Default 16384.
+    pub max_handshake_bytes: usize,
+    /// Most namespace CONNECTs one session may have decided (each may call the auth webhook); one more closes
+    /// the session. Default 8.
+    pub max_auth_attempts: u32,
+    /// Most auth webhook calls (or JWKS-backed checks) in flight per site; more wait up to the webhook's
+    /// timeout, then are refused with "authentication is busy". Default 64.
+    pub max_concurrent_auth: usize,
+    /// Most device mailboxes one user keeps on a mailbox site; a new device past it replaces the user's
+    /// longest-idle disconnected device, or is refused when every device is connected. Default 32.
+    pub max_devices_per_user: usize,
 }
 
 impl Default for LimitsConfig {
@@ -121,6 +148,14 @@ impl Default for LimitsConfig {
             max_publish_bytes: 1_000_000,
             max_connections: 100_000,
             outbox_frames: 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_http_connections: 10_000,
+            max_header_bytes: 64 << 10,
+            max_handshake_bytes: 16 << 10,
+            max_auth_attempts: 8,
+            max_concurrent_auth: 64,
+            max_devices_per_user: 32,
         }
     }
 }
@@ -193,7 +228,9 @@ pub struct EngineSettings {
     pub ping_interval_ms: u64,
     /// Milliseconds a heartbeat may take. Default 20000.
     pub ping_timeout_ms: u64,
-    /// Browser origins allowed to connect; none set allows any. Default none.
+    /// Browser origins allowed to connect, which get credentialed CORS answers; other origins get 403. None
+    /// set lets any origin connect but answers no CORS headers, so no cross-origin page can read the polling
+    /// transport. Required by sites that authenticate by forwarded cookie. Default none.
     pub allowed_origins: Option<Vec<String>>,
 }
 

@@ -30,8 +30,34 @@ fn mask_option(url: &mut Option<String>) {
     }
 }
 
-/// `scheme://user:password@host/...` with the password replaced by `****`; other text unchanged.
+/// `url` with its password (see [`mask_userinfo`]) and every query value masked: `?key=****&b=****`. A
+/// webhook URL's query often carries a shared secret (`?secret=…`).
 pub(crate) fn mask_password(url: &str) -> String {
+    let masked = mask_userinfo(url);
+    let Some((base, rest)) = masked.split_once('?') else {
+        return masked;
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (rest, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !value.is_empty() => format!("{key}=****"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut shown = format!("{base}?{}", pairs.join("&"));
+    if let Some(fragment) = fragment {
+        shown.push('#');
+        shown.push_str(fragment);
+    }
+    shown
+}
+
+/// `scheme://user:password@host/...` with the password replaced by `****`; other text unchanged.
+fn mask_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
         return url.to_owned();
     };
@@ -67,7 +93,14 @@ mod tests {
             ("redis://user:pw@r", "redis://user:****@r"),
             ("rediss://token@r:6380", "rediss://****@r:6380"),
             ("https://a.test/x@y", "https://a.test/x@y"),
-            ("http://a.test:80/rooms?u=1", "http://a.test:80/rooms?u=1"),
+            (
+                "http://a.test:80/rooms?u=1",
+                "http://a.test:80/rooms?u=****",
+            ),
+            (
+                "https://a.test/auth?key=s3cret&x&y=#f",
+                "https://a.test/auth?key=****&x&y=#f",
+            ),
             ("not a url", "not a url"),
         ];
         for (url, expected) in cases {

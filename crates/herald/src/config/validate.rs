@@ -30,6 +30,13 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             });
         }
         validate_site(site)?;
+        let forwards_cookie =
+            matches!(&site.auth, AuthConfig::Webhook(webhook) if webhook.forward_cookie);
+        if forwards_cookie && config.server.engine.allowed_origins.is_none() {
+            return Err(ConfigError::CookieSiteNeedsOrigins {
+                site: site.name.clone(),
+            });
+        }
     }
     Ok(())
 }
@@ -71,9 +78,57 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
             "server.mailbox.sweep_interval_ms",
             server.mailbox.sweep_interval_ms,
         ),
+        (
+            "server.limits.header_read_timeout_ms",
+            limits.header_read_timeout_ms,
+        ),
+        (
+            "server.limits.max_http_connections",
+            limits.max_http_connections as u64,
+        ),
+        (
+            "server.limits.max_header_bytes",
+            limits.max_header_bytes as u64,
+        ),
+        (
+            "server.limits.max_handshake_bytes",
+            limits.max_handshake_bytes as u64,
+        ),
+        (
+            "server.limits.max_auth_attempts",
+            u64::from(limits.max_auth_attempts),
+        ),
+        (
+            "server.limits.max_concurrent_auth",
+            limits.max_concurrent_auth as u64,
+        ),
+        (
+            "server.limits.max_devices_per_user",
+            limits.max_devices_per_user as u64,
+        ),
+        ("server.shutdown_grace_ms", server.shutdown_grace_ms),
     ];
     if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
         return Err(ConfigError::ServerZero { field });
+    }
+    // A long-polling GET waits up to a ping interval with no byte moving.
+    if limits.idle_timeout_ms <= engine.ping_interval_ms {
+        return Err(ConfigError::ServerOrder {
+            field: "server.limits.idle_timeout_ms",
+            value: limits.idle_timeout_ms,
+            relation: "above",
+            other: "server.engine.ping_interval_ms",
+            other_value: engine.ping_interval_ms,
+        });
+    }
+    if server.drain_delay_ms >= server.shutdown_grace_ms {
+        return Err(ConfigError::ServerOrder {
+            field: "server.drain_delay_ms",
+            value: server.drain_delay_ms,
+            relation: "below",
+            other: "server.shutdown_grace_ms",
+            other_value: server.shutdown_grace_ms,
+        });
     }
     if server.mailbox_store() == MailboxStoreKind::Redis && server.redis_url.is_none() {
         return Err(ConfigError::MailboxNeedsRedis);
@@ -134,6 +189,15 @@ fn validate_site(site: &SiteConfig) -> Result<(), ConfigError> {
 
 fn validate_webhook(site: &str, webhook: &WebhookConfig) -> Result<(), ConfigError> {
     check_http_url(site, "the auth URL", &webhook.url)?;
+    let has_credentials = webhook
+        .url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.authority().map(|a| a.as_str().contains('@')))
+        .unwrap_or(false);
+    if has_credentials && !webhook.forward_cookie {
+        return Err(ConfigError::AuthUrlCredentials { site: site.into() });
+    }
     if webhook.scheme.is_empty() || webhook.scheme.chars().any(|c| c.is_whitespace()) {
         return Err(ConfigError::BadAuthScheme {
             site: site.into(),
@@ -370,7 +434,7 @@ mod tests {
     fn webhook_urls_and_schemes() {
         let ok = [
             "http://a.test/rooms",
-            "https://u:pw@a.test:8443/r?x=1",
+            "https://a.test:8443/r?x=1",
             "http://127.0.0.1/",
         ];
         for url in ok {
@@ -393,6 +457,15 @@ mod tests {
                 Err("site 'shop': the auth URL must be an http:// or https:// URL with a host"),
             );
         }
+        // Credentials in the URL would be a second Authorization header beside the client's token.
+        check_site(
+            |s| s.auth = AuthConfig::Webhook(webhook("https://u:pw@a.test/r".into(), None)),
+            Err(
+                "site 'shop': the auth URL carries a user or password, which would be sent in a second \
+                 Authorization header beside the client's token; remove it from the URL (protect the webhook \
+                 by network, or by a secret in its path or query, which herald never logs)",
+            ),
+        );
         check_site(
             |s| s.auth = AuthConfig::Webhook(webhook("http://a/".into(), Some("Be arer".into()))),
             Err("site 'shop': the auth scheme 'Be arer' must be one word"),
@@ -502,7 +575,27 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 8] = [
+        let cases: [(Edit, &str); 13] = [
+            (
+                |s| s.limits.max_devices_per_user = 0,
+                "server.limits.max_devices_per_user must be greater than 0",
+            ),
+            (
+                |s| s.limits.max_auth_attempts = 0,
+                "server.limits.max_auth_attempts must be greater than 0",
+            ),
+            (
+                |s| s.limits.header_read_timeout_ms = 0,
+                "server.limits.header_read_timeout_ms must be greater than 0",
+            ),
+            (
+                |s| s.limits.idle_timeout_ms = 25_000,
+                "server.limits.idle_timeout_ms (25000 ms) must be above server.engine.ping_interval_ms (25000 ms)",
+            ),
+            (
+                |s| s.drain_delay_ms = 10_000,
+                "server.drain_delay_ms (10000 ms) must be below server.shutdown_grace_ms (10000 ms)",
+            ),
             (
                 |s| s.limits.max_payload_bytes = 0,
                 "server.limits.max_payload_bytes must be greater than 0",
@@ -541,6 +634,22 @@ mod tests {
             edit(&mut config.server);
             check(config, Err(expected));
         }
+        // A site that authenticates by cookie needs an origin list, else any page could ride its users' cookies.
+        let mut config = Config::default();
+        let mut hook = webhook("http://a.test/".into(), None);
+        hook.forward_cookie = true;
+        let mut cookie_site = site("shop");
+        cookie_site.auth = AuthConfig::Webhook(hook);
+        config.sites = vec![cookie_site];
+        check(
+            config.clone(),
+            Err(
+                "site 'shop' authenticates by forwarded cookie, so without an origin list any web page could \
+                 connect as its logged-in users: set server.engine.allowed_origins to the origins of your pages",
+            ),
+        );
+        config.server.engine.allowed_origins = Some(vec!["https://shop.test".into()]);
+        check(config, Ok(()));
         for path in ["/rt/", "/"] {
             let mut config = Config::default();
             config.server.engine.path = path.into();

@@ -103,7 +103,9 @@ pub(super) async fn handle<H: EngineHandler>(
     } else {
         route(engine, request).await
     };
-    if let Some(origin) = origin {
+    // Credentialed CORS only for listed origins: with no list, a cross-origin page gets no CORS answer, so a
+    // browser never lets it read a logged-in user's polling responses (socket.io's own default has no CORS).
+    if let (Some(origin), Some(_)) = (origin, &config.allowed_origins) {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.insert(
@@ -141,6 +143,12 @@ async fn route<H: EngineHandler>(engine: &Engine<H>, request: Request<Body>) -> 
     let Some(version) = query.eio.as_deref().and_then(Version::from_query) else {
         return error(ErrorCode::UnsupportedProtocolVersion);
     };
+    if query.sid.is_none() {
+        let size = handshake_bytes(&request);
+        if size > config.max_handshake_bytes {
+            return handshake_too_large(size, config.max_handshake_bytes);
+        }
+    }
     match transport {
         Transport::Polling => polling::handle(engine, request, query, version).await,
         Transport::WebSocket => websocket::handle(engine, request, query, version),
@@ -156,6 +164,9 @@ impl<H: EngineHandler> Engine<H> {
         transport: Transport,
     ) -> Option<Arc<Session<H::Conn>>> {
         let inner = &self.inner;
+        if self.is_draining() {
+            return None;
+        }
         let live = inner
             .live
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -196,17 +207,51 @@ impl<H: EngineHandler> Engine<H> {
                 .polling
                 .write()
                 .insert(session.sid().into(), Arc::clone(&session));
+        } else {
+            inner
+                .websockets
+                .lock()
+                .insert(Arc::as_ptr(&session) as usize, Arc::downgrade(&session));
         }
         inner.handler.on_open(&session);
         Some(session)
     }
 }
 
-/// The answer when the session limit is reached.
-pub(crate) fn server_full() -> Response<Body> {
+/// The answer when no session can be opened: the session limit is reached, or the server is draining.
+pub(crate) fn server_full<H: EngineHandler>(engine: &Engine<H>) -> Response<Body> {
+    let body = if engine.is_draining() {
+        "{\"code\":3,\"message\":\"server is shutting down\"}"
+    } else {
+        "{\"code\":3,\"message\":\"server is at its session limit\"}"
+    };
+    respond(StatusCode::SERVICE_UNAVAILABLE, "application/json", body)
+}
+
+/// Bytes a new session would keep from its handshake: the query string and the `Cookie` header(s).
+fn handshake_bytes(request: &Request<Body>) -> usize {
+    let cookies: usize = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::len)
+        .sum();
+    request.uri().query().map_or(0, str::len) + cookies
+}
+
+/// The answer to a handshake whose query and cookie are over `max_handshake_bytes`.
+fn handshake_too_large(size: usize, limit: usize) -> Response<Body> {
+    tracing::debug!(
+        size,
+        limit,
+        "refused a handshake: query and cookie too large"
+    );
+    let body = format!(
+        "{{\"code\":3,\"message\":\"handshake query and cookie are {size} bytes, limit is {limit}\"}}"
+    );
     respond(
-        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "application/json",
-        "{\"code\":3,\"message\":\"server is at its session limit\"}",
+        body,
     )
 }

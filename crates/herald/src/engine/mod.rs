@@ -9,7 +9,8 @@ mod session;
 mod websocket;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -76,8 +77,13 @@ pub struct EngineConfig {
     pub allow_polling: bool,
     /// Whether the WebSocket transport is offered. Default true.
     pub allow_websocket: bool,
-    /// Origins allowed to connect (`https://app.example.com`); `None` allows any origin. Default `None`.
+    /// Origins allowed to connect (`https://app.example.com`); they get credentialed CORS answers. `None`
+    /// allows any origin but answers no CORS headers, so browsers keep cross-origin pages from reading the
+    /// polling transport. Default `None`.
     pub allowed_origins: Option<Vec<String>>,
+    /// Most bytes of a handshake's query string and `Cookie` header together, which the session keeps for its
+    /// life; a larger handshake is refused with 431. Default 16 KiB.
+    pub max_handshake_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +102,7 @@ impl Default for EngineConfig {
             allow_polling: true,
             allow_websocket: true,
             allowed_origins: None,
+            max_handshake_bytes: 16 << 10,
         }
     }
 }
@@ -121,7 +128,11 @@ struct Inner<H: EngineHandler> {
     /// Polling sessions by sid. A std-style lock is fine: lookups are short and never held across an await.
     /// Sessions that start on WebSocket never need a lookup and are not stored.
     polling: RwLock<SessionMap<H::Conn>>,
+    /// Sessions that started on WebSocket, by address, only so that `close_all` reaches them too.
+    websockets: parking_lot::Mutex<HashMap<usize, Weak<Session<H::Conn>>>>,
     live: std::sync::atomic::AtomicUsize,
+    /// Set by `close_all`: the engine opens no new session.
+    draining: AtomicBool,
 }
 
 impl<H: EngineHandler> Engine<H> {
@@ -131,7 +142,9 @@ impl<H: EngineHandler> Engine<H> {
                 config,
                 handler,
                 polling: RwLock::new(HashMap::new()),
+                websockets: parking_lot::Mutex::new(HashMap::new()),
                 live: std::sync::atomic::AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -174,6 +187,32 @@ impl<H: EngineHandler> Engine<H> {
         }
     }
 
+    /// Refuses new sessions from now on (503), for a drain.
+    pub fn refuse_new_sessions(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether new sessions are refused.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Closes every open session with `reason`, whether or not it joined a namespace, and refuses new ones.
+    pub fn close_all(&self, reason: CloseReason) {
+        self.refuse_new_sessions();
+        let polling: Vec<_> = self.inner.polling.read().values().cloned().collect();
+        let websockets: Vec<_> = self
+            .inner
+            .websockets
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for session in polling.iter().chain(&websockets) {
+            session.close(reason);
+        }
+    }
+
     /// Drops a polling session from the sid table.
     fn forget(&self, session: &Arc<Session<H::Conn>>) {
         self.inner.polling.write().remove(session.sid());
@@ -187,6 +226,11 @@ impl<H: EngineHandler> Engine<H> {
         self.inner
             .live
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // A no-op for sessions that started on polling.
+        self.inner
+            .websockets
+            .lock()
+            .remove(&(Arc::as_ptr(session) as usize));
         let reason = session.closed().unwrap_or(CloseReason::TransportClose);
         tracing::debug!(
             sid = session.sid(),

@@ -32,7 +32,7 @@ pub(super) async fn handle<H: EngineHandler>(
         }
         let (parts, _) = request.into_parts();
         let Some(session) = engine.open_session(&parts, version, Transport::Polling) else {
-            return server_full();
+            return server_full(engine);
         };
         tokio::spawn(drive(engine.clone(), Arc::clone(&session)));
         return poll(&session).await;
@@ -210,6 +210,9 @@ async fn post<H: EngineHandler>(
             session.close(CloseReason::TransportClose);
             respond(StatusCode::OK, "text/html", "ok")
         }
+        // Closed by a packet of this POST (the layer above refused it), or by the server meanwhile: already
+        // logged where it closed, and its last GET tells the client.
+        Err(_) if session.closed().is_some() => respond(StatusCode::OK, "text/html", "ok"),
         Err(reason) => {
             tracing::info!(
                 sid = session.sid(),
@@ -230,6 +233,10 @@ fn apply_payload<H: EngineHandler>(
 ) -> Result<(), CloseReason> {
     let mut heard = false;
     let mut apply = |packet: Packet<'_>| -> Result<(), CloseReason> {
+        // Nothing after close: the rest of a POST whose packets closed the session is not read.
+        if let Some(reason) = session.closed() {
+            return Err(reason);
+        }
         heard |= engine.on_packet(session, packet)? == Heard::Heartbeat;
         Ok(())
     };

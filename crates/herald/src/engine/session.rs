@@ -29,6 +29,8 @@ pub enum CloseReason {
     PayloadTooLarge,
     /// Two GET (or two POST) requests were pending at once.
     RequestOverlap,
+    /// The client broke a per-session limit of the layer above (too many namespace CONNECTs).
+    PolicyViolation,
 }
 
 impl CloseReason {
@@ -43,6 +45,7 @@ impl CloseReason {
             CloseReason::OutboxFull => "outbox full",
             CloseReason::PayloadTooLarge => "payload too large",
             CloseReason::RequestOverlap => "request overlap",
+            CloseReason::PolicyViolation => "policy violation",
         }
     }
 }

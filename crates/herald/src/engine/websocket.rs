@@ -63,8 +63,8 @@ pub(super) fn handle<H: EngineHandler>(
             tokio::spawn(upgrade_task(engine, session, on_upgrade));
         }
         None => {
-            if engine.session_count() >= engine.inner.config.max_sessions {
-                return server_full();
+            if engine.is_draining() || engine.session_count() >= engine.inner.config.max_sessions {
+                return server_full(&engine);
             }
             let (parts, _) = request.into_parts();
             tokio::spawn(connect_task(engine, on_upgrade, Box::new(parts), version));

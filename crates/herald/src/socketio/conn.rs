@@ -23,8 +23,25 @@ pub struct Conn {
 #[derive(Debug, Default)]
 struct Sockets {
     list: Vec<Arc<Socket>>,
+    /// Namespaces whose CONNECT is being decided (an auth webhook or a JWT check is in flight).
+    connecting: Vec<Box<str>>,
+    /// CONNECTs this session has had decided or is having decided, for `max_connect_attempts`.
+    attempts: u32,
     /// Set when the session closed; no socket may attach after that.
     closed: bool,
+}
+
+/// Whether a CONNECT may go on to the namespace's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// Go on: the namespace is now marked as connecting.
+    Go,
+    /// The session already has a socket in this namespace, or a CONNECT for it is being decided.
+    Duplicate,
+    /// The session used up its CONNECT attempts.
+    TooMany,
+    /// The session closed.
+    Closed,
 }
 
 /// A binary packet whose attachments are still arriving.
@@ -73,9 +90,35 @@ impl Conn {
         !self.sockets.lock().list.is_empty()
     }
 
-    /// Records a new socket; false when the session already closed.
+    /// Claims namespace `nsp` for one CONNECT: at most one socket per session and namespace exists or is being
+    /// decided at any moment, and a session gets at most `max_attempts` decisions.
+    pub(crate) fn begin_connect(&self, nsp: &str, max_attempts: u32) -> Begin {
+        let mut sockets = self.sockets.lock();
+        if sockets.closed {
+            return Begin::Closed;
+        }
+        let connected = sockets.list.iter().any(|s| s.namespace().name() == nsp);
+        if connected || sockets.connecting.iter().any(|n| &**n == nsp) {
+            return Begin::Duplicate;
+        }
+        if sockets.attempts >= max_attempts {
+            return Begin::TooMany;
+        }
+        sockets.attempts += 1;
+        sockets.connecting.push(nsp.into());
+        Begin::Go
+    }
+
+    /// The CONNECT for `nsp` was refused: the namespace may be asked again.
+    pub(crate) fn abandon_connect(&self, nsp: &str) {
+        self.sockets.lock().connecting.retain(|n| &**n != nsp);
+    }
+
+    /// Records a new socket, ending its CONNECT; false when the session already closed.
     pub(crate) fn attach(&self, socket: &Arc<Socket>) -> bool {
         let mut sockets = self.sockets.lock();
+        let nsp = socket.namespace().name();
+        sockets.connecting.retain(|n| &**n != nsp);
         if sockets.closed {
             return false;
         }

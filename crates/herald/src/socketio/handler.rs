@@ -88,6 +88,11 @@ pub trait NamespaceHandler: Send + Sync + 'static {
         Decision::Now(Ok(Accepted::default()))
     }
 
+    /// Most sockets the namespace holds at once; a CONNECT decided while it is full is refused. Default none.
+    fn max_sockets(&self) -> Option<usize> {
+        None
+    }
+
     /// A socket joined the namespace and its CONNECT was answered.
     fn on_connect(&self, _socket: &Arc<Socket>) {}
 

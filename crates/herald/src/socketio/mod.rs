@@ -50,6 +50,10 @@ pub struct SocketIoConfig {
     pub connect_timeout: Duration,
     /// Most binary attachments in one packet. Default 10.
     pub max_attachments: usize,
+    /// Most namespace CONNECTs one session may have decided (each may call an auth webhook); one more closes
+    /// the session. Duplicates of a CONNECT already decided or in flight do not count: they are ignored.
+    /// Default 8.
+    pub max_connect_attempts: u32,
 }
 
 impl Default for SocketIoConfig {
@@ -57,6 +61,7 @@ impl Default for SocketIoConfig {
         SocketIoConfig {
             connect_timeout: Duration::from_secs(45),
             max_attachments: 10,
+            max_connect_attempts: 8,
         }
     }
 }
@@ -237,8 +242,30 @@ impl SocketIo {
             connect_error(session, nsp, "Invalid namespace");
             return;
         };
-        if session.conn.socket(nsp).is_some() {
-            return;
+        match session
+            .conn
+            .begin_connect(nsp, self.inner.config.max_connect_attempts)
+        {
+            conn::Begin::Go => {}
+            conn::Begin::Duplicate => {
+                tracing::debug!(
+                    sid = session.sid(),
+                    nsp,
+                    "ignored a CONNECT for a namespace already joined or joining"
+                );
+                return;
+            }
+            conn::Begin::TooMany => {
+                tracing::info!(
+                    sid = session.sid(),
+                    limit = self.inner.config.max_connect_attempts,
+                    "closed a session: too many namespace CONNECTs"
+                );
+                connect_error(session, nsp, "too many connection attempts on this session");
+                session.close(CloseReason::PolicyViolation);
+                return;
+            }
+            conn::Begin::Closed => return,
         }
         let version = session.version();
         let mut query: Vec<(String, String)> =
@@ -267,7 +294,9 @@ impl SocketIo {
                 let session = Arc::clone(session);
                 tokio::spawn(async move {
                     let result = decision.await;
-                    io.finish_connect(&session, &ns, result);
+                    if session.closed().is_none() {
+                        io.finish_connect(&session, &ns, result);
+                    }
                 });
             }
         }
@@ -283,6 +312,7 @@ impl SocketIo {
             Ok(accepted) => accepted,
             Err(Refusal(message)) => {
                 tracing::debug!(sid = session.sid(), nsp = ns.name(), reason = %message, "refused a namespace connection");
+                session.conn.abandon_connect(ns.name());
                 connect_error(session, ns.name(), &message);
                 return;
             }
@@ -304,7 +334,27 @@ impl SocketIo {
         if !session.conn.attach(&socket) {
             return;
         }
-        ns.add(&socket);
+        match ns.add(&socket) {
+            namespace::Added::Yes => {}
+            // The session closed meanwhile and its close already took the socket out.
+            namespace::Added::Disconnected => return,
+            namespace::Added::Full(limit) => {
+                session.conn.detach(&socket);
+                socket.mark_disconnected();
+                tracing::debug!(
+                    sid = session.sid(),
+                    nsp = ns.name(),
+                    limit,
+                    "refused a namespace connection: full"
+                );
+                connect_error(
+                    session,
+                    ns.name(),
+                    &format!("'{}' is at its connection limit", ns.name()),
+                );
+                return;
+            }
+        }
         for room in &accepted.rooms {
             socket.join(room);
         }
@@ -352,6 +402,10 @@ impl EngineHandler for SocketIo {
     }
 
     fn on_message(&self, session: &Arc<Session<Conn>>, message: Message<'_>) {
+        // No handler call after close: a session closed halfway through a POST (or a WebSocket read) is done.
+        if session.closed().is_some() {
+            return;
+        }
         let result = match message {
             Message::Text(text) => self.on_text(session, text),
             Message::Binary(data) => self.on_binary(session, data),

@@ -29,6 +29,16 @@ pub struct Target<'a> {
 
 type Members = HashMap<u64, Arc<Socket>>;
 
+/// What [`Namespace::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    Yes,
+    /// The socket was disconnected before it could be added.
+    Disconnected,
+    /// The namespace holds its most sockets.
+    Full(usize),
+}
+
 /// One namespace. Handles are `Arc<Namespace>`.
 pub struct Namespace {
     name: Arc<str>,
@@ -162,17 +172,28 @@ impl Namespace {
         delivered
     }
 
-    pub(crate) fn add(&self, socket: &Arc<Socket>) {
-        self.sockets
-            .write()
-            .insert(Arc::clone(socket.id_arc()), Arc::clone(socket));
+    /// Adds a socket, unless it was disconnected meanwhile or the namespace is full. The check and the insert
+    /// share the lock that `remove` takes after marking the socket, so a socket is never left behind.
+    pub(crate) fn add(&self, socket: &Arc<Socket>) -> Added {
+        let limit = self.handler.max_sockets();
+        let mut sockets = self.sockets.write();
+        if !socket.connected() {
+            return Added::Disconnected;
+        }
+        if let Some(limit) = limit.filter(|&l| sockets.len() >= l) {
+            return Added::Full(limit);
+        }
+        sockets.insert(Arc::clone(socket.id_arc()), Arc::clone(socket));
+        Added::Yes
     }
 
     pub(crate) fn join(&self, socket: &Arc<Socket>, room: &str) {
+        let mut rooms = self.rooms.write();
+        // Checked under the rooms lock, which `remove` holds while it takes the socket's rooms: a socket that
+        // is being removed never joins a room it would not leave.
         if !socket.connected() {
             return;
         }
-        let mut rooms = self.rooms.write();
         let (room, members) = match rooms.get_key_value(room) {
             Some((name, _)) => (Arc::clone(name), rooms.get_mut(room)),
             None => {
@@ -205,9 +226,9 @@ impl Namespace {
         if !socket.mark_disconnected() {
             return;
         }
-        let joined = std::mem::take(&mut *socket.rooms.lock());
         {
             let mut rooms = self.rooms.write();
+            let joined = std::mem::take(&mut *socket.rooms.lock());
             for room in &joined {
                 if let Some(members) = rooms.get_mut(room) {
                     members.remove(&socket.key);
@@ -217,8 +238,11 @@ impl Namespace {
                 }
             }
         }
-        self.sockets.write().remove(socket.id());
+        let was_added = self.sockets.write().remove(socket.id()).is_some();
         socket.acks.lock().clear();
-        self.handler.on_disconnect(socket, reason);
+        // A socket whose connect lost the race with its session's close was never added nor announced.
+        if was_added {
+            self.handler.on_disconnect(socket, reason);
+        }
     }
 }

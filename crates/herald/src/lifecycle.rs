@@ -1,0 +1,71 @@
+//! herald's life as a process: serve the gateway until a signal, then stop in steps that all end within
+//! `shutdown_grace_ms`, whatever the clients do.
+//!
+//! 1. Drain notice, `drain_delay_ms`: `/readyz` answers 503 and new sessions are refused, while the listener
+//!    stays open so load balancers can see it.
+//! 2. Drain: the listener closes, every session is closed (clients reconnect elsewhere), and each HTTP
+//!    connection ends after its current request.
+//! 3. Hard deadline, at `shutdown_grace_ms` from the signal: whatever is left is dropped.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::server::{ServeConfig, Server};
+
+/// The per-connection limits of `config`.
+pub fn serve_config(config: &Config) -> ServeConfig {
+    let limits = &config.server.limits;
+    ServeConfig {
+        header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+        max_connections: limits.max_http_connections,
+        max_header_bytes: limits.max_header_bytes,
+    }
+}
+
+/// Serves `gateway` on `listener` until `signal` resolves, then shuts down in the steps above.
+pub async fn run(
+    gateway: Gateway,
+    listener: TcpListener,
+    config: &Config,
+    signal: impl Future<Output = ()>,
+) {
+    let server = Server::new(listener, gateway.router(), serve_config(config));
+    let control = server.control();
+    let mut serving = tokio::spawn(server.run());
+    tokio::select! {
+        () = signal => {}
+        _ = &mut serving => return,
+    }
+    let started = tokio::time::Instant::now();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let deadline = started + grace;
+    tracing::info!(
+        drain_delay_ms = config.server.drain_delay_ms,
+        grace_ms = config.server.shutdown_grace_ms,
+        "shutting down: /readyz answers 503, new sessions are refused"
+    );
+    gateway.set_draining();
+    tokio::time::sleep(Duration::from_millis(config.server.drain_delay_ms)).await;
+    tracing::info!("draining: the listener is closed, closing every session");
+    control.drain();
+    gateway.close_all();
+    gateway
+        .drained(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
+    if tokio::time::timeout_at(deadline, &mut serving)
+        .await
+        .is_err()
+    {
+        control.stop();
+        let _ = serving.await;
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shut down"
+    );
+}

@@ -1,0 +1,340 @@
+//! The HTTP server under every route: it accepts connections up to a cap, gives each one a deadline in every
+//! state (headers, idle, a client that stops reading), and stops in steps with a hard deadline.
+//!
+//! axum's own `serve` sets no header timeout and waits for every connection at shutdown, so one slowloris
+//! client holds a SIGTERM forever; this is the same hyper connection with the deadlines set.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Time to receive a request's headers, counted from when herald starts waiting for them: from the accept,
+    /// or from the end of the previous response. It closes idle keep-alive connections too.
+    pub header_read_timeout: Duration,
+    /// Time an HTTP connection may move no byte in either direction (a stalled body, a client that stops
+    /// reading). Upgraded WebSockets leave this watch for their own heartbeat. Must exceed the ping interval,
+    /// which a long-polling GET may wait.
+    pub idle_timeout: Duration,
+    /// Most HTTP connections at once; past it herald stops accepting and the kernel's backlog waits.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes; a larger one is answered 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_header_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Where a running server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// No new connections; open ones finish their request and close.
+    Draining,
+    /// Every connection is dropped now.
+    Stopped,
+}
+
+/// Controls a running [`serve`]: `drain` stops accepting and winds connections down, `stop` drops them.
+#[derive(Debug, Clone)]
+pub struct Control {
+    phase: Arc<watch::Sender<Phase>>,
+}
+
+impl Control {
+    fn new() -> (Control, watch::Receiver<Phase>) {
+        let (tx, rx) = watch::channel(Phase::Running);
+        (
+            Control {
+                phase: Arc::new(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Stops accepting; each open connection ends after its current request.
+    pub fn drain(&self) {
+        self.phase.send_if_modified(|p| {
+            let change = *p == Phase::Running;
+            if change {
+                *p = Phase::Draining;
+            }
+            change
+        });
+    }
+
+    /// Drops every connection now; `serve` returns.
+    pub fn stop(&self) {
+        self.phase.send_replace(Phase::Stopped);
+    }
+}
+
+/// A server ready to run on `listener`; `control` drives its shutdown.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    config: ServeConfig,
+    control: Control,
+    phase: watch::Receiver<Phase>,
+}
+
+impl Server {
+    pub fn new(listener: TcpListener, router: Router, config: ServeConfig) -> Self {
+        let (control, phase) = Control::new();
+        Server {
+            listener,
+            router,
+            config,
+            control,
+            phase,
+        }
+    }
+
+    /// The handle that drains or stops this server.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Accepts and serves until drained (every connection ended) or stopped.
+    pub async fn run(self) {
+        let Server {
+            listener,
+            router,
+            config,
+            mut phase,
+            ..
+        } = self;
+        let config = Arc::new(config);
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let mut connections = JoinSet::new();
+        loop {
+            if *phase.borrow() != Phase::Running {
+                break;
+            }
+            tokio::select! {
+                changed = phase.changed() => if changed.is_err() { break },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = accept(&listener, &permits) => {
+                    let Some((stream, permit)) = accepted else { continue };
+                    let task = connection(stream, router.clone(), Arc::clone(&config), phase.clone());
+                    connections.spawn(async move {
+                        task.await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        drop(listener);
+        // Draining: connections wind down by themselves, until `stop`.
+        while !connections.is_empty() && *phase.borrow() != Phase::Stopped {
+            tokio::select! {
+                _ = connections.join_next() => {}
+                changed = phase.changed() => if changed.is_err() { break },
+            }
+        }
+        if !connections.is_empty() {
+            tracing::info!(
+                connections = connections.len(),
+                "dropping the connections left at the hard deadline"
+            );
+        }
+        connections.abort_all();
+    }
+}
+
+/// The next connection, once a permit is free. `None` when the accept failed (logged; the loop goes on).
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<(TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, _)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, permit))
+        }
+        Err(e) => {
+            // Out of file handles, most likely: wait rather than spin; idle connections time out meanwhile.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+/// Serves one connection until it ends, idles past `idle_timeout`, or the server stops.
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    config: Arc<ServeConfig>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let router = router.clone();
+        async move { router.oneshot(request.map(Body::new)).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192));
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        if *phase.borrow() == Phase::Draining && !draining {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        let idle_check = tokio::time::sleep(activity.until_idle(config.idle_timeout));
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = idle_check => {
+                if activity.idle_for() >= config.idle_timeout {
+                    tracing::debug!(idle_ms = config.idle_timeout.as_millis() as u64, "closed an idle connection");
+                    break;
+                }
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() == Phase::Stopped {
+                    break;
+                }
+            }
+        }
+    }
+    // An upgraded WebSocket keeps the stream: its own task and heartbeat own it from here.
+    activity.retire();
+}
+
+/// When a connection last moved a byte.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    /// Set once the HTTP part of the connection is over (an upgrade took the stream): no more bookkeeping.
+    retired: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        if !self.retired.load(Ordering::Relaxed) {
+            let now = self.start.elapsed().as_millis() as u64;
+            self.last_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+
+    /// Time until the connection would be idle for `limit`, at least a little so the check does not spin.
+    fn until_idle(&self, limit: Duration) -> Duration {
+        limit
+            .saturating_sub(self.idle_for())
+            .max(Duration::from_millis(10))
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A stream that notes when bytes move.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
