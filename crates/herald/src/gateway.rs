@@ -94,6 +94,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         Duration::from_millis(config.server.mailbox.presence_debounce_ms),
     ));
     let mut sites = Vec::with_capacity(config.sites.len());
+    let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
         let auth =
             Authenticator::new(&site.auth, http.clone()).map_err(|source| GatewayError::Auth {
@@ -109,7 +110,14 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
             mailbox: site_mailbox.clone(),
             presence: presence_target(site).map(|t| (Arc::clone(&presence), t)),
             auth_slots: Arc::new(Semaphore::new(limits.max_concurrent_auth)),
-            max_devices: limits.max_devices_per_user,
+            devices: site_mailbox.clone().map(|mailbox| {
+                Arc::new(DeviceCheck {
+                    mailbox,
+                    locks: Arc::clone(&device_locks),
+                    max_devices: limits.max_devices_per_user,
+                    ttl: Duration::from_secs(site.device_ttl_secs),
+                })
+            }),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -224,8 +232,8 @@ struct SiteHandler {
     /// Auth checks of this site in flight (`limits.max_concurrent_auth`): a connect storm cannot turn into a
     /// storm of webhook calls.
     auth_slots: Arc<Semaphore>,
-    /// `limits.max_devices_per_user`.
-    max_devices: usize,
+    /// Checks new devices against `limits.max_devices_per_user`, on mailbox sites.
+    devices: Option<Arc<DeviceCheck>>,
 }
 
 /// The root namespace `/`, which no site serves: it refuses every client with the namespaces that exist, so a
@@ -269,35 +277,74 @@ async fn auth_slot(
     }
 }
 
-impl SiteHandler {
-    /// Refuses a device the user does not have yet when the user already keeps `max_devices` mailboxes.
-    async fn check_device_room(
-        mailbox: Option<Arc<Mailbox>>,
+/// Stripes of locks that serialize the device checks of one user on this node, so that a burst of connects
+/// with one token cannot all pass the devices-per-user check before any of them is registered.
+struct DeviceLocks(Vec<tokio::sync::Mutex<()>>);
+
+impl DeviceLocks {
+    fn new() -> Self {
+        DeviceLocks((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+
+    fn of(&self, user_room: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(user_room);
+        &self.0[hash as usize % self.0.len()]
+    }
+}
+
+/// What a new device needs to be let in on a mailbox site.
+struct DeviceCheck {
+    mailbox: Arc<Mailbox>,
+    locks: Arc<DeviceLocks>,
+    max_devices: usize,
+    ttl: Duration,
+}
+
+impl DeviceCheck {
+    /// Lets `device` in when the user has it already or has fewer than `max_devices`; a new device is
+    /// registered (as disconnected, expiring after the TTL unless its connect completes) before the next check
+    /// of the same user on this node runs.
+    async fn admit(
+        &self,
         site: &SiteConfig,
         user_room: &str,
         device: &str,
-        max_devices: usize,
+        shared_rooms: &[String],
     ) -> Result<(), Refusal> {
-        let Some(mailbox) = mailbox else {
-            return Ok(());
+        let unavailable = |e: StoreError| {
+            tracing::warn!(site = %site.name, error = %e, "refused a client: the mailbox store is unavailable");
+            Refusal("the mailbox store is unavailable; retry".into())
         };
-        let devices = mailbox
+        let _serialized = self.locks.of(user_room).lock().await;
+        let devices = self
+            .mailbox
             .devices(&site.name, user_room)
             .await
-            .map_err(|e| {
-                tracing::warn!(site = %site.name, error = %e, "refused a client: the mailbox store is unavailable");
-                Refusal("the mailbox store is unavailable; retry".into())
-            })?;
-        if devices.len() >= max_devices && !devices.iter().any(|d| d.device == device) {
-            tracing::info!(site = %site.name, limit = max_devices, "refused a client: too many devices for one user");
+            .map_err(unavailable)?;
+        if devices.iter().any(|d| d.device == device) {
+            return Ok(());
+        }
+        if devices.len() >= self.max_devices {
+            tracing::info!(site = %site.name, limit = self.max_devices, "refused a client: too many devices for one user");
             return Err(Refusal(format!(
-                "this user already has {max_devices} devices, the limit; an unused device's mailbox expires \
-                 device_ttl after it disconnected"
+                "this user already has {} devices, the limit; an unused device's mailbox expires device_ttl \
+                 after it disconnected",
+                self.max_devices
             )));
         }
-        Ok(())
+        let key = DeviceKey::new(&site.name, user_room, device);
+        let store = self.mailbox.store();
+        store
+            .connect(&key, shared_rooms)
+            .await
+            .map_err(unavailable)?;
+        store.disconnect(&key, self.ttl).await.map_err(unavailable)
     }
+}
 
+impl SiteHandler {
     fn connected(&self) -> usize {
         self.namespace
             .get()
@@ -384,8 +431,7 @@ impl NamespaceHandler for SiteHandler {
         }
         let auth = self.auth.clone();
         let slots = Arc::clone(&self.auth_slots);
-        let mailbox = self.mailbox.clone();
-        let max_devices = self.max_devices;
+        let devices = self.devices.clone();
         Decision::Later(Box::pin(async move {
             let slot = auth_slot(&slots, &site).await?;
             let identity = auth.authenticate(&auth_request).await.map_err(|e| {
@@ -408,13 +454,14 @@ impl NamespaceHandler for SiteHandler {
                     bad.escape_debug()
                 )));
             }
-            if let Some(user_room) = user_room.as_deref() {
-                let device = device_id.as_deref().unwrap_or("");
-                Self::check_device_room(mailbox, &site, user_room, device, max_devices).await?;
-            }
             let mut rooms = identity.rooms;
             if let Some(public) = site.public_channel.as_ref().filter(|p| !rooms.contains(p)) {
                 rooms.push(public.clone());
+            }
+            if let (Some(devices), Some(user_room)) = (devices, user_room.as_deref()) {
+                let device = device_id.as_deref().unwrap_or("");
+                let shared = RoomFilter::for_site(&site).shared(&rooms);
+                devices.admit(&site, user_room, device, &shared).await?;
             }
             Ok(Accepted {
                 rooms,

@@ -79,14 +79,19 @@ impl RoomFilter {
 
     /// `socket`'s shared rooms.
     pub fn shared_rooms(&self, socket: &crate::socketio::Socket) -> Vec<String> {
-        socket
-            .rooms()
-            .into_iter()
-            .skip(1)
+        let rooms = socket.rooms();
+        self.shared(rooms.get(1..).unwrap_or_default())
+    }
+
+    /// The shared rooms among `rooms` (which hold no socket id).
+    pub fn shared(&self, rooms: &[String]) -> Vec<String> {
+        rooms
+            .iter()
             .filter(|r| {
                 let user_room = !self.user_prefix.is_empty() && r.starts_with(&self.user_prefix);
-                !(user_room || self.public.as_ref() == Some(r))
+                !(user_room || self.public.as_ref() == Some(*r))
             })
+            .cloned()
             .collect()
     }
 }

@@ -359,6 +359,30 @@ pub async fn ws_open(addr: SocketAddr, target: &str, recv_buffer: Option<u32>) -
     ws
 }
 
+/// Opens a WebSocket to `target` with extra request headers (a `Cookie`, an `Origin`).
+pub async fn ws_open_with(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut request = format!("ws://{addr}{target}")
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    let (ws, response) = timeout(WAIT, tokio_tungstenite::client_async(request, stream))
+        .await
+        .expect("WebSocket handshake timed out")
+        .expect("WebSocket handshake failed");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
 /// The next text message of a raw WebSocket, answering server pings (`2`) with pongs on the way.
 pub async fn ws_next_text(ws: &mut Ws) -> String {
     timeout(WAIT, async {
