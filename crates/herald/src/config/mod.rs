@@ -190,6 +190,9 @@ pub struct MailboxSettings {
     pub presence_debounce_ms: u64,
     /// Milliseconds between sweeps of expired mailboxes (embedded store). Default 60000.
     pub sweep_interval_ms: u64,
+    /// Milliseconds a publish waits for the store before it answers 503 (a Redis that is down, a disk that
+    /// stalls); the append may still land, as a 503 promises nothing. Default 3000.
+    pub store_timeout_ms: u64,
 }
 
 impl Default for MailboxSettings {
@@ -203,6 +206,7 @@ impl Default for MailboxSettings {
             batch_ack_timeout_ms: 30_000,
             presence_debounce_ms: 5000,
             sweep_interval_ms: 60_000,
+            store_timeout_ms: 3000,
         }
     }
 }

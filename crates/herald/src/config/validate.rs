@@ -79,6 +79,10 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
             server.mailbox.sweep_interval_ms,
         ),
         (
+            "server.mailbox.store_timeout_ms",
+            server.mailbox.store_timeout_ms,
+        ),
+        (
             "server.limits.header_read_timeout_ms",
             limits.header_read_timeout_ms,
         ),

@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 
 use super::service::Mailbox;
 use super::store::{AckOutcome, DeviceKey, Entry, Page, StoreError};
-use crate::engine::CloseReason;
 use crate::sites::RoomFilter;
 use crate::socketio::Socket;
 
@@ -34,6 +33,20 @@ enum Stop {
     Store(#[from] StoreError),
 }
 
+/// How far a delivery task got, so a run resumed after a store failure does not repeat it.
+#[derive(Debug, Default)]
+struct Progress {
+    settings_sent: bool,
+    /// The first replay is done: a resumed run catches up with live entries rather than `_batch` pages.
+    replayed: bool,
+}
+
+/// The first wait after a store failure; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Tries to mark a device disconnected (about 20 s with the waits above).
+const DISCONNECT_ATTEMPTS: u32 = 12;
+
 /// A live entry waiting for its ack: resolves to (offset, the event if it asked for resync, acked?).
 type AckWait = Pin<Box<dyn Future<Output = (u64, Option<String>, bool)> + Send>>;
 
@@ -49,28 +62,64 @@ pub(super) struct Task {
 impl Task {
     pub(super) async fn run(mut self) {
         let mut cursor = 0;
-        let outcome = async {
-            let rooms = self.rooms.shared_rooms(&self.socket);
-            self.store().connect(&self.key, &rooms).await?;
+        let mut progress = Progress::default();
+        let mut retry = RETRY_FIRST;
+        loop {
+            match self.deliver(&mut cursor, &mut progress).await {
+                // A store outage never costs an online client its connection: delivery waits for the store and
+                // resumes from its cursor. Acks lost meanwhile are cumulative, so the next one covers them.
+                Err(Stop::Store(e)) if self.socket.connected() => {
+                    tracing::warn!(error = %e, socket = self.socket.id(), retry_ms = retry.as_millis() as u64,
+                        "mailbox store failed; delivery resumes when it answers");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+                _ => break,
+            }
+        }
+        self.mailbox.detach(&self.key, self.socket.id());
+        if !self.mailbox.replaced(&self.key, self.socket.id()) {
+            self.mark_disconnected().await;
+        }
+    }
+
+    /// One run of delivery from where `cursor` and `progress` say it is, until the client leaves or the store
+    /// fails.
+    async fn deliver(&mut self, cursor: &mut u64, progress: &mut Progress) -> Result<(), Stop> {
+        let rooms = self.rooms.shared_rooms(&self.socket);
+        self.store().connect(&self.key, &rooms).await?;
+        if !progress.settings_sent {
             // After the device is registered, so a client that saw `_settings` misses no publish.
             let settings = serde_json::json!({ "device_ttl": self.ttl.as_secs() });
             self.socket
                 .emit("_settings", &[settings])
                 .map_err(|_| Stop::Gone)?;
-            let mut acks = FuturesUnordered::new();
-            self.replay(&mut cursor, &mut acks).await?;
-            self.live(&mut cursor, acks).await
+            progress.settings_sent = true;
         }
-        .await;
-        if let Err(Stop::Store(e)) = &outcome {
-            // The client reconnects on a transport close and its next attempt tries the store again.
-            tracing::warn!(error = %e, socket = self.socket.id(), "mailbox delivery failed; closing the session");
-            self.socket.session().close(CloseReason::ServerClose);
+        let mut acks = FuturesUnordered::new();
+        if progress.replayed {
+            self.catch_up(cursor, &mut acks).await?;
+        } else {
+            self.replay(cursor, &mut acks).await?;
+            progress.replayed = true;
         }
-        self.mailbox.detach(&self.key, self.socket.id());
-        if !self.mailbox.replaced(&self.key, self.socket.id()) {
-            if let Err(e) = self.store().disconnect(&self.key, self.ttl).await {
-                tracing::warn!(error = %e, "could not mark a device disconnected");
+        self.live(cursor, acks).await
+    }
+
+    /// Marks the device disconnected, so its mailbox expires; retried for a while when the store is down,
+    /// since a device left marked connected would never expire.
+    async fn mark_disconnected(&self) {
+        let mut retry = RETRY_FIRST;
+        for attempt in 1..=DISCONNECT_ATTEMPTS {
+            match self.store().disconnect(&self.key, self.ttl).await {
+                Ok(()) => return,
+                Err(e) if attempt == DISCONNECT_ATTEMPTS => {
+                    tracing::warn!(error = %e, "could not mark a device disconnected")
+                }
+                Err(_) => {
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
             }
         }
     }

@@ -169,7 +169,9 @@ impl Mailbox {
             payload,
             resync,
         };
-        let queued = self.store.append(site, users, entry, self.caps()).await?;
+        let queued = self
+            .bounded(self.store.append(site, users, entry, self.caps()))
+            .await?;
         let mut delivery = Delivery {
             queued: queued.len(),
             online: 0,
@@ -211,6 +213,18 @@ impl Mailbox {
         Ok(delivery)
     }
 
+    /// `operation`, or `TimedOut` after `store_timeout_ms`: a publish answers 503 rather than hang on a store
+    /// that is down.
+    async fn bounded<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.settings.store_timeout_ms;
+        tokio::time::timeout(Duration::from_millis(limit), operation)
+            .await
+            .unwrap_or(Err(StoreError::TimedOut(limit)))
+    }
+
     /// Wakes every delivery task of `user` on this node to read its mailbox.
     fn wake_user(&self, site: &str, user: &str) {
         let links = self.links.lock();
@@ -223,12 +237,12 @@ impl Mailbox {
 
     /// Users of `site` who joined shared `room`.
     pub async fn users_in_room(&self, site: &str, room: &str) -> Result<Vec<String>, StoreError> {
-        self.store.users_in_room(site, room).await
+        self.bounded(self.store.users_in_room(site, room)).await
     }
 
     /// `user`'s devices and what each has pending.
     pub async fn devices(&self, site: &str, user: &str) -> Result<Vec<DeviceStatus>, StoreError> {
-        self.store.devices(site, user).await
+        self.bounded(self.store.devices(site, user)).await
     }
 }
 

@@ -107,6 +107,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("mailbox store is shut down")]
     Closed,
+    /// The store took longer than `store_timeout_ms`; the operation may still happen.
+    #[error("mailbox store did not answer within {0} ms")]
+    TimedOut(u64),
     #[error("'{0}' cannot be a mailbox name: at most 256 bytes, no control characters")]
     BadName(String),
 }
