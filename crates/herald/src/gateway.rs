@@ -176,6 +176,10 @@ impl Gateway {
             .merge(api)
             .route("/readyz", axum::routing::get(readiness))
             .route(
+                "/limits",
+                axum::routing::get(|| async { axum::Json(crate::limits::snapshot()) }),
+            )
+            .route(
                 "/",
                 axum::routing::get(|| async { axum::response::Html(DEMO_PAGE) }),
             )
@@ -271,6 +275,7 @@ async fn auth_slot(
     match tokio::time::timeout(wait, Arc::clone(slots).acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => {
+            crate::limits::Limit::ConcurrentAuth.hit();
             tracing::warn!(site = %site.name, "refused a client: every auth slot stayed busy");
             Err(Refusal("authentication is busy; retry later".into()))
         }
@@ -327,6 +332,7 @@ impl DeviceCheck {
             return Ok(());
         }
         if devices.len() >= self.max_devices {
+            crate::limits::Limit::DevicesPerUser.hit();
             tracing::info!(site = %site.name, limit = self.max_devices, "refused a client: too many devices for one user");
             return Err(Refusal(format!(
                 "this user already has {} devices, the limit; an unused device's mailbox expires device_ttl \

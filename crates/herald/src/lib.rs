@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod gateway;
 pub mod lifecycle;
+pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod mailbox;

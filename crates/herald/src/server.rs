@@ -21,6 +21,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use crate::limits::Limit;
+
 /// Per-connection limits.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -170,7 +172,16 @@ async fn accept(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
 ) -> Option<(TcpStream, tokio::sync::OwnedSemaphorePermit)> {
-    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    let permit = match Arc::clone(permits).try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            Limit::HttpConnections.hit();
+            tracing::warn!(
+                "max_http_connections reached: waiting for a connection to close before accepting"
+            );
+            Arc::clone(permits).acquire_owned().await.ok()?
+        }
+    };
     match listener.accept().await {
         Ok((stream, _)) => {
             let _ = stream.set_nodelay(true);
@@ -218,12 +229,18 @@ async fn connection(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
+                    if e.is_timeout() {
+                        Limit::HeaderReadTimeout.hit();
+                    } else if e.is_parse_too_large() {
+                        Limit::HeaderBytes.hit();
+                    }
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 break;
             }
             () = idle_check => {
                 if activity.idle_for() >= config.idle_timeout {
+                    Limit::IdleTimeout.hit();
                     tracing::debug!(idle_ms = config.idle_timeout.as_millis() as u64, "closed an idle connection");
                     break;
                 }

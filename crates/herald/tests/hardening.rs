@@ -18,6 +18,7 @@ use axum::Router;
 use common::{http, Response, WsClient};
 use herald::auth::{AuthConfig, JwtConfig, WebhookConfig};
 use herald::config::{Config, SiteConfig};
+use herald::limits::Limit;
 use herald::secret::Secret;
 use serde_json::{json, Value};
 
@@ -267,6 +268,7 @@ async fn bad_tokens_cannot_amplify_into_webhook_calls() {
     assert_eq!(backend.calls(), 1);
 
     // One CONNECT per POST, each refused: the session gets max_auth_attempts (8) decisions, then closes.
+    let fired = Limit::AuthAttempts.count();
     for _ in 0..20 {
         let answer = post(addr, &sid, &connects(1, "bad")).await;
         if answer.status != 200 {
@@ -280,6 +282,7 @@ async fn bad_tokens_cannot_amplify_into_webhook_calls() {
         limit,
         "calls stop at the per-session limit"
     );
+    assert!(Limit::AuthAttempts.count() > fired, "counted");
     let closed = drain_until(addr, &sid, "too many connection attempts").await;
     assert!(
         closed
@@ -295,6 +298,7 @@ async fn a_hanging_auth_backend_holds_at_most_its_slots() {
     let mut config = with_sites(vec![site(webhook(backend_addr, 800))]);
     config.server.limits.max_concurrent_auth = 2;
     let addr = start(config).await;
+    let fired = Limit::ConcurrentAuth.count();
     let mut sids = Vec::new();
     for _ in 0..6 {
         let sid = open_sid(addr).await;
@@ -319,14 +323,20 @@ async fn a_hanging_auth_backend_holds_at_most_its_slots() {
         .filter(|t| **t < Duration::from_millis(700))
         .count();
     assert_eq!(early, 2, "calls arrived at {arrivals:?}");
+    assert!(Limit::ConcurrentAuth.count() > fired, "counted");
 }
 
 #[tokio::test]
 async fn a_handshake_keeps_at_most_max_handshake_bytes() {
     let addr = start(Config::default()).await;
     let big = "x".repeat(20_000);
+    let fired = Limit::HandshakeBytes.count();
     let refused = handshake(addr, &format!("&pad={big}"), &[]).await;
     assert_eq!(refused.status, 431, "{}", refused.text());
+    assert!(Limit::HandshakeBytes.count() > fired, "counted");
+    let shown: Value =
+        serde_json::from_str(&http(addr, "GET", "/limits", &[], b"").await.text()).unwrap();
+    assert!(shown["max_handshake_bytes"].as_u64().unwrap() > fired);
     assert!(
         refused.text().contains("limit is 16384"),
         "{}",
@@ -371,7 +381,9 @@ async fn devices_per_user_are_bounded() {
         assert!(reply.starts_with("40/shop,{\"sid\""), "{reply}");
         clients.push(client);
     }
+    let fired = Limit::DevicesPerUser.count();
     let (_, refused) = join(addr, &format!("token={token}&deviceId=d")).await;
+    assert_eq!(Limit::DevicesPerUser.count(), fired + 1, "counted");
     assert!(
         refused.starts_with("44/shop,") && refused.contains("3 devices"),
         "{refused}"

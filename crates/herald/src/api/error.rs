@@ -29,6 +29,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A mailbox store failure: a name the store cannot hold is the request's fault (400), anything else is the
+    /// store's (503, retry).
+    pub(crate) fn store(error: crate::mailbox::StoreError) -> ApiError {
+        match error {
+            crate::mailbox::StoreError::BadName(_) => ApiError::BadRequest(error.to_string()),
+            other => ApiError::StoreUnavailable(other.to_string()),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingSiteOrKey | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -80,5 +89,15 @@ mod tests {
         assert_eq!(human_size(1_000_000), "1 MB");
         assert_eq!(human_size(1_500), "1.5 KB");
         assert_eq!(human_size(300), "300 bytes");
+    }
+
+    #[test]
+    fn a_name_the_store_cannot_hold_is_the_requests_fault() {
+        use crate::mailbox::StoreError;
+        let bad = ApiError::store(StoreError::BadName("a\u{7}".into()));
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let down = ApiError::store(StoreError::Redis("connection refused".into()));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.to_string(), "the mailbox store is unavailable; retry");
     }
 }

@@ -2,6 +2,7 @@
 //! and the health endpoints. `router(state)` builds it; tests drive it in-process.
 
 mod error;
+mod extract;
 mod publish;
 mod send;
 mod v1;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
+use crate::mailbox::store::valid_name;
 use crate::sites::Site;
 use crate::socketio::{Target, RESERVED_EVENTS};
 
@@ -127,16 +128,17 @@ async fn to_mailboxes(
     let Some(mailbox) = &site.mailbox else {
         return Ok((0, 0));
     };
-    let unavailable = |e: crate::mailbox::StoreError| ApiError::StoreUnavailable(e.to_string());
     let mut users: Vec<String> = Vec::new();
     for room in rooms {
         match site.user_room(room) {
             Some(user) => users.push(user.to_string()),
+            // No one can be in a room whose name a store cannot hold (joins and auth answers refuse them).
+            None if !valid_name(room) => {}
             None => users.extend(
                 mailbox
                     .users_in_room(&site.config.name, room)
                     .await
-                    .map_err(unavailable)?,
+                    .map_err(ApiError::store)?,
             ),
         }
     }
@@ -144,7 +146,7 @@ async fn to_mailboxes(
     users.dedup();
     // `except` leaves out user rooms (socket ids in it only narrow the live broadcast).
     users.retain(|u| !request.except.contains(u));
-    users.retain(|u| crate::mailbox::store::valid_name(u));
+    users.retain(|u| valid_name(u));
     let mut payload = Vec::with_capacity(64);
     let array = herald_protocol::socketio::Event {
         name: &request.event,
@@ -155,6 +157,6 @@ async fn to_mailboxes(
     let delivery = mailbox
         .deliver(&site.config.name, &users, &request.event, &payload, resync)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::store)?;
     Ok((delivery.queued, delivery.online))
 }

@@ -1,13 +1,14 @@
 //! crossroads' `POST /send?site=&apiKey=&resync=` with a JSON or form body `{rooms, event, args}`, answered as
 //! crossroads answers, so its backends run unchanged.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::extract::ApiQuery;
 use super::publish::{publish, PublishRequest};
 use super::ApiState;
 
@@ -22,7 +23,7 @@ pub struct SendQuery {
 
 pub async fn send(
     State(state): State<ApiState>,
-    Query(query): Query<SendQuery>,
+    ApiQuery(query): ApiQuery<SendQuery>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<&'static str, ApiError> {

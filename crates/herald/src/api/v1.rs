@@ -3,15 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
 use super::publish::{publish as broadcast, PublishRequest};
 use super::{read_body, ApiState};
+use crate::mailbox::store::valid_name;
 use crate::sites::{ClientInfo, Site};
 use crate::socketio::Socket;
 
@@ -29,19 +32,36 @@ fn authorized(state: &ApiState, headers: &HeaderMap, site: &str) -> Result<Arc<S
     }
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(
+/// The request body as `T`, which must be a JSON object.
+async fn json_body<T: DeserializeOwned>(
     state: &ApiState,
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Result<T, ApiError> {
     let bytes = read_body(body, headers, state.max_publish_bytes).await?;
     serde_json::from_slice(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(from_object)
         .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+/// `value` as `T` if it is a JSON object. serde alone would also read a struct from an array of its fields in
+/// order (`[]` as `{}`); the API takes objects only, as its OpenAPI document says.
+fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    let kind = match &value {
+        Value::Object(_) => return T::deserialize(value).map_err(|e| e.to_string()),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    Err(format!("expected a JSON object, got {kind}"))
 }
 
 pub async fn publish(
     State(state): State<ApiState>,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -54,25 +74,30 @@ pub async fn publish(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    messages: Vec<PublishRequest>,
+    /// Read one by one, so an error names the message it is about.
+    messages: Vec<Value>,
 }
 
 pub async fn batch(
     State(state): State<ApiState>,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
     let request: BatchRequest = json_body(&state, &headers, body).await?;
     // All or nothing: a batch with one bad message publishes none of them.
-    for (i, message) in request.messages.iter().enumerate() {
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (i, message) in request.messages.into_iter().enumerate() {
+        let message: PublishRequest = from_object(message)
+            .map_err(|e| ApiError::BadRequest(format!("messages[{i}]: {e}")))?;
         message
             .validate()
             .map_err(|e| ApiError::BadRequest(format!("messages[{i}]: {e}")))?;
+        messages.push(message);
     }
-    let mut results = Vec::with_capacity(request.messages.len());
-    for message in &request.messages {
+    let mut results = Vec::with_capacity(messages.len());
+    for message in &messages {
         results.push(broadcast(&site, message, message.resync).await?);
     }
     Ok(Json(json!({ "results": results })))
@@ -90,8 +115,8 @@ fn describe(socket: &Socket) -> Value {
 
 pub async fn list_sockets(
     State(state): State<ApiState>,
-    Path(site): Path<String>,
-    Query(query): Query<ListQuery>,
+    ApiPath(site): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
@@ -112,7 +137,7 @@ fn socket_of(site: &Site, id: &str) -> Result<Arc<Socket>, ApiError> {
 
 pub async fn disconnect(
     State(state): State<ApiState>,
-    Path((site, id)): Path<(String, String)>,
+    ApiPath((site, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let site = authorized(&state, &headers, &site)?;
@@ -131,12 +156,19 @@ pub struct MembershipRequest {
 
 pub async fn rooms(
     State(state): State<ApiState>,
-    Path((site, id)): Path<(String, String)>,
+    ApiPath((site, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
     let request: MembershipRequest = json_body(&state, &headers, body).await?;
+    // Rooms are names a mailbox store keeps (as an auth answer's rooms are): refuse a bad one before any change.
+    if let Some(bad) = request.join.iter().find(|r| !valid_name(r)) {
+        return Err(ApiError::BadRequest(format!(
+            "cannot join '{}': a room name is at most 256 bytes, without control characters",
+            bad.escape_debug()
+        )));
+    }
     let socket = socket_of(&site, &id)?;
     for room in &request.leave {
         socket.leave(room);
@@ -157,7 +189,7 @@ pub async fn rooms(
             .store()
             .connect(&key, &rooms)
             .await
-            .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
+            .map_err(ApiError::store)?;
     }
     Ok(Json(json!({ "rooms": socket.rooms() })))
 }
@@ -165,7 +197,7 @@ pub async fn rooms(
 /// A user's devices and what each has pending: `user` is the user room (`user_42`) or the id after its prefix.
 pub async fn user_devices(
     State(state): State<ApiState>,
-    Path((site, user)): Path<(String, String)>,
+    ApiPath((site, user)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
@@ -182,13 +214,13 @@ pub async fn user_devices(
             site.config.user_room_prefix.as_deref().unwrap_or_default()
         ),
     };
-    if !crate::mailbox::store::valid_name(&room) {
+    if !valid_name(&room) {
         return Err(ApiError::BadRequest("invalid user name".into()));
     }
     let devices = mailbox
         .devices(&site.config.name, &room)
         .await
-        .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
+        .map_err(ApiError::store)?;
     let listed: Vec<Value> = devices
         .iter()
         .map(|d| {

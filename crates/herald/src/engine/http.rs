@@ -220,6 +220,9 @@ impl<H: EngineHandler> Engine<H> {
 
 /// The answer when no session can be opened: the session limit is reached, or the server is draining.
 pub(crate) fn server_full<H: EngineHandler>(engine: &Engine<H>) -> Response<Body> {
+    if !engine.is_draining() {
+        crate::limits::Limit::Sessions.hit();
+    }
     let body = if engine.is_draining() {
         "{\"code\":3,\"message\":\"server is shutting down\"}"
     } else {
@@ -241,6 +244,7 @@ fn handshake_bytes(request: &Request<Body>) -> usize {
 
 /// The answer to a handshake whose query and cookie are over `max_handshake_bytes`.
 fn handshake_too_large(size: usize, limit: usize) -> Response<Body> {
+    crate::limits::Limit::HandshakeBytes.hit();
     tracing::debug!(
         size,
         limit,

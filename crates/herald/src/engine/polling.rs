@@ -186,6 +186,7 @@ async fn post<H: EngineHandler>(
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             let reason = if too_large {
+                crate::limits::Limit::Payload.hit();
                 CloseReason::PayloadTooLarge
             } else {
                 CloseReason::TransportError

@@ -197,6 +197,7 @@ impl<C> Session<C> {
             state.outbox_bytes = 0;
             state.closed = Some(CloseReason::OutboxFull);
             drop(state);
+            crate::limits::Limit::Outbox.hit();
             tracing::info!(
                 sid = self.sid(),
                 frames = self.limits.frames,

@@ -323,6 +323,7 @@ fn on_ws_message<H: EngineHandler>(
 fn ws_error_reason<C>(session: &Session<C>, error: &tungstenite::Error) -> CloseReason {
     match error {
         tungstenite::Error::Capacity(e) => {
+            crate::limits::Limit::Payload.hit();
             tracing::info!(sid = session.sid(), error = %e, "closed a session: message over maxPayload");
             CloseReason::PayloadTooLarge
         }

@@ -222,7 +222,10 @@ impl Mailbox {
         let limit = self.settings.store_timeout_ms;
         tokio::time::timeout(Duration::from_millis(limit), operation)
             .await
-            .unwrap_or(Err(StoreError::TimedOut(limit)))
+            .unwrap_or_else(|_| {
+                crate::limits::Limit::StoreTimeout.hit();
+                Err(StoreError::TimedOut(limit))
+            })
     }
 
     /// Wakes every delivery task of `user` on this node to read its mailbox.

@@ -256,6 +256,7 @@ impl SocketIo {
                 return;
             }
             conn::Begin::TooMany => {
+                crate::limits::Limit::AuthAttempts.hit();
                 tracing::info!(
                     sid = session.sid(),
                     limit = self.inner.config.max_connect_attempts,
