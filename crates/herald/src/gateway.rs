@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use herald_protocol::engineio::Version;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -240,8 +241,10 @@ struct SiteHandler {
     devices: Option<Arc<DeviceCheck>>,
 }
 
-/// The root namespace `/`, which no site serves: it refuses every client with the namespaces that exist, so a
-/// client that connected to `io(url)` instead of `io(url + "/site")` hears why it gets nothing.
+/// The root namespace `/`, which no site serves: it refuses socket.io 3+ clients with the namespaces that exist,
+/// so a client that connected to `io(url)` instead of `io(url + "/site")` hears why it gets nothing. Engine.IO
+/// v3 (socket.io 2.x) clients join `/` implicitly whatever they asked for, and their client hands an error on
+/// `/` to every namespace socket, so theirs is let in, into no room.
 struct RootNamespace {
     message: String,
 }
@@ -258,8 +261,11 @@ impl RootNamespace {
 }
 
 impl NamespaceHandler for RootNamespace {
-    fn authorize(&self, _request: ConnectRequest) -> Decision {
-        Decision::Now(Err(Refusal(self.message.clone())))
+    fn authorize(&self, request: ConnectRequest) -> Decision {
+        match request.version {
+            Version::V3 => Decision::Now(Ok(Accepted::default())),
+            Version::V4 => Decision::Now(Err(Refusal(self.message.clone()))),
+        }
     }
 }
 
