@@ -4,7 +4,7 @@
 # tests/js) and the python-socketio client (tests/python).
 #
 # Usage: bash scripts/test.sh [--no-cargo] [--only STAGE[,STAGE...]]
-#   stages: services, cargo-build, cargo-test, js-install, js-test, py-install, py-test, bench-smoke
+#   stages: services, cargo-build, cargo-test, js-install, js-test, py-install, py-test, api-schema, bench-smoke
 #   (bench-smoke: scripts/bench.sh --smoke, herald-bench's scenarios at tiny sizes, failing on any lost message)
 #   (services: scripts/services.sh makes sure Redis answers on 127.0.0.1:6379, starting it if needed)
 #   --no-cargo         skip cargo build/test (re-run only the e2e tests against the existing binary)
@@ -188,6 +188,17 @@ if wanted py-install || wanted py-test; then
     skip_stage py-test "cargo build failed"
   else
     run_stage py-test py_test
+  fi
+fi
+
+# ---- API schema fuzz ------------------------------------------------------------------------------
+# schemathesis (its own venv, tests/api-schema/.venv) against the OpenAPI document of a running debug herald.
+if wanted api-schema; then
+  if stage_failed cargo-build; then
+    skip_stage api-schema "cargo build failed"
+  else
+    run_stage api-schema env HERALD_SERVER_BIN="$TARGET_DIR/debug/herald" \
+      timeout --kill-after=10 "$E2E_TIMEOUT" bash "$ROOT/tests/api-schema/run.sh"
   fi
 fi
 
