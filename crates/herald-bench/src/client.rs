@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::stats::{Deliveries, Order};
 use crate::target::{Target, Transport};
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// A connected client; dropping it drops the connection.
 pub struct Client {
@@ -63,7 +63,7 @@ impl Client {
     }
 }
 
-async fn open(server: SocketAddr, source: SocketAddr) -> anyhow::Result<Ws> {
+pub(crate) async fn open(server: SocketAddr, source: SocketAddr) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4().context("creating a socket")?;
     socket
         .bind(source)
@@ -104,7 +104,7 @@ async fn listen(mut ws: Ws, prefix: String, deliveries: Arc<Deliveries>) {
     deliveries.disconnects.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+pub(crate) async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => return Ok(text.to_string()),

@@ -10,6 +10,7 @@ mod polling;
 mod procfs;
 mod publish;
 mod report;
+mod soak;
 mod stats;
 mod target;
 
@@ -109,6 +110,58 @@ enum Scenario {
         window: usize,
         #[arg(long, default_value_t = 10)]
         drain_secs: u64,
+    },
+    /// Minutes of churn against a mailbox site: WebSocket and polling clients that come and go, slow readers,
+    /// mailbox devices that ack everything, publishes over the HTTP API. Checks loss, pending entries, RSS and
+    /// file handles (see soak.rs; scripts/soak.sh runs it against bench/soak.yml).
+    Soak {
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+        /// Mailbox users, one device each.
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+        /// Seconds of churn, warm-up included.
+        #[arg(long, default_value_t = 600)]
+        duration: u64,
+        /// Seconds of warm-up; the steady-state RSS is the mean of its last 30 s (at most half the duration).
+        #[arg(long, default_value_t = 150)]
+        warmup: u64,
+        #[arg(long, default_value_t = 0.3)]
+        polling_share: f64,
+        #[arg(long, default_value_t = 0.05)]
+        slow_share: f64,
+        /// Share of the other clients that connect without a token (public room only).
+        #[arg(long, default_value_t = 0.5)]
+        anonymous_share: f64,
+        /// Shortest and longest life of a client, in seconds.
+        #[arg(long, num_args = 2, default_values_t = [5.0, 60.0])]
+        life: Vec<f64>,
+        /// Publishes per second to the public room (every client gets each).
+        #[arg(long, default_value_t = 4.0)]
+        public_rate: f64,
+        /// Publishes per second to the mailbox users' rooms, over all lanes.
+        #[arg(long, default_value_t = 196.0)]
+        mailbox_rate: f64,
+        /// Firehose requests per second to the slow readers' socket ids, each a batch of 8 messages of 1 KB.
+        #[arg(long, default_value_t = 10.0)]
+        firehose_rate: f64,
+        /// Mailbox publish lanes, one request at a time each; a user's publishes all go through one lane.
+        #[arg(long, default_value_t = 64)]
+        publishers: usize,
+        #[arg(long, default_value_t = 120)]
+        drain_secs: u64,
+        /// Longest wait after everyone left for the server's sockets to reach 0 (a dropped polling session
+        /// lives until its ping timeout); the last RSS and file-handle counts follow 5 s later.
+        #[arg(long, default_value_t = 60)]
+        settle_secs: u64,
+        #[arg(long, default_value_t = 5)]
+        fd_slack: u64,
+        /// Handshakes in flight at most.
+        #[arg(long, default_value_t = 512)]
+        connect_concurrency: usize,
+        /// Also read RSS right after malloc_trim(0), called in the server through gdb (pauses it ~1 s).
+        #[arg(long)]
+        gdb_trim: bool,
     },
     /// Prints BENCHMARKS.md tables from a file of JSON lines.
     Report { file: PathBuf },
@@ -210,12 +263,75 @@ async fn main() -> anyhow::Result<()> {
                 fanout::fanout(&target, pid()?, plan).await?,
             )
         }
+        Scenario::Soak {
+            clients,
+            devices,
+            duration,
+            warmup,
+            polling_share,
+            slow_share,
+            anonymous_share,
+            ref life,
+            public_rate,
+            mailbox_rate,
+            firehose_rate,
+            publishers,
+            drain_secs,
+            settle_secs,
+            fd_slack,
+            connect_concurrency,
+            gdb_trim,
+        } => {
+            let plan = soak::Plan {
+                clients,
+                devices,
+                duration: Duration::from_secs(duration),
+                warmup: Duration::from_secs(warmup),
+                ramp: Duration::from_secs(30).min(Duration::from_secs(duration / 4)),
+                polling_share,
+                slow_share,
+                anonymous_share,
+                life: (life[0], life[1]),
+                stall: (60.0, 100.0),
+                device_online: (5.0, 30.0),
+                device_offline: (1.0, 10.0),
+                public_rate,
+                mailbox_rate,
+                firehose_rate,
+                firehose_batch: 8,
+                firehose_size: 1000,
+                publishers,
+                connect_concurrency,
+                sample_every: Duration::from_secs(5),
+                drain: Duration::from_secs(drain_secs),
+                settle: Duration::from_secs(settle_secs),
+                fd_slack,
+                gdb_trim,
+            };
+            (
+                "soak",
+                format!("{clients} clients, {devices} devices, {duration}s"),
+                soak::soak(&target, pid()?, plan).await?,
+            )
+        }
     };
     println!("[{}] {}", args.server, outcome.human);
-    let faults = ["lost", "duplicates", "out_of_order", "publish_errors"]
-        .into_iter()
-        .filter(|k| outcome.metrics[*k].as_u64().is_some_and(|n| n > 0))
-        .collect::<Vec<_>>();
+    let faults = [
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "publish_errors",
+        "phantom",
+        "pending_left",
+        "devices_left_connected",
+        "fd_leak",
+        "rss_drift",
+        "slow_survived",
+        "sockets_left",
+    ]
+    .into_iter()
+    .filter(|k| outcome.metrics[*k].as_u64().is_some_and(|n| n > 0))
+    .collect::<Vec<_>>();
     if let Some(path) = &args.json {
         let record = report::Record {
             scenario: scenario.into(),

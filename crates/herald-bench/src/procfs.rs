@@ -13,6 +13,17 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS line")
 }
 
+/// Threads of a process (`Threads` of /proc/<pid>/status).
+pub fn threads(pid: u32) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Threads line")
+}
+
 /// User plus system CPU seconds of a process, children not included.
 pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     cpu_secs_of(&format!("/proc/{pid}/stat"))
@@ -39,4 +50,28 @@ fn cpu_secs_of(path: &str) -> anyhow::Result<f64> {
     };
     // utime and stime, in USER_HZ ticks: 100 per second on every Linux, whatever CONFIG_HZ is.
     Ok((field(11)? + field(12)?) as f64 / 100.0)
+}
+
+/// Open file descriptors of a process: the entries of /proc/<pid>/fd.
+pub fn fd_count(pid: u32) -> anyhow::Result<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).context("reading /proc fd")?;
+    Ok(dir.count() as u64)
+}
+
+/// Seconds the threads of a process have spent waiting for a CPU while runnable (the run-queue delay, the
+/// second field of each /proc/<pid>/task/<tid>/schedstat): how much a busy machine held the process back.
+pub fn run_delay_secs(pid: u32) -> anyhow::Result<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).context("reading /proc task")?;
+    let mut nanos = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        nanos += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(nanos as f64 / 1e9)
 }

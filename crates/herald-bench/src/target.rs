@@ -71,6 +71,11 @@ impl Target {
         &self.http[i % self.http.len()]
     }
 
+    /// How many source addresses connections are spread over.
+    pub fn source_count(&self) -> usize {
+        usize::from(self.sources)
+    }
+
     /// The source address of the `i`th connection.
     pub fn source(&self, i: usize) -> SocketAddr {
         let host = 1 + (i % usize::from(self.sources)) as u8;
