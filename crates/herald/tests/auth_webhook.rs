@@ -380,7 +380,7 @@ async fn auth_jwt_rs256_by_kid_from_a_jwks() {
             ..jsonwebtoken::Header::new(Algorithm::HS256)
         },
         &serde_json::json!({"sub": "u1", "exp": jsonwebtoken::get_current_timestamp() + 60}),
-        &EncodingKey::from_secret(b"secret"),
+        &EncodingKey::from_secret(b"secret").unwrap(),
     )
     .unwrap();
     assert_eq!(

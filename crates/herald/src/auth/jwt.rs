@@ -94,9 +94,14 @@ impl JwtVerifier {
                     )));
                 }
                 match &config.secret {
-                    Some(secret) if !secret.expose().is_empty() => {
-                        Keys::Fixed(DecodingKey::from_secret(secret.expose().as_bytes()))
-                    }
+                    Some(secret) if !secret.expose().is_empty() => Keys::Fixed(
+                        DecodingKey::from_secret(secret.expose().as_bytes()).map_err(|e| {
+                            AuthError::Config(format!(
+                                "{}: the secret is not usable: {e}",
+                                config.algorithm
+                            ))
+                        })?,
+                    ),
                     _ => {
                         return Err(AuthError::Config(format!(
                             "{} needs a non-empty `secret`",
@@ -513,15 +518,13 @@ pub fn mint(
             )))
         }
     };
-    encode(
-        config,
-        algorithm,
-        None,
-        &EncodingKey::from_secret(secret.expose().as_bytes()),
-        user,
-        rooms,
-        ttl,
-    )
+    let key = EncodingKey::from_secret(secret.expose().as_bytes()).map_err(|e| {
+        AuthError::Config(format!(
+            "{}: the secret is not usable: {e}",
+            config.algorithm
+        ))
+    })?;
+    encode(config, algorithm, None, &key, user, rooms, ttl)
 }
 
 /// Mints a token for an RS, PS or ES site with a PEM private key (PKCS#8, or PKCS#1 for RSA), with `kid` in
@@ -654,7 +657,7 @@ mod tests {
         let signature = match alg {
             Some(alg) => jsonwebtoken::crypto::sign(
                 message.as_bytes(),
-                &EncodingKey::from_secret(secret),
+                &EncodingKey::from_secret(secret).unwrap(),
                 alg,
             )
             .unwrap(),
@@ -712,6 +715,20 @@ mod tests {
             check(&config, &no_exp).await,
             Err(AuthError::InvalidToken),
             "exp is required"
+        );
+
+        // A signed token whose header names a critical extension herald does not understand (RFC 7515
+        // 4.1.11) is refused: jsonwebtoken 12 checks `crit`.
+        let critical = forge(
+            r#"{"alg":"HS256","crit":["x-herald-unknown"],"x-herald-unknown":1}"#,
+            &claims(3600),
+            b"secret-one",
+            Some(Algorithm::HS256),
+        );
+        assert_eq!(
+            check(&config, &critical).await,
+            Err(AuthError::InvalidToken),
+            "unknown critical extension"
         );
 
         for none in [
@@ -809,6 +826,28 @@ mod tests {
 
         // A site without an audience accepts tokens that carry one.
         assert_eq!(check(&hs("HS256", "s"), &token).await, Ok(expected()));
+
+        // `iss` and `aud` of the wrong JSON type are refused, not skipped.
+        let now = jsonwebtoken::get_current_timestamp();
+        for (iss, aud) in [
+            (serde_json::json!(1234), serde_json::json!("herald")),
+            (
+                serde_json::json!("https://issuer.example"),
+                serde_json::json!(1234),
+            ),
+        ] {
+            let token = forge(
+                r#"{"alg":"HS256"}"#,
+                &serde_json::json!({"sub": "u1", "exp": now + 3600, "iss": iss, "aud": aud}),
+                b"s",
+                Some(Algorithm::HS256),
+            );
+            assert_eq!(
+                check(&config, &token).await,
+                Err(AuthError::InvalidToken),
+                "iss {iss}, aud {aud}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -1015,7 +1054,7 @@ mod tests {
 
     #[test]
     fn jwks_keys_are_chosen_by_kid() {
-        let key = |n: u8| Arc::new(DecodingKey::from_secret(&[n]));
+        let key = |n: u8| Arc::new(DecodingKey::from_secret(&[n]).unwrap());
         let mut cache = JwksCache::default();
         assert!(cache.find(Some("a")).is_none());
         assert!(cache.find(None).is_none());

@@ -14,9 +14,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{
-    Database, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
+
+mod migrate;
 
 use super::store::{
     now_ms, valid_name, AckOutcome, Caps, DeviceKey, DeviceStatus, Entry, MailboxStore, NewEntry,
@@ -49,15 +52,28 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     /// Opens (or creates) the store at `path` and starts its writer thread. A file left by a crash is
-    /// repaired here, before herald serves anyone.
+    /// repaired here, before herald serves anyone, and a file written by redb 2 (herald before issue 14) is
+    /// migrated to redb 4, keeping the old one as `<name>.redb2-backup` (see `migrate`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
+        let db = match Database::create(path) {
+            // A file written by redb 2, herald's store before issue 14: copied into redb 4's format first.
+            Err(redb::DatabaseError::UpgradeRequired(version)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    version,
+                    "the mailbox file is in redb 2's format; migrating it"
+                );
+                migrate::from_redb2(path)?;
+                Database::create(path)
+            }
+            opened => opened,
+        }
+        .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
         create_tables(&db)?;
         let (writes, queue) = mpsc::channel(QUEUE);
