@@ -1,5 +1,5 @@
 //! Client auth against real HTTP servers started by the test: crossroads' auth webhook (headers sent, answers,
-//! failures, timeouts, cookie forwarding, what the logs show) and a JWKS endpoint for RS256 tokens.
+//! failures, timeouts, cookie forwarding) and a JWKS endpoint for RS256 tokens.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;

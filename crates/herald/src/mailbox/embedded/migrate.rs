@@ -26,7 +26,12 @@ use std::time::Instant;
 
 use redb2::ReadableTable as _;
 
-use super::{embedded, StoreError, DEVICES, ENTRIES, ROOM_USERS, USER_ROOMS};
+use super::{StoreError, DEVICES, ENTRIES, ROOM_USERS, USER_ROOMS};
+
+/// An error of either redb version, as it reads: the migration runs once, before herald serves anyone.
+fn embedded(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Embedded(e.to_string())
+}
 
 const OLD_ENTRIES: redb2::TableDefinition<(&str, u64), &[u8]> =
     redb2::TableDefinition::new("entries");
