@@ -594,6 +594,28 @@ mod tests {
     }
 
     #[test]
+    fn errors_stay_one_line() {
+        // Found by the config_load fuzz target: a site or field name with a line break made a two-line error.
+        let err =
+            load_with("", "\"a\\nb\":\n  apiKey: k\n", &[], Overrides::default()).unwrap_err();
+        assert_eq!(
+            err,
+            "sites.yml: site 'a\\nb': the name must match [A-Za-z0-9_-]+"
+        );
+        let err = load_with(
+            "server:\n  \"li\\nsten\": 1\n",
+            "",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("herald.yml: server: unknown field `li\\nsten`, expected one of"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_missing_file_is_one_line() {
         let sources = Sources {
             sites_file: Some(PathBuf::from("/nonexistent/herald/sites.yml")),
