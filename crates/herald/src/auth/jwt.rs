@@ -188,7 +188,7 @@ impl JwtVerifier {
 }
 
 /// The algorithms a site may configure. EdDSA is left out until a site needs it.
-fn parse_algorithm(name: &str) -> Result<Algorithm, AuthError> {
+pub(crate) fn parse_algorithm(name: &str) -> Result<Algorithm, AuthError> {
     let algorithm = match name {
         "HS256" => Algorithm::HS256,
         "HS384" => Algorithm::HS384,
@@ -405,10 +405,7 @@ impl Jwks {
 
     /// Fetches the key set and keeps the keys usable with the site's algorithm. The error is a reason for the
     /// log, without the URL's path or query.
-    #[allow(clippy::type_complexity)]
-    async fn fetch(
-        &self,
-    ) -> Result<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>), &'static str> {
+    async fn fetch(&self) -> Result<KeySet, &'static str> {
         let body = tokio::time::timeout(JWKS_TIMEOUT, async {
             let mut response = self.http.get(self.url.clone()).send().await.map_err(|e| {
                 if e.is_connect() {
@@ -435,49 +432,56 @@ impl Jwks {
         })
         .await
         .map_err(|_| "timed out")??;
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|_| "the answer is not a JWK set")?;
-
-        let mut keys = HashMap::new();
-        let mut anonymous = Vec::new();
-        for jwk in &set.keys {
-            if jwk
-                .common
-                .public_key_use
-                .as_ref()
-                .is_some_and(|usage| *usage != PublicKeyUse::Signature)
-            {
-                continue;
-            }
-            if jwk
-                .common
-                .key_algorithm
-                .is_some_and(|alg| !key_algorithm_is(alg, self.algorithm))
-            {
-                continue;
-            }
-            // Only key types of the configured family are loaded: an `oct` (HMAC) key in the set must never
-            // become a verifier.
-            let usable = matches!(
-                (&jwk.algorithm, self.algorithm.family()),
-                (AlgorithmParameters::RSA(_), AlgorithmFamily::Rsa)
-                    | (AlgorithmParameters::EllipticCurve(_), AlgorithmFamily::Ec)
-            );
-            if !usable {
-                continue;
-            }
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
-            match &jwk.common.key_id {
-                Some(kid) => {
-                    keys.insert(kid.clone(), Arc::new(key));
-                }
-                None => anonymous.push(Arc::new(key)),
-            }
-        }
-        Ok((keys, anonymous))
+        parse_jwks(&body, self.algorithm)
     }
+}
+
+/// The keys of a JWK set: by `kid`, and those without one.
+pub(crate) type KeySet = (HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>);
+
+/// Parses a JWKS document and keeps the keys usable with `algorithm`: signature keys of its family, whose `alg`
+/// (when given) is `algorithm`. Keys that do not load are skipped. The error is a reason for the log.
+pub(crate) fn parse_jwks(body: &[u8], algorithm: Algorithm) -> Result<KeySet, &'static str> {
+    let set: JwkSet = serde_json::from_slice(body).map_err(|_| "the answer is not a JWK set")?;
+    let mut keys = HashMap::new();
+    let mut anonymous = Vec::new();
+    for jwk in &set.keys {
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|usage| *usage != PublicKeyUse::Signature)
+        {
+            continue;
+        }
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|alg| !key_algorithm_is(alg, algorithm))
+        {
+            continue;
+        }
+        // Only key types of the configured family are loaded: an `oct` (HMAC) key in the set must never
+        // become a verifier.
+        let usable = matches!(
+            (&jwk.algorithm, algorithm.family()),
+            (AlgorithmParameters::RSA(_), AlgorithmFamily::Rsa)
+                | (AlgorithmParameters::EllipticCurve(_), AlgorithmFamily::Ec)
+        );
+        if !usable {
+            continue;
+        }
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        match &jwk.common.key_id {
+            Some(kid) => {
+                keys.insert(kid.clone(), Arc::new(key));
+            }
+            None => anonymous.push(Arc::new(key)),
+        }
+    }
+    Ok((keys, anonymous))
 }
 
 fn key_algorithm_is(key: KeyAlgorithm, algorithm: Algorithm) -> bool {
