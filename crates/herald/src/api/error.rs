@@ -106,6 +106,14 @@ mod tests {
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
         let down = ApiError::store(StoreError::Redis("connection refused".into()));
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(down.to_string(), "the mailbox store is unavailable; retry");
+        assert_eq!(
+            down.to_string(),
+            "the mailbox store is unavailable: Redis failed; retry"
+        );
+        let full = ApiError::store(StoreError::DiskFull);
+        assert_eq!(
+            full.to_string(),
+            "the mailbox store is unavailable: the disk is full; retry"
+        );
     }
 }
