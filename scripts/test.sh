@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds herald and runs every test: Rust unit/integration tests, then the end-to-end tests of
-# `herald-conformance --suite e2e` with the official JS clients (socket.io-client 4.x and 2.x,
-# tests/js) and the python-socketio client (tests/python).
+# Builds herald and runs every test: Rust unit/integration tests, the dependency policy (cargo deny),
+# then the end-to-end tests of `herald-conformance --suite e2e` with the official JS clients
+# (socket.io-client 4.x and 2.x, tests/js) and the python-socketio client (tests/python).
 #
 # Usage: bash scripts/test.sh [--no-cargo] [--only STAGE[,STAGE...]]
-#   stages: services, cargo-build, cargo-test, js-install, js-test, py-install, py-test, api-schema, bench-smoke
+#   stages: services, cargo-build, cargo-test, deny, js-install, js-test, py-install, py-test, api-schema, bench-smoke
+#   (deny: `cargo deny check licenses bans sources` against deny.toml, root workspace only; installs
+#    cargo-deny with `cargo install --locked cargo-deny` when missing; no advisories: no database here)
 #   (bench-smoke: scripts/bench.sh --smoke, herald-bench's scenarios at tiny sizes, failing on any lost message)
 #   (services: scripts/services.sh makes sure Redis answers on 127.0.0.1:6379, starting it if needed)
-#   --no-cargo         skip cargo build/test (re-run only the e2e tests against the existing binary)
+#   --no-cargo         skip cargo build/test and deny (re-run only the e2e tests against the existing binary)
 #   env HERALD_BIN     binary the e2e tests spawn (default ${CARGO_TARGET_DIR:-target}/debug/herald-conformance)
 #   env HERALD_E2E_TIMEOUT  seconds allowed for each e2e runner (default 900)
 #
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --no-cargo) RUN_CARGO=0 ;;
     --only) ONLY="${2:-}"; shift ;;
     --only=*) ONLY="${1#--only=}" ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -54,7 +56,7 @@ wanted() {
     case ",$ONLY," in *",$stage,"*) ;; *) return 1 ;; esac
   fi
   if [ "$RUN_CARGO" = 0 ]; then
-    case "$stage" in cargo-*) return 1 ;; esac
+    case "$stage" in cargo-*|deny) return 1 ;; esac
   fi
   return 0
 }
@@ -106,6 +108,20 @@ if stage_failed cargo-build; then
 else
   run_stage cargo-test cargo_test
 fi
+
+# ---- dependency policy ---------------------------------------------------------------------------
+# Licences, bans and sources of the root workspace's dependency tree (deny.toml). The separate fuzz
+# workspace (crates/herald-protocol/fuzz) and bench/reference/socketioxide are not checked.
+deny_stage() {
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "[test.sh] cargo-deny not found; installing it with cargo install --locked cargo-deny"
+    cargo install --locked cargo-deny || return 1
+  fi
+  cargo deny --version
+  cargo deny --manifest-path "$ROOT/Cargo.toml" check licenses bans sources
+}
+
+run_stage deny deny_stage
 
 check_bin() {
   if [ ! -x "$HERALD_BIN" ]; then

@@ -7,7 +7,7 @@
 
 import { describe, it, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -185,5 +185,82 @@ sites:
     const good = open("good");
     await waitConnected(good);
     assert.ok(auth.calls.length <= 12, `${auth.calls.length} webhook calls`);
+  });
+});
+
+/** Mounts a tmpfs of `size` at a new directory; null when this machine does not let the test mount one. */
+function mountTmpfs(size) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "herald-chaos-disk-"));
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir]);
+  if (mounted.status !== 0) {
+    rmSync(dir, { recursive: true, force: true });
+    return null;
+  }
+  return {
+    dir,
+    unmount() {
+      spawnSync("umount", ["-l", dir]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Fills the filesystem of `dir` with a file until it is full. */
+function fill(file) {
+  spawnSync("dd", ["if=/dev/zero", `of=${file}`, "bs=64k"], { stdio: "ignore" });
+}
+
+describe("a full disk under the embedded store", { timeout: 60_000 }, () => {
+  let gw, disk;
+  after(async () => {
+    clients.closeAll();
+    await gw?.stop();
+    disk?.unmount();
+  });
+
+  it("answers 503 with the reason while the disk is full and recovers when space returns", { timeout: 45_000 }, async (t) => {
+    disk = mountTmpfs("8m");
+    if (!disk) {
+      t.skip("cannot mount a tmpfs here (needs root): the full-disk test did not run");
+      return;
+    }
+    // The gateway's directory (its config, and its data directory with mailbox.redb) is on the small disk.
+    gw = await startGateway({ dir: disk.dir, keep: true, configYaml: `sites:${siteYaml("app")}` });
+    // A tablet that is away keeps every entry, so the store must grow.
+    const tablet = device(clients, gw.url, { id: "d1", deviceId: "tablet" });
+    await waitConnected(tablet);
+    await settled(tablet);
+    tablet.disconnect();
+    await awaitOffline(gw.url, "d1", "tablet");
+    const phone = device(clients, gw.url, { id: "d1", deviceId: "phone" });
+    await waitConnected(phone);
+    await settled(phone);
+    assert.equal((await publish(gw.url, { rooms: ["user_d1"], event: "n", args: [0] })).status, 200);
+
+    const filler = path.join(disk.dir, "filler");
+    fill(filler);
+    let refused;
+    let stored = 1;
+    for (let i = 1; i <= 100 && !refused; i++) {
+      const res = await publish(gw.url, { rooms: ["user_d1"], event: "n", args: [i, "x".repeat(200_000)] });
+      if (res.status === 200) stored++;
+      else refused = res;
+    }
+    assert.ok(refused, "a publish was refused once the disk filled");
+    assert.equal(refused.status, 503, JSON.stringify(refused));
+    assert.match(refused.body.error, /disk is full/);
+    assert.ok(phone.connected, "the online client stays");
+
+    rmSync(filler);
+    let again;
+    await until(async () => {
+      again = await publish(gw.url, { rooms: ["user_d1"], event: "n", args: ["after"] });
+      return again.status === 200;
+    }, 20_000, `publishes answered 200 again (last: ${JSON.stringify(again)})`);
+    await until(() => eventsOf(phone, "n").some(([a]) => a === "after"), STEP_TIMEOUT_MS, "the entry after recovery");
+    // The store still holds everything it answered 200 for, before and after the disk filled.
+    const { phone: status, tablet: away } = await devicesOf(gw.url, "d1");
+    assert.ok(status.connected);
+    assert.equal(away.pending, stored + 1, "the away tablet mailbox");
   });
 });

@@ -59,7 +59,8 @@ impl Target {
             addr,
             site,
             api_key,
-            jwt_key: EncodingKey::from_secret(jwt_secret.as_bytes()),
+            jwt_key: EncodingKey::from_secret(jwt_secret.as_bytes())
+                .context("the JWT secret is not usable")?,
             sources,
             transport,
             http,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
-use crate::auth::{self, AuthError, AuthRequest, Authenticator};
+use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::mailbox::embedded::EmbeddedStore;
@@ -385,6 +385,46 @@ impl SiteHandler {
     }
 }
 
+/// What a site lets an authenticated client have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Admission {
+    /// The identity's user, else the one its user room names.
+    pub(crate) user: Option<String>,
+    /// The user room (`<prefix><user>`), for a site with a user-room prefix.
+    pub(crate) user_room: Option<String>,
+    /// The identity's rooms, and the site's public channel.
+    pub(crate) rooms: Vec<String>,
+}
+
+/// The site's rules over the identity its auth rule answered: the user room its prefix requires, room names a
+/// store key can hold, and the public channel added.
+pub(crate) fn admit(site: &SiteConfig, identity: Identity) -> Result<Admission, Refusal> {
+    let mut user = identity.user.clone();
+    let mut user_room = None;
+    if let Some(prefix) = site.user_room_prefix.as_deref().filter(|p| !p.is_empty()) {
+        auth::require_user_room(&identity, prefix).map_err(|e| Refusal(e.to_string()))?;
+        let id = auth::user_room_user(&identity, prefix);
+        user = user.or_else(|| id.map(str::to_string));
+        user_room = id.map(|id| format!("{prefix}{id}"));
+    }
+    if let Some(bad) = identity.rooms.iter().find(|r| !valid_name(r)) {
+        tracing::info!(site = %site.name, "refused a client: the auth answer named an invalid room");
+        return Err(Refusal(format!(
+            "the auth answer named an invalid room '{}'",
+            bad.escape_debug()
+        )));
+    }
+    let mut rooms = identity.rooms;
+    if let Some(public) = site.public_channel.as_ref().filter(|p| !rooms.contains(p)) {
+        rooms.push(public.clone());
+    }
+    Ok(Admission {
+        user,
+        user_room,
+        rooms,
+    })
+}
+
 /// A string from the auth payload, else from the handshake query.
 fn credential(request: &ConnectRequest, key: &str) -> Option<String> {
     let from_auth = request
@@ -451,25 +491,11 @@ impl NamespaceHandler for SiteHandler {
                 Refusal(e.to_string())
             })?;
             drop(slot);
-            let mut user = identity.user.clone();
-            let mut user_room = None;
-            if let Some(prefix) = site.user_room_prefix.as_deref().filter(|p| !p.is_empty()) {
-                auth::require_user_room(&identity, prefix).map_err(|e| Refusal(e.to_string()))?;
-                let id = auth::user_room_user(&identity, prefix);
-                user = user.or_else(|| id.map(str::to_string));
-                user_room = id.map(|id| format!("{prefix}{id}"));
-            }
-            if let Some(bad) = identity.rooms.iter().find(|r| !valid_name(r)) {
-                tracing::info!(site = %site.name, "refused a client: the auth answer named an invalid room");
-                return Err(Refusal(format!(
-                    "the auth answer named an invalid room '{}'",
-                    bad.escape_debug()
-                )));
-            }
-            let mut rooms = identity.rooms;
-            if let Some(public) = site.public_channel.as_ref().filter(|p| !rooms.contains(p)) {
-                rooms.push(public.clone());
-            }
+            let Admission {
+                user,
+                user_room,
+                rooms,
+            } = admit(&site, identity)?;
             if let (Some(devices), Some(user_room)) = (devices, user_room.as_deref()) {
                 let device = device_id.as_deref().unwrap_or("");
                 let shared = RoomFilter::for_site(&site).shared(&rooms);

@@ -5,6 +5,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+/// Pure entry points for the fuzz targets in `crates/herald/fuzz`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod lifecycle;
 pub mod limits;

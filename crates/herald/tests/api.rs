@@ -28,32 +28,16 @@ fn shop(auth: AuthConfig) -> SiteConfig {
 }
 
 async fn start(sites: Vec<SiteConfig>) -> SocketAddr {
-    let mut config = Config {
+    let config = Config {
         sites,
         ..Config::default()
     };
-    // Mailboxes (sites with user rooms) live in the data directory: keep them out of the source tree.
-    config.server.data_dir =
-        std::env::temp_dir().join(format!("herald-api-test-{}", rand::random::<u64>()));
-    let gateway = herald::gateway::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, gateway.router()).await });
-    addr
+    common::start_gateway(config).await.0
 }
 
 /// A client joined to namespace `/shop` with `query` on its handshake; returns it and its socket id.
 async fn join_shop(addr: SocketAddr, query: &str) -> (WsClient, String) {
-    let ws = common::ws_open(
-        addr,
-        &format!("/socket.io/?EIO=4&transport=websocket&{query}"),
-        None,
-    )
-    .await;
-    let mut client = WsClient::pump(ws);
-    assert!(client.next_text().await.starts_with("0{"));
-    client.send("40/shop,");
-    let reply = client.next_text().await;
+    let (client, reply) = common::join_namespace(addr, "/shop", query).await;
     let connect: Value = serde_json::from_str(
         reply
             .strip_prefix("40/shop,")

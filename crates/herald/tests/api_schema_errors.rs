@@ -34,17 +34,11 @@ async fn start() -> SocketAddr {
     shop.auth = AuthConfig::Jwt(jwt());
     shop.user_room_prefix = Some("user_".into());
     shop.public_channel = Some("lobby".into());
-    let mut config = Config {
+    let config = Config {
         sites: vec![shop],
         ..Config::default()
     };
-    config.server.data_dir =
-        std::env::temp_dir().join(format!("herald-api-schema-test-{}", rand::random::<u64>()));
-    let gateway = herald::gateway::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, gateway.router()).await });
-    addr
+    common::start_gateway(config).await.0
 }
 
 /// User 42's device d1 joined to `/shop`; returns the client (kept open) and its socket id.

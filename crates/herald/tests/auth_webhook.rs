@@ -1,8 +1,7 @@
 //! Client auth against real HTTP servers started by the test: crossroads' auth webhook (headers sent, answers,
-//! failures, timeouts, cookie forwarding, what the logs show) and a JWKS endpoint for RS256 tokens.
+//! failures, timeouts, cookie forwarding) and a JWKS endpoint for RS256 tokens.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -269,62 +268,6 @@ async fn auth_webhook_forward_cookie_sends_the_cookie_only() {
     assert_eq!(seen.count(), 1);
 }
 
-/// Log lines written while a test runs, captured from a subscriber installed on the test's thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn auth_webhook_logs_show_the_host_never_the_credentials() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // #[tokio::test] runs on one thread, so a thread-local default covers the whole test.
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let (addr, _) = auth_server().await;
-    let secret_token = "tok-SECRET-123";
-    let secret_cookie = "PHPSESSID=COOKIE-SECRET-456";
-    for (path, forward_cookie) in [
-        ("/refuse", false),
-        ("/error", false),
-        ("/invalid", false),
-        ("/refuse", true),
-    ] {
-        let mut config = webhook(format!("http://{addr}{path}?key=URL-SECRET"));
-        config.forward_cookie = forward_cookie;
-        let request = AuthRequest {
-            token: Some(secret_token.into()),
-            meta: None,
-            cookie: Some(secret_cookie.into()),
-        };
-        assert!(authenticator(config).authenticate(&request).await.is_err());
-    }
-
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        text.contains(&addr.to_string()),
-        "logs name the host: {text}"
-    );
-    for secret in ["SECRET", "Bearer", "Authorization", "PHPSESSID", "key="] {
-        assert!(!text.contains(secret), "logs show {secret:?}: {text}");
-    }
-}
-
 #[tokio::test]
 async fn auth_jwt_rs256_by_kid_from_a_jwks() {
     let (addr, seen) = auth_server().await;
@@ -380,7 +323,7 @@ async fn auth_jwt_rs256_by_kid_from_a_jwks() {
             ..jsonwebtoken::Header::new(Algorithm::HS256)
         },
         &serde_json::json!({"sub": "u1", "exp": jsonwebtoken::get_current_timestamp() + 60}),
-        &EncodingKey::from_secret(b"secret"),
+        &EncodingKey::from_secret(b"secret").unwrap(),
     )
     .unwrap();
     assert_eq!(

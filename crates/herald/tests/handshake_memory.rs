@@ -15,18 +15,7 @@ fn rss() -> u64 {
 
 #[tokio::test]
 async fn a_thousand_sessions_keep_what_the_limit_says() {
-    let mut config = Config::default();
-    config.server.data_dir =
-        std::env::temp_dir().join(format!("herald-memory-{}", rand::random::<u64>()));
-    let gateway = herald::gateway::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = herald::server::Server::new(
-        listener,
-        gateway.router(),
-        herald::lifecycle::serve_config(&config),
-    );
-    tokio::spawn(server.run());
+    let (addr, gateway) = common::start_gateway(Config::default()).await;
     let handshake = "/socket.io/?EIO=4&transport=polling";
 
     let before = rss();

@@ -119,18 +119,7 @@ async fn start(config: Config) -> SocketAddr {
     // Pings every 200 ms end each long poll quickly; `drain_until` answers them.
     config.server.engine.ping_interval_ms = 200;
     config.server.engine.ping_timeout_ms = 10_000;
-    config.server.data_dir =
-        std::env::temp_dir().join(format!("herald-hardening-{}", rand::random::<u64>()));
-    let gateway = herald::gateway::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = herald::server::Server::new(
-        listener,
-        gateway.router(),
-        herald::lifecycle::serve_config(&config),
-    );
-    tokio::spawn(server.run());
-    addr
+    common::start_gateway(config).await.0
 }
 
 fn with_sites(sites: Vec<SiteConfig>) -> Config {
@@ -192,7 +181,8 @@ fn connects(copies: usize, token: &str) -> Vec<u8> {
     vec![packet; copies].join("\u{1e}").into_bytes()
 }
 
-async fn publish_all(addr: SocketAddr, event: &str) -> Value {
+/// Publishes `body` to site `shop`; the answer must be 200.
+async fn publish(addr: SocketAddr, body: Value) -> Value {
     let response = http(
         addr,
         "POST",
@@ -201,7 +191,7 @@ async fn publish_all(addr: SocketAddr, event: &str) -> Value {
             ("Authorization", &format!("Bearer {KEY}")),
             ("Content-Type", "application/json"),
         ],
-        json!({"all": true, "event": event}).to_string().as_bytes(),
+        body.to_string().as_bytes(),
     )
     .await;
     assert_eq!(response.status, 200, "{}", response.text());
@@ -242,7 +232,7 @@ async fn repeated_connects_in_one_post_give_one_socket() {
 
     // The same CONNECT again after it is decided changes nothing either.
     post(addr, &sid, &connects(5, "good")).await;
-    let outcome = publish_all(addr, "once").await;
+    let outcome = publish(addr, json!({"all": true, "event": "once"})).await;
     assert_eq!(outcome["matched"], 1, "{outcome}");
     let packets = drain_until(addr, &sid, "once").await;
     let copies = packets.iter().filter(|p| p.contains("once")).count();
@@ -393,40 +383,12 @@ async fn devices_per_user_are_bounded() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_again, reply) = join(addr, &format!("token={token}&deviceId=c")).await;
     assert!(reply.starts_with("40/shop,{\"sid\""), "{reply}");
-    let response = http(
-        addr,
-        "POST",
-        "/api/v1/sites/shop/publish",
-        &[
-            ("Authorization", &format!("Bearer {KEY}")),
-            ("Content-Type", "application/json"),
-        ],
-        json!({"rooms": ["user_42"], "event": "e"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    let outcome: Value = serde_json::from_str(&response.text()).unwrap();
+    let outcome = publish(addr, json!({"rooms": ["user_42"], "event": "e"})).await;
     assert_eq!(outcome["queued"], 3, "{outcome}");
 }
 
-/// A WebSocket client that sends CONNECT to `/shop`; returns it and the first packet for `/shop`.
 async fn join(addr: SocketAddr, query: &str) -> (WsClient, String) {
-    let ws = common::ws_open(
-        addr,
-        &format!("/socket.io/?EIO=4&transport=websocket&{query}"),
-        None,
-    )
-    .await;
-    let mut client = WsClient::pump(ws);
-    assert!(client.next_text().await.starts_with("0{"));
-    client.send("40/shop,");
-    loop {
-        let packet = client.next_text().await;
-        if packet.starts_with("4") && packet.contains("/shop,") {
-            return (client, packet);
-        }
-    }
+    common::join_namespace(addr, "/shop", query).await
 }
 
 #[tokio::test]

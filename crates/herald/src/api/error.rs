@@ -24,8 +24,13 @@ pub enum ApiError {
     #[error("internal error")]
     Internal(String),
     /// The mailbox store failed: nothing was promised durable, the publisher should retry.
-    #[error("the mailbox store is unavailable; retry")]
-    StoreUnavailable(String),
+    #[error("the mailbox store is unavailable: {reason}; retry")]
+    StoreUnavailable {
+        /// The store's own error, logged, never sent.
+        detail: String,
+        /// Why, in words the publisher may see (`StoreError::public_reason`).
+        reason: &'static str,
+    },
 }
 
 impl ApiError {
@@ -34,7 +39,10 @@ impl ApiError {
     pub(crate) fn store(error: crate::mailbox::StoreError) -> ApiError {
         match error {
             crate::mailbox::StoreError::BadName(_) => ApiError::BadRequest(error.to_string()),
-            other => ApiError::StoreUnavailable(other.to_string()),
+            other => ApiError::StoreUnavailable {
+                reason: other.public_reason(),
+                detail: other.to_string(),
+            },
         }
     }
 
@@ -47,14 +55,14 @@ impl ApiError {
             ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) | ApiError::StoreUnavailable(detail) = &self {
+        if let ApiError::Internal(detail) | ApiError::StoreUnavailable { detail, .. } = &self {
             tracing::error!(detail = %detail, "publish API error");
         }
         let body = serde_json::json!({ "error": self.to_string() });
@@ -98,6 +106,14 @@ mod tests {
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
         let down = ApiError::store(StoreError::Redis("connection refused".into()));
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(down.to_string(), "the mailbox store is unavailable; retry");
+        assert_eq!(
+            down.to_string(),
+            "the mailbox store is unavailable: Redis failed; retry"
+        );
+        let full = ApiError::store(StoreError::DiskFull);
+        assert_eq!(
+            full.to_string(),
+            "the mailbox store is unavailable: the disk is full; retry"
+        );
     }
 }

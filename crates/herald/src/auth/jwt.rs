@@ -94,9 +94,14 @@ impl JwtVerifier {
                     )));
                 }
                 match &config.secret {
-                    Some(secret) if !secret.expose().is_empty() => {
-                        Keys::Fixed(DecodingKey::from_secret(secret.expose().as_bytes()))
-                    }
+                    Some(secret) if !secret.expose().is_empty() => Keys::Fixed(
+                        DecodingKey::from_secret(secret.expose().as_bytes()).map_err(|e| {
+                            AuthError::Config(format!(
+                                "{}: the secret is not usable: {e}",
+                                config.algorithm
+                            ))
+                        })?,
+                    ),
                     _ => {
                         return Err(AuthError::Config(format!(
                             "{} needs a non-empty `secret`",
@@ -183,7 +188,7 @@ impl JwtVerifier {
 }
 
 /// The algorithms a site may configure. EdDSA is left out until a site needs it.
-fn parse_algorithm(name: &str) -> Result<Algorithm, AuthError> {
+pub(crate) fn parse_algorithm(name: &str) -> Result<Algorithm, AuthError> {
     let algorithm = match name {
         "HS256" => Algorithm::HS256,
         "HS384" => Algorithm::HS384,
@@ -400,10 +405,7 @@ impl Jwks {
 
     /// Fetches the key set and keeps the keys usable with the site's algorithm. The error is a reason for the
     /// log, without the URL's path or query.
-    #[allow(clippy::type_complexity)]
-    async fn fetch(
-        &self,
-    ) -> Result<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>), &'static str> {
+    async fn fetch(&self) -> Result<KeySet, &'static str> {
         let body = tokio::time::timeout(JWKS_TIMEOUT, async {
             let mut response = self.http.get(self.url.clone()).send().await.map_err(|e| {
                 if e.is_connect() {
@@ -430,49 +432,56 @@ impl Jwks {
         })
         .await
         .map_err(|_| "timed out")??;
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|_| "the answer is not a JWK set")?;
-
-        let mut keys = HashMap::new();
-        let mut anonymous = Vec::new();
-        for jwk in &set.keys {
-            if jwk
-                .common
-                .public_key_use
-                .as_ref()
-                .is_some_and(|usage| *usage != PublicKeyUse::Signature)
-            {
-                continue;
-            }
-            if jwk
-                .common
-                .key_algorithm
-                .is_some_and(|alg| !key_algorithm_is(alg, self.algorithm))
-            {
-                continue;
-            }
-            // Only key types of the configured family are loaded: an `oct` (HMAC) key in the set must never
-            // become a verifier.
-            let usable = matches!(
-                (&jwk.algorithm, self.algorithm.family()),
-                (AlgorithmParameters::RSA(_), AlgorithmFamily::Rsa)
-                    | (AlgorithmParameters::EllipticCurve(_), AlgorithmFamily::Ec)
-            );
-            if !usable {
-                continue;
-            }
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
-            match &jwk.common.key_id {
-                Some(kid) => {
-                    keys.insert(kid.clone(), Arc::new(key));
-                }
-                None => anonymous.push(Arc::new(key)),
-            }
-        }
-        Ok((keys, anonymous))
+        parse_jwks(&body, self.algorithm)
     }
+}
+
+/// The keys of a JWK set: by `kid`, and those without one.
+pub(crate) type KeySet = (HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>);
+
+/// Parses a JWKS document and keeps the keys usable with `algorithm`: signature keys of its family, whose `alg`
+/// (when given) is `algorithm`. Keys that do not load are skipped. The error is a reason for the log.
+pub(crate) fn parse_jwks(body: &[u8], algorithm: Algorithm) -> Result<KeySet, &'static str> {
+    let set: JwkSet = serde_json::from_slice(body).map_err(|_| "the answer is not a JWK set")?;
+    let mut keys = HashMap::new();
+    let mut anonymous = Vec::new();
+    for jwk in &set.keys {
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|usage| *usage != PublicKeyUse::Signature)
+        {
+            continue;
+        }
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|alg| !key_algorithm_is(alg, algorithm))
+        {
+            continue;
+        }
+        // Only key types of the configured family are loaded: an `oct` (HMAC) key in the set must never
+        // become a verifier.
+        let usable = matches!(
+            (&jwk.algorithm, algorithm.family()),
+            (AlgorithmParameters::RSA(_), AlgorithmFamily::Rsa)
+                | (AlgorithmParameters::EllipticCurve(_), AlgorithmFamily::Ec)
+        );
+        if !usable {
+            continue;
+        }
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        match &jwk.common.key_id {
+            Some(kid) => {
+                keys.insert(kid.clone(), Arc::new(key));
+            }
+            None => anonymous.push(Arc::new(key)),
+        }
+    }
+    Ok((keys, anonymous))
 }
 
 fn key_algorithm_is(key: KeyAlgorithm, algorithm: Algorithm) -> bool {
@@ -513,15 +522,13 @@ pub fn mint(
             )))
         }
     };
-    encode(
-        config,
-        algorithm,
-        None,
-        &EncodingKey::from_secret(secret.expose().as_bytes()),
-        user,
-        rooms,
-        ttl,
-    )
+    let key = EncodingKey::from_secret(secret.expose().as_bytes()).map_err(|e| {
+        AuthError::Config(format!(
+            "{}: the secret is not usable: {e}",
+            config.algorithm
+        ))
+    })?;
+    encode(config, algorithm, None, &key, user, rooms, ttl)
 }
 
 /// Mints a token for an RS, PS or ES site with a PEM private key (PKCS#8, or PKCS#1 for RSA), with `kid` in
@@ -654,7 +661,7 @@ mod tests {
         let signature = match alg {
             Some(alg) => jsonwebtoken::crypto::sign(
                 message.as_bytes(),
-                &EncodingKey::from_secret(secret),
+                &EncodingKey::from_secret(secret).unwrap(),
                 alg,
             )
             .unwrap(),
@@ -712,6 +719,20 @@ mod tests {
             check(&config, &no_exp).await,
             Err(AuthError::InvalidToken),
             "exp is required"
+        );
+
+        // A signed token whose header names a critical extension herald does not understand (RFC 7515
+        // 4.1.11) is refused: jsonwebtoken 12 checks `crit`.
+        let critical = forge(
+            r#"{"alg":"HS256","crit":["x-herald-unknown"],"x-herald-unknown":1}"#,
+            &claims(3600),
+            b"secret-one",
+            Some(Algorithm::HS256),
+        );
+        assert_eq!(
+            check(&config, &critical).await,
+            Err(AuthError::InvalidToken),
+            "unknown critical extension"
         );
 
         for none in [
@@ -809,6 +830,28 @@ mod tests {
 
         // A site without an audience accepts tokens that carry one.
         assert_eq!(check(&hs("HS256", "s"), &token).await, Ok(expected()));
+
+        // `iss` and `aud` of the wrong JSON type are refused, not skipped.
+        let now = jsonwebtoken::get_current_timestamp();
+        for (iss, aud) in [
+            (serde_json::json!(1234), serde_json::json!("herald")),
+            (
+                serde_json::json!("https://issuer.example"),
+                serde_json::json!(1234),
+            ),
+        ] {
+            let token = forge(
+                r#"{"alg":"HS256"}"#,
+                &serde_json::json!({"sub": "u1", "exp": now + 3600, "iss": iss, "aud": aud}),
+                b"s",
+                Some(Algorithm::HS256),
+            );
+            assert_eq!(
+                check(&config, &token).await,
+                Err(AuthError::InvalidToken),
+                "iss {iss}, aud {aud}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -1015,7 +1058,7 @@ mod tests {
 
     #[test]
     fn jwks_keys_are_chosen_by_kid() {
-        let key = |n: u8| Arc::new(DecodingKey::from_secret(&[n]));
+        let key = |n: u8| Arc::new(DecodingKey::from_secret(&[n]).unwrap());
         let mut cache = JwksCache::default();
         assert!(cache.find(Some("a")).is_none());
         assert!(cache.find(None).is_none());

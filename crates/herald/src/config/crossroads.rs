@@ -79,16 +79,7 @@ impl Visitor<'_> for KeyVisitor {
     }
 }
 
-/// Reads and parses a sites file into sites, in the file's order.
-pub(crate) fn read_sites_file(path: &Path) -> Result<Vec<SiteConfig>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::ReadFile {
-        path: path.to_owned(),
-        error,
-    })?;
-    parse_sites(path, &text)
-}
-
-/// Parses the text of a sites file; `path` only names it in errors.
+/// Parses the text of a sites file into sites, in the file's order; `path` only names it in errors.
 pub(crate) fn parse_sites(path: &Path, text: &str) -> Result<Vec<SiteConfig>, ConfigError> {
     let parse_error = |message: String| ConfigError::ParseFile {
         path: path.to_owned(),

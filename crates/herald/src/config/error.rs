@@ -12,32 +12,50 @@ use std::path::PathBuf;
 /// them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read: {error}", path.display())]
+    #[error("{}: cannot read: {error}", one_line(path.display()))]
     ReadFile { path: PathBuf, error: io::Error },
     /// The file is not valid YAML of the expected shape; `message` is the parser's, without literal values.
-    #[error("{}: {message}", path.display())]
+    #[error("{}: {message}", one_line(path.display()), message = one_line(message))]
     ParseFile { path: PathBuf, message: String },
     /// One site of a `sites.yml` is not of crossroads' (or herald's extended) shape.
-    #[error("{}: site '{site}': {message}", path.display())]
+    #[error(
+        "{}: site '{site}': {message}",
+        one_line(path.display()),
+        site = one_line(site),
+        message = one_line(message)
+    )]
     ParseSite {
         path: PathBuf,
         site: String,
         message: String,
     },
-    #[error("{}: site '{site}' is already defined in {}", path.display(), first.display())]
+    #[error(
+        "{}: site '{site}' is already defined in {}",
+        one_line(path.display()),
+        one_line(first.display()),
+        site = one_line(site)
+    )]
     SiteDefinedTwice {
         path: PathBuf,
         site: String,
         first: PathBuf,
     },
-    #[error("{}: site '{site}': {first} and {second} are both set; use one", path.display())]
+    #[error(
+        "{}: site '{site}': {first} and {second} are both set; use one",
+        one_line(path.display()),
+        site = one_line(site)
+    )]
     SiteConflict {
         path: PathBuf,
         site: String,
         first: &'static str,
         second: &'static str,
     },
-    #[error("{}: site '{site}': {field} needs {needs}", path.display())]
+    #[error(
+        "{}: site '{site}': {field} needs {needs}",
+        one_line(path.display()),
+        site = one_line(site)
+    )]
     SiteFieldNeeds {
         path: PathBuf,
         site: String,
@@ -45,46 +63,68 @@ pub enum ConfigError {
         needs: &'static str,
     },
     /// An environment variable whose value does not parse. Only variables that never hold secrets use it.
-    #[error("environment {var}: '{value}' is not {expected}")]
+    #[error("environment {var}: '{value}' is not {expected}", value = one_line(value))]
     EnvValue {
         var: &'static str,
         value: String,
         expected: &'static str,
     },
-    #[error("environment AUTH_SCHEME: site '{site}' has no auth webhook; set AUTH_URL too")]
+    #[error(
+        "environment AUTH_SCHEME: site '{site}' has no auth webhook; set AUTH_URL too",
+        site = one_line(site)
+    )]
     EnvSchemeWithoutWebhook { site: String },
 
-    #[error("site '{site}': the name must match [A-Za-z0-9_-]+")]
+    #[error("site '{site}': the name must match [A-Za-z0-9_-]+", site = one_line(site))]
     InvalidSiteName { site: String },
-    #[error("site '{site}' is defined more than once")]
+    #[error("site '{site}' is defined more than once", site = one_line(site))]
     DuplicateSite { site: String },
-    #[error("site '{site}': apiKey is missing")]
+    #[error("site '{site}': apiKey is missing", site = one_line(site))]
     MissingApiKey { site: String },
-    #[error("site '{site}': an API key is empty")]
+    #[error("site '{site}': an API key is empty", site = one_line(site))]
     EmptyApiKey { site: String },
-    #[error("site '{site}': {what} must be an http:// or https:// URL with a host")]
+    #[error(
+        "site '{site}': {what} must be an http:// or https:// URL with a host",
+        site = one_line(site)
+    )]
     NotHttpUrl { site: String, what: &'static str },
-    #[error("site '{site}': {field} is empty")]
+    #[error("site '{site}': {field} is empty", site = one_line(site))]
     EmptySiteField { site: String, field: &'static str },
-    #[error("site '{site}': the auth scheme '{scheme}' must be one word")]
+    #[error(
+        "site '{site}': the auth scheme '{scheme}' must be one word",
+        site = one_line(site),
+        scheme = one_line(scheme)
+    )]
     BadAuthScheme { site: String, scheme: String },
-    #[error("site '{site}': {field} must be greater than 0")]
+    #[error("site '{site}': {field} must be greater than 0", site = one_line(site))]
     SiteZero { site: String, field: &'static str },
-    #[error("site '{site}': jwt needs exactly one of secret, public_key_pem, jwks_url ({found})")]
+    #[error(
+        "site '{site}': jwt needs exactly one of secret, public_key_pem, jwks_url ({found})",
+        site = one_line(site)
+    )]
     JwtKeyCount { site: String, found: KeysFound },
     #[error(
         "site '{site}': jwt algorithm '{algorithm}' is not supported (expected one of {})",
-        crate::config::validate::JWT_ALGORITHMS.join(", ")
+        crate::config::validate::JWT_ALGORITHMS.join(", "),
+        site = one_line(site),
+        algorithm = one_line(algorithm)
     )]
     JwtUnknownAlgorithm { site: String, algorithm: String },
-    #[error("site '{site}': jwt algorithm {algorithm} needs {needs}, not {given}")]
+    #[error(
+        "site '{site}': jwt algorithm {algorithm} needs {needs}, not {given}",
+        site = one_line(site),
+        algorithm = one_line(algorithm)
+    )]
     JwtKeyMismatch {
         site: String,
         algorithm: String,
         needs: &'static str,
         given: &'static str,
     },
-    #[error("site '{site}': jwt public_key_pem is not {expected} public key in PEM form")]
+    #[error(
+        "site '{site}': jwt public_key_pem is not {expected} public key in PEM form",
+        site = one_line(site)
+    )]
     JwtBadPem {
         site: String,
         expected: &'static str,
@@ -96,7 +136,7 @@ pub enum ConfigError {
     MailboxNeedsRedis,
     #[error("server.redis_url must start with redis:// or rediss://")]
     RedisUrl,
-    #[error("server.engine.path '{path}' must start and end with '/'")]
+    #[error("server.engine.path '{path}' must start and end with '/'", path = one_line(path))]
     EnginePath { path: String },
     #[error("{field} ({value} ms) must be {relation} {other} ({other_value} ms)")]
     ServerOrder {
@@ -119,17 +159,17 @@ pub enum ConfigError {
     AuthUrlCredentials { site: String },
 
     /// A validation error located in the source that defined the site or setting (a file, the environment).
-    #[error("{origin}: {inner}")]
+    #[error("{origin}: {inner}", origin = one_line(origin))]
     In {
         origin: String,
         inner: Box<ConfigError>,
     },
 
-    #[error("{}: cannot create the data directory: {error}", path.display())]
+    #[error("{}: cannot create the data directory: {error}", one_line(path.display()))]
     DataDir { path: PathBuf, error: io::Error },
-    #[error("{}: cannot read the demo API key: {error}", path.display())]
+    #[error("{}: cannot read the demo API key: {error}", one_line(path.display()))]
     DemoKeyRead { path: PathBuf, error: io::Error },
-    #[error("{}: cannot write the demo API key: {error}", path.display())]
+    #[error("{}: cannot write the demo API key: {error}", one_line(path.display()))]
     DemoKeyWrite { path: PathBuf, error: io::Error },
 }
 
@@ -163,6 +203,36 @@ impl ConfigError {
                 | ConfigError::EnginePath { .. }
                 | ConfigError::ServerOrder { .. }
         )
+    }
+}
+
+/// Text from a file, the environment or the command line (a site name, a value, a path, a field name in a
+/// parser's message) as an error shows it: control characters, line breaks among them, are escaped (`\n`,
+/// `\u{1b}`), so the error stays one line.
+fn one_line<T: fmt::Display>(text: T) -> OneLine<T> {
+    OneLine(text)
+}
+
+struct OneLine<T>(T);
+
+impl<T: fmt::Display> fmt::Display for OneLine<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Escaped<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+        impl fmt::Write for Escaped<'_, '_> {
+            fn write_str(&mut self, text: &str) -> fmt::Result {
+                for c in text.chars() {
+                    if c.is_control() {
+                        write!(self.0, "{}", c.escape_default())?;
+                    } else {
+                        fmt::Write::write_char(self.0, c)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        fmt::Write::write_fmt(&mut Escaped(f), format_args!("{}", self.0))
     }
 }
 
@@ -212,6 +282,37 @@ fn next_invalid(text: &str) -> Option<(&str, &str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_one_line() {
+        let error = ConfigError::In {
+            origin: "sites\n.yml".into(),
+            inner: Box::new(ConfigError::BadAuthScheme {
+                site: "a\nb".into(),
+                scheme: "Bearer\r\n\u{1b}x".into(),
+            }),
+        };
+        assert_eq!(
+            error.to_string(),
+            "sites\\n.yml: site 'a\\nb': the auth scheme 'Bearer\\r\\n\\u{1b}x' must be one word"
+        );
+        let error = ConfigError::ParseFile {
+            path: "dir\n/herald.yml".into(),
+            message: "unknown field `li\nsten`".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "dir\\n/herald.yml: unknown field `li\\nsten`"
+        );
+        // Other text is shown as it is.
+        let error = ConfigError::InvalidSiteName {
+            site: "caf\u{e9} '\\".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "site 'caf\u{e9} '\\': the name must match [A-Za-z0-9_-]+"
+        );
+    }
 
     #[test]
     fn redact_removes_literal_values() {

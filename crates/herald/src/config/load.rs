@@ -98,8 +98,17 @@ impl Overrides {
 /// Reads, merges and validates the configuration. The `demo` site may still lack its API key:
 /// [`ensure_demo_key`](crate::config::ensure_demo_key) gives it one.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    load_from(sources, read_file)
+}
+
+/// [`load`] with the files' text from `read`, given each file's path: the disk for `load`, strings for the fuzz
+/// targets (see [`crate::fuzzing`]).
+pub(crate) fn load_from(
+    sources: &Sources,
+    read: impl Fn(&Path) -> Result<String, ConfigError>,
+) -> Result<Config, ConfigError> {
     let env = env::parse(&sources.env)?;
-    let mut merged = Merged::from_files(sources)?;
+    let mut merged = Merged::from_files(sources, read)?;
     if let Some(site) = &env.site {
         merged.apply_env_site(site)?;
     }
@@ -121,9 +130,12 @@ struct Merged {
 }
 
 impl Merged {
-    fn from_files(sources: &Sources) -> Result<Merged, ConfigError> {
+    fn from_files(
+        sources: &Sources,
+        read: impl Fn(&Path) -> Result<String, ConfigError>,
+    ) -> Result<Merged, ConfigError> {
         let config = match &sources.server_file {
-            Some(path) => read_server_file(path)?,
+            Some(path) => parse_server_file(path, &read(path)?)?,
             None => Config {
                 server: ServerConfig::default(),
                 sites: Vec::new(),
@@ -135,7 +147,7 @@ impl Merged {
             config,
         };
         if let Some(path) = &sources.sites_file {
-            for site in crossroads::read_sites_file(path)? {
+            for site in crossroads::parse_sites(path, &read(path)?)? {
                 if merged.position(&site.name).is_some() {
                     return Err(ConfigError::SiteDefinedTwice {
                         path: path.clone(),
@@ -194,12 +206,11 @@ fn label(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn read_server_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::ReadFile {
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::ReadFile {
         path: path.to_owned(),
         error,
-    })?;
-    parse_server_file(path, &text)
+    })
 }
 
 /// Parses a server file; an empty one (or only comments) has default server settings and no site.
@@ -580,6 +591,28 @@ mod tests {
             );
             assert!(!err.contains("s3cret"), "{err}");
         }
+    }
+
+    #[test]
+    fn errors_stay_one_line() {
+        // Found by the config_load fuzz target: a site or field name with a line break made a two-line error.
+        let err =
+            load_with("", "\"a\\nb\":\n  apiKey: k\n", &[], Overrides::default()).unwrap_err();
+        assert_eq!(
+            err,
+            "sites.yml: site 'a\\nb': the name must match [A-Za-z0-9_-]+"
+        );
+        let err = load_with(
+            "server:\n  \"li\\nsten\": 1\n",
+            "",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("herald.yml: server: unknown field `li\\nsten`, expected one of"),
+            "{err}"
+        );
     }
 
     #[test]

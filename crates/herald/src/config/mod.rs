@@ -25,6 +25,7 @@ mod test_support;
 pub use demo_key::{ensure_demo_key, DEMO_KEY_FILE};
 pub use env::{DEFAULT_ENV_SITE, ENVIRONMENT};
 pub use error::{ConfigError, KeysFound};
+pub(crate) use load::load_from;
 pub use load::{load, process_env, Overrides, Sources};
 pub use render::render_masked;
 pub use validate::{validate, JWT_ALGORITHMS};

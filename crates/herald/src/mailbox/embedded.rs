@@ -14,9 +14,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{
-    Database, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
+
+mod migrate;
 
 use super::store::{
     now_ms, valid_name, AckOutcome, Caps, DeviceKey, DeviceStatus, Entry, MailboxStore, NewEntry,
@@ -37,8 +40,57 @@ const QUEUE: usize = 16_384;
 /// The embedded store. Cloning shares the database and the writer thread.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     writes: mpsc::Sender<Job>,
+}
+
+/// The open database, which the writer closes and opens again after a failed write: redb answers every
+/// operation after an I/O error (a full disk) with "previous I/O error" until the file is reopened, so without
+/// this a disk that filled once would stop the store for good.
+struct DbSlot {
+    path: std::path::PathBuf,
+    current: parking_lot::RwLock<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for reads still running on the old handle.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl DbSlot {
+    /// The database, unless a failed write closed it and the writer has not reopened it yet.
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.current.read().clone().ok_or(StoreError::Embedded(
+            "the mailbox file is closed after a failed write; the next write reopens it".into(),
+        ))
+    }
+
+    /// Closes the database after a failed write; the next write reopens it.
+    fn close(&self) {
+        self.current.write().take();
+    }
+
+    /// The database for the writer, reopened first if a failed write closed it.
+    fn for_writer(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.current.read().clone() {
+            return Ok(db);
+        }
+        let mut current = self.current.write();
+        // redb locks the file, so the old handle must be gone first; a read still running may hold it briefly.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match Database::create(&self.path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if started.elapsed() < REOPEN_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened.map_err(embedded)?,
+            }
+        };
+        let db = Arc::new(db);
+        *current = Some(Arc::clone(&db));
+        tracing::info!(path = %self.path.display(), "reopened the mailbox file after a failed write");
+        Ok(db)
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -49,17 +101,33 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     /// Opens (or creates) the store at `path` and starts its writer thread. A file left by a crash is
-    /// repaired here, before herald serves anyone.
+    /// repaired here, before herald serves anyone, and a file written by redb 2 (herald before issue 14) is
+    /// migrated to redb 4, keeping the old one as `<name>.redb2-backup` (see `migrate`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
-        let db = Arc::new(db);
+        let db = match Database::create(path) {
+            // A file written by redb 2, herald's store before issue 14: copied into redb 4's format first.
+            Err(redb::DatabaseError::UpgradeRequired(version)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    version,
+                    "the mailbox file is in redb 2's format; migrating it"
+                );
+                migrate::from_redb2(path)?;
+                Database::create(path)
+            }
+            opened => opened,
+        }
+        .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
         create_tables(&db)?;
+        let db = Arc::new(DbSlot {
+            path: path.to_path_buf(),
+            current: parking_lot::RwLock::new(Some(Arc::new(db))),
+        });
         let (writes, queue) = mpsc::channel(QUEUE);
         let writer_db = Arc::clone(&db);
         std::thread::Builder::new()
@@ -82,7 +150,7 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = Arc::clone(&self.db);
+        let db = self.db.get()?;
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(embedded)?;
             f(&txn)
@@ -92,8 +160,25 @@ impl EmbeddedStore {
     }
 }
 
-fn embedded(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Embedded(e.to_string())
+/// A redb error as a store error; a full disk is told apart, since its cure is the operator's.
+fn embedded(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Io(io) if is_disk_full(&io) => StoreError::DiskFull,
+        other => StoreError::Embedded(other.to_string()),
+    }
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Whether a failed write left redb needing the file reopened.
+fn needs_reopen(e: &StoreError) -> bool {
+    matches!(e, StoreError::DiskFull)
+        || matches!(e, StoreError::Embedded(text) if text.contains("I/O") || text.contains("os error"))
 }
 
 fn create_tables(db: &Database) -> Result<(), StoreError> {
@@ -246,7 +331,7 @@ struct Job {
 }
 
 /// The writer thread: takes every job waiting, applies them in one transaction, commits once, answers all.
-fn writer(db: &Database, mut queue: mpsc::Receiver<Job>) {
+fn writer(slot: &DbSlot, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -255,13 +340,21 @@ fn writer(db: &Database, mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let (results, committed) = match db.begin_write() {
-            Ok(txn) => {
-                let results: Vec<_> = jobs.iter().map(|job| apply(&txn, &job.op)).collect();
-                (results, txn.commit().map_err(embedded))
-            }
-            Err(e) => (Vec::new(), Err(embedded(e))),
+        let (results, committed) = match slot.for_writer() {
+            Ok(db) => match db.begin_write() {
+                Ok(txn) => {
+                    let results: Vec<_> = jobs.iter().map(|job| apply(&txn, &job.op)).collect();
+                    (results, txn.commit().map_err(embedded))
+                }
+                Err(e) => (Vec::new(), Err(embedded(e))),
+            },
+            Err(e) => (Vec::new(), Err(e)),
         };
+        if let Err(e) = &committed {
+            if needs_reopen(e) {
+                slot.close();
+            }
+        }
         match committed {
             Ok(()) => {
                 for (job, result) in jobs.into_iter().zip(results) {
@@ -271,7 +364,11 @@ fn writer(db: &Database, mut queue: mpsc::Receiver<Job>) {
             Err(e) => {
                 tracing::error!(error = %e, writes = jobs.len(), "mailbox commit failed");
                 for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Embedded(e.to_string())));
+                    let failed = match &e {
+                        StoreError::DiskFull => StoreError::DiskFull,
+                        other => StoreError::Embedded(other.to_string()),
+                    };
+                    let _ = job.reply.send(Err(failed));
                 }
             }
         }
@@ -739,7 +836,7 @@ impl MailboxStore for EmbeddedStore {
 
 /// How many entries the store holds in all, for tests and the benchmark.
 pub fn entry_count(store: &EmbeddedStore) -> Result<u64, StoreError> {
-    let txn = store.db.begin_read().map_err(embedded)?;
+    let txn = store.db.get()?.begin_read().map_err(embedded)?;
     let entries = txn.open_table(ENTRIES).map_err(embedded)?;
     entries.len().map_err(embedded)
 }

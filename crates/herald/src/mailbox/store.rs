@@ -107,11 +107,29 @@ pub enum StoreError {
     Corrupt(String),
     #[error("mailbox store is shut down")]
     Closed,
+    /// The disk under the embedded store is full; writes fail until space returns.
+    #[error("mailbox store: the disk is full")]
+    DiskFull,
     /// The store took longer than `store_timeout_ms`; the operation may still happen.
     #[error("mailbox store did not answer within {0} ms")]
     TimedOut(u64),
     #[error("'{0}' cannot be a mailbox name: at most 256 bytes, no control characters")]
     BadName(String),
+}
+
+impl StoreError {
+    /// Why the store failed, in words a publisher may see: no path, host or internal detail.
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            StoreError::DiskFull => "the disk is full",
+            StoreError::TimedOut(_) => "it did not answer in time",
+            StoreError::Redis(_) => "Redis failed",
+            StoreError::Embedded(_) => "its file could not be read or written",
+            StoreError::Corrupt(_) => "a stored record is corrupt",
+            StoreError::Closed => "it is shutting down",
+            StoreError::BadName(_) => "a name is not valid",
+        }
+    }
 }
 
 /// A mailbox backend. Implementations pass the same contract tests (`contract.rs`).

@@ -567,3 +567,43 @@ impl WsClient {
         drop(self.out);
     }
 }
+
+/// Builds the gateway for `config`, its data directory in a fresh temp dir (mailboxes stay out of the source
+/// tree), and serves it as `herald serve` does, with the configured limits, on 127.0.0.1:0.
+pub async fn start_gateway(
+    mut config: herald::config::Config,
+) -> (SocketAddr, herald::gateway::Gateway) {
+    config.server.data_dir =
+        std::env::temp_dir().join(format!("herald-test-{}", rand::random::<u64>()));
+    let gateway = herald::gateway::build(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = herald::server::Server::new(
+        listener,
+        gateway.router(),
+        herald::lifecycle::serve_config(&config),
+    );
+    tokio::spawn(server.run());
+    (addr, gateway)
+}
+
+/// A v4 WebSocket client with `query` on its handshake that sends CONNECT to namespace `nsp` (`/shop`);
+/// returns it and the first packet the server sends for that namespace (the CONNECT or CONNECT_ERROR).
+pub async fn join_namespace(addr: SocketAddr, nsp: &str, query: &str) -> (WsClient, String) {
+    let ws = ws_open(
+        addr,
+        &format!("/socket.io/?EIO=4&transport=websocket&{query}"),
+        None,
+    )
+    .await;
+    let mut client = WsClient::pump(ws);
+    assert!(client.next_text().await.starts_with("0{"));
+    client.send(&format!("40{nsp},"));
+    let prefix = format!("{nsp},");
+    loop {
+        let packet = client.next_text().await;
+        if packet.starts_with('4') && packet.contains(&prefix) {
+            return (client, packet);
+        }
+    }
+}
