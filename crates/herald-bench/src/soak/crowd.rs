@@ -63,7 +63,7 @@ impl CrowdStats {
 pub async fn slot(i: usize, ctx: Arc<Ctx>, stats: Arc<CrowdStats>) {
     let plan = &ctx.plan;
     let every = (1.0 / plan.slow_share.max(1e-9)).round().max(1.0) as usize;
-    let slow = plan.slow_share > 0.0 && i % every == 0;
+    let slow = plan.slow_share > 0.0 && i.is_multiple_of(every);
     // Spread evenly: slot i is anonymous when the running count of anonymous slots steps up at i.
     let share = plan.anonymous_share;
     let anonymous = !slow && ((i + 1) as f64 * share).floor() > (i as f64 * share).floor();
