@@ -67,7 +67,23 @@ async fn open_mailbox(config: &Config) -> Result<Option<Arc<Mailbox>>, GatewayEr
     let server = &config.server;
     let store: Arc<dyn MailboxStore> = match (server.mailbox_store(), &server.redis_url) {
         (MailboxStoreKind::Redis, Some(url)) => Arc::new(RedisStore::connect(url).await?),
-        _ => Arc::new(EmbeddedStore::open(&server.data_dir.join("mailbox.redb"))?),
+        _ => {
+            let store = EmbeddedStore::open(&server.data_dir.join("mailbox.redb"))?;
+            // A killed herald left its devices marked connected; none is connected before we serve.
+            let ttls: Vec<_> = config
+                .sites
+                .iter()
+                .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
+                .collect();
+            let released = store.release_connected(&ttls).await?;
+            if released > 0 {
+                tracing::info!(
+                    devices = released,
+                    "marked the devices a previous run left connected as disconnected"
+                );
+            }
+            Arc::new(store)
+        }
     };
     Ok(Some(Mailbox::start(store, server.mailbox.clone()).await?))
 }

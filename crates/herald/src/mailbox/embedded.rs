@@ -137,6 +137,24 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db, writes })
     }
 
+    /// Marks every device left recorded as connected (by a herald that was killed) disconnected, expiring its
+    /// site's TTL from now; returns how many. Only the node that owns the file may call it, at start: every
+    /// device is offline then, and one left connected would never expire.
+    pub async fn release_connected(
+        &self,
+        ttl_by_site: &[(String, std::time::Duration)],
+    ) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let expires_at_by_site = ttl_by_site
+            .iter()
+            .map(|(site, ttl)| (site.clone(), now.saturating_add(ttl.as_millis() as u64)))
+            .collect();
+        match self.write(Op::Release { expires_at_by_site }).await? {
+            Reply::Swept(n) => Ok(n),
+            _ => Err(StoreError::Embedded("unexpected writer reply".into())),
+        }
+    }
+
     async fn write(&self, op: Op) -> Result<Reply, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writes
@@ -316,6 +334,10 @@ enum Op {
     Sweep {
         now: u64,
     },
+    /// Marks every device still recorded as connected disconnected, expiring at its site's time.
+    Release {
+        expires_at_by_site: Vec<(String, u64)>,
+    },
 }
 
 enum Reply {
@@ -440,6 +462,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Reply, StoreError> {
             Ok(Reply::Done)
         }
         Op::Sweep { now } => t.sweep(*now).map(Reply::Swept),
+        Op::Release { expires_at_by_site } => t.release(expires_at_by_site).map(Reply::Swept),
     }
 }
 
@@ -626,6 +649,28 @@ impl Tables<'_> {
             self.user_rooms.remove(user).map_err(embedded)?;
         }
         Ok(())
+    }
+
+    /// Every device recorded as connected, on a site of `expires_at_by_site`, now expires then; returns how many.
+    fn release(&mut self, expires_at_by_site: &[(String, u64)]) -> Result<usize, StoreError> {
+        let mut released = Vec::new();
+        for row in self.devices.iter().map_err(embedded)? {
+            let (dev, raw) = row.map_err(embedded)?;
+            let mut meta = Meta::decode(raw.value())?;
+            let site = dev.value().split(SEP).next().unwrap_or_default();
+            let expires_at = expires_at_by_site
+                .iter()
+                .find(|(s, _)| s == site)
+                .map(|(_, at)| *at);
+            if let (0, Some(at)) = (meta.expires_at, expires_at) {
+                meta.expires_at = at.max(1);
+                released.push((dev.value().to_string(), meta));
+            }
+        }
+        for (dev, meta) in &released {
+            self.put_meta(dev, meta)?;
+        }
+        Ok(released.len())
     }
 
     fn sweep(&mut self, now: u64) -> Result<usize, StoreError> {
@@ -850,6 +895,41 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("herald-mbx-{}", rand::random::<u64>()));
         let store = EmbeddedStore::open(&dir.join("mailbox.redb")).expect("opens");
         crate::mailbox::contract::run_all(Arc::new(store)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn devices_left_connected_by_a_killed_herald_are_released_at_start() {
+        let dir = std::env::temp_dir().join(format!("herald-mbx-{}", rand::random::<u64>()));
+        let store = EmbeddedStore::open(&dir.join("mailbox.redb")).expect("opens");
+        let left = DeviceKey::new("s", "user_1", "phone");
+        let away = DeviceKey::new("s", "user_1", "tablet");
+        let other = DeviceKey::new("t", "user_1", "phone");
+        for key in [&left, &away, &other] {
+            store.connect(key, &[]).await.expect("connect");
+        }
+        store
+            .disconnect(&away, Duration::from_secs(5))
+            .await
+            .expect("disconnect");
+        let ttls = [("s".to_string(), Duration::from_secs(60))];
+        assert_eq!(store.release_connected(&ttls).await.expect("release"), 1);
+        let devices = store.devices("s", "user_1").await.expect("devices");
+        let phone = devices.iter().find(|d| d.device == "phone").expect("phone");
+        assert!(!phone.connected);
+        let expires = phone.expires_at_ms.expect("expires") - now_ms();
+        assert!((59_000..=60_000).contains(&expires), "{expires}");
+        let tablet = devices
+            .iter()
+            .find(|d| d.device == "tablet")
+            .expect("tablet");
+        assert!(
+            tablet.expires_at_ms.expect("expires") - now_ms() <= 5_000,
+            "untouched"
+        );
+        // A site it was not given keeps its devices as they are.
+        let kept = store.devices("t", "user_1").await.expect("devices");
+        assert!(kept[0].connected);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
