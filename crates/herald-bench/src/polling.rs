@@ -64,7 +64,8 @@ pub async fn connect(
     }))
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+/// One polling GET; its payload.
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
     let response = http.get(url).send().await.context("polling GET")?;
     if !response.status().is_success() {
         bail!("polling GET answered {}", response.status());
@@ -72,7 +73,8 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
     response.text().await.context("reading a polling payload")
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: String) -> anyhow::Result<()> {
+/// One polling POST of `body`.
+pub(crate) async fn post(http: &reqwest::Client, url: &str, body: String) -> anyhow::Result<()> {
     let response = http
         .post(url)
         .header("content-type", "text/plain;charset=UTF-8")

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{next_text, open, Ws};
+use crate::polling::{get, post};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -207,27 +208,4 @@ async fn write_loop(
             break;
         }
     }
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
-    let response = http.get(url).send().await.context("polling GET")?;
-    if !response.status().is_success() {
-        bail!("polling GET answered {}", response.status());
-    }
-    response.text().await.context("reading a polling payload")
-}
-
-async fn post(http: &reqwest::Client, url: &str, body: String) -> anyhow::Result<()> {
-    let response = http
-        .post(url)
-        .header("content-type", "text/plain;charset=UTF-8")
-        .body(body)
-        .send()
-        .await
-        .context("polling POST")?;
-    if !response.status().is_success() {
-        bail!("polling POST answered {}", response.status());
-    }
-    response.bytes().await.context("reading a POST answer")?;
-    Ok(())
 }
