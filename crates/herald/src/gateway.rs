@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
+use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::mailbox::embedded::EmbeddedStore;
@@ -20,6 +21,7 @@ use crate::mailbox::store::valid_name;
 use crate::mailbox::{
     DeviceKey, Mailbox, MailboxStore, Presence, PresenceTarget, PresenceUser, StoreError,
 };
+use crate::publish::Publisher;
 use crate::secret::Secret;
 use crate::sites::{ClientInfo, RoomFilter, Site, Sites};
 use crate::socketio::{
@@ -36,6 +38,8 @@ pub enum GatewayError {
     Http(String),
     #[error("cannot open the mailbox store: {0}")]
     Mailbox(#[from] StoreError),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] crate::cluster::BusError),
 }
 
 /// The running gateway: its socket.io server, engine and sites.
@@ -44,6 +48,8 @@ pub struct Gateway {
     pub io: SocketIo,
     pub engine: Engine<SocketIo>,
     pub sites: Sites,
+    /// The publish pipeline: every source publishes through it.
+    pub publisher: Publisher,
     pub max_publish_bytes: usize,
     ready: Arc<AtomicBool>,
 }
@@ -146,10 +152,21 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         });
     }
     let engine = Engine::new(engine_config(config), io.clone());
+    let sites = Sites::new(sites);
+    let cluster = Arc::new(Cluster::single(
+        config.server.node_url(),
+        config.server.cluster.recovery_max_packets,
+    ));
+    let publisher = Publisher {
+        sites: sites.clone(),
+        cluster,
+    };
+    publisher.start().await?;
     Ok(Gateway {
         io,
         engine,
-        sites: Sites::new(sites),
+        sites,
+        publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
         ready: Arc::new(AtomicBool::new(true)),
     })
@@ -175,6 +192,7 @@ impl Gateway {
     pub fn router(&self) -> axum::Router {
         let api = api::router(ApiState {
             sites: self.sites.clone(),
+            publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
         });
         let ready = Arc::clone(&self.ready);

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 /// Pure entry points for the fuzz targets in `crates/herald/fuzz`; not an API.
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod mailbox;
+pub mod publish;
 pub mod secret;
 pub mod server;
 pub mod sites;

@@ -24,6 +24,7 @@ fn shop(auth: AuthConfig) -> SiteConfig {
         update_user_url: None,
         device_ttl_secs: 60,
         max_connections: None,
+        recovery_window_ms: 120_000,
     }
 }
 

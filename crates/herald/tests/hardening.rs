@@ -82,6 +82,7 @@ fn site(auth: AuthConfig) -> SiteConfig {
         update_user_url: None,
         device_ttl_secs: 60,
         max_connections: None,
+        recovery_window_ms: 120_000,
     }
 }
 

@@ -31,6 +31,28 @@ pub enum ApiError {
         /// Why, in words the publisher may see (`StoreError::public_reason`).
         reason: &'static str,
     },
+    /// The cluster bus failed: the publish may have reached some nodes and not others; retry.
+    #[error("{reason}; retry")]
+    BusUnavailable {
+        /// The bus's own error, logged, never sent.
+        detail: String,
+        /// Why, in words the publisher may see (`BusError::public_reason`).
+        reason: &'static str,
+    },
+}
+
+impl From<crate::publish::PublishError> for ApiError {
+    fn from(error: crate::publish::PublishError) -> Self {
+        use crate::publish::PublishError;
+        match error {
+            PublishError::BadRequest(message) => ApiError::BadRequest(message),
+            PublishError::Store(e) => ApiError::store(e),
+            PublishError::Bus(e) => ApiError::BusUnavailable {
+                reason: e.public_reason(),
+                detail: e.to_string(),
+            },
+        }
+    }
 }
 
 impl ApiError {
@@ -55,14 +77,19 @@ impl ApiError {
             ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable { .. } | ApiError::BusUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) | ApiError::StoreUnavailable { detail, .. } = &self {
+        if let ApiError::Internal(detail)
+        | ApiError::StoreUnavailable { detail, .. }
+        | ApiError::BusUnavailable { detail, .. } = &self
+        {
             tracing::error!(detail = %detail, "publish API error");
         }
         let body = serde_json::json!({ "error": self.to_string() });

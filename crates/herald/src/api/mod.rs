@@ -3,7 +3,6 @@
 
 mod error;
 mod extract;
-mod publish;
 mod send;
 mod v1;
 
@@ -13,9 +12,10 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
+pub use crate::publish::PublishRequest;
 pub use error::{human_size, ApiError};
-pub use publish::PublishRequest;
 
+use crate::publish::Publisher;
 use crate::sites::Sites;
 
 /// The OpenAPI 3.1 document of this API, served at `/api/v1/openapi.json`.
@@ -25,6 +25,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub sites: Sites,
+    /// The publish pipeline every publish route goes through.
+    pub publisher: Publisher,
     /// Largest request body, in bytes.
     pub max_publish_bytes: usize,
 }

@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
-use super::publish::{publish as broadcast, PublishRequest};
 use super::{read_body, ApiState};
 use crate::mailbox::store::valid_name;
+use crate::publish::PublishRequest;
 use crate::sites::{ClientInfo, Site};
 use crate::socketio::Socket;
 
@@ -67,7 +67,10 @@ pub async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
     let request: PublishRequest = json_body(&state, &headers, body).await?;
-    let outcome = broadcast(&site, &request, request.resync).await?;
+    let outcome = state
+        .publisher
+        .publish(&site, &request, request.resync)
+        .await?;
     Ok(Json(json!(outcome)))
 }
 
@@ -98,7 +101,12 @@ pub async fn batch(
     }
     let mut results = Vec::with_capacity(messages.len());
     for message in &messages {
-        results.push(broadcast(&site, message, message.resync).await?);
+        results.push(
+            state
+                .publisher
+                .publish(&site, message, message.resync)
+                .await?,
+        );
     }
     Ok(Json(json!({ "results": results })))
 }

@@ -40,6 +40,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("PORT", "port to listen on (keeps the listen address's IP)"),
     ("REDIS_URL", "Redis for clusters (server.redis_url)"),
     (
+        "HERALD_NODE_URL",
+        "the URL other nodes reach this one at (server.cluster.node_url)",
+    ),
+    (
         "HERALD_LISTEN",
         "address to listen on, like 0.0.0.0:3000 (PORT, when set, replaces its port)",
     ),
@@ -83,6 +87,7 @@ pub(crate) struct EnvConfig {
     /// The server settings flags can also set, applied the same way.
     pub server: Overrides,
     pub redis_url: Option<String>,
+    pub node_url: Option<String>,
     pub site: Option<EnvSite>,
 }
 
@@ -118,6 +123,7 @@ pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigE
     Ok(EnvConfig {
         server,
         redis_url: get("REDIS_URL"),
+        node_url: get("HERALD_NODE_URL"),
         site: parse_site(&get)?,
     })
 }
@@ -172,6 +178,9 @@ impl EnvConfig {
         self.server.apply(server);
         if let Some(url) = &self.redis_url {
             server.redis_url = Some(url.clone());
+        }
+        if let Some(url) = &self.node_url {
+            server.cluster.node_url = Some(url.clone());
         }
     }
 }

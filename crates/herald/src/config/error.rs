@@ -136,6 +136,12 @@ pub enum ConfigError {
     MailboxNeedsRedis,
     #[error("server.redis_url must start with redis:// or rediss://")]
     RedisUrl,
+    #[error("server.cluster.node_ttl_ms ({value}) must be at least 1000 and under 20000")]
+    NodeTtl { value: u64 },
+    #[error("server.cluster.node_url (HERALD_NODE_URL) must start with http:// or https://")]
+    NodeUrl,
+    #[error("server.cluster.emitter_prefix must be non-empty and hold no '#'")]
+    EmitterPrefix,
     #[error("server.engine.path '{path}' must start and end with '/'", path = one_line(path))]
     EnginePath { path: String },
     #[error("{field} ({value} ms) must be {relation} {other} ({other_value} ms)")]

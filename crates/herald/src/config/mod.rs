@@ -59,8 +59,10 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Engine.IO settings.
     pub engine: EngineSettings,
-    /// Redis for clusters (`REDIS_URL`); none runs embedded. Default none.
+    /// Redis for clusters (`REDIS_URL`); none runs embedded, as one node. Default none.
     pub redis_url: Option<String>,
+    /// How this node takes part in a cluster (with `redis_url`).
+    pub cluster: ClusterSettings,
     /// Durable per-device mailboxes.
     pub mailbox: MailboxSettings,
     /// Milliseconds from SIGTERM to exit, whatever the clients do. Default 10000.
@@ -79,6 +81,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             engine: EngineSettings::default(),
             redis_url: None,
+            cluster: ClusterSettings::default(),
             mailbox: MailboxSettings::default(),
             shutdown_grace_ms: 10_000,
             drain_delay_ms: 2000,
@@ -158,6 +161,48 @@ impl Default for LimitsConfig {
             max_concurrent_auth: 64,
             max_devices_per_user: 32,
         }
+    }
+}
+
+/// A node's part in a cluster: every node on one Redis serves every client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// The URL other nodes reach this one at, for forwarded polling requests and cluster-wide socket listings
+    /// (`HERALD_NODE_URL`). Default `http://<listen address>`.
+    pub node_url: Option<String>,
+    /// Milliseconds after its last heartbeat that a node counts as dead: its sockets leave every listing and a
+    /// survivor reports its users gone. Under 20000. Default 10000.
+    pub node_ttl_ms: u64,
+    /// The socket.io Redis emitter protocol (`@socket.io/redis-emitter` and its PHP, Python, Java and Go
+    /// siblings): publishes on `<prefix>#/<site>#…` reach the site's clients. Default on.
+    pub emitter: bool,
+    /// The emitter's key prefix. Default `socket.io`.
+    pub emitter_prefix: String,
+    /// Most packets one site's recovery log keeps on this node without Redis, whatever the window. Default
+    /// 10000.
+    pub recovery_max_packets: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node_url: None,
+            node_ttl_ms: 10_000,
+            emitter: true,
+            emitter_prefix: "socket.io".into(),
+            recovery_max_packets: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The URL peers reach this node at: `cluster.node_url`, else `http://<listen address>`.
+    pub fn node_url(&self) -> String {
+        self.cluster
+            .node_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 }
 
@@ -280,6 +325,14 @@ pub struct SiteConfig {
     /// Most concurrent clients of this site; none means only the server limit. Default none.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Milliseconds within which a socket.io 4.6+ client whose connection dropped may come back with its id,
+    /// rooms and every live packet it missed (connection-state recovery); 0 turns it off. Default 120000.
+    #[serde(default = "default_recovery_window")]
+    pub recovery_window_ms: u64,
+}
+
+fn default_recovery_window() -> u64 {
+    120_000
 }
 
 fn default_device_ttl() -> u64 {
@@ -298,6 +351,7 @@ impl SiteConfig {
             update_user_url: None,
             device_ttl_secs: default_device_ttl(),
             max_connections: None,
+            recovery_window_ms: default_recovery_window(),
         }
     }
 }
@@ -316,6 +370,7 @@ impl Default for Config {
                 update_user_url: None,
                 device_ttl_secs: default_device_ttl(),
                 max_connections: None,
+                recovery_window_ms: default_recovery_window(),
             }],
         }
     }

@@ -111,6 +111,10 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
             limits.max_devices_per_user as u64,
         ),
         ("server.shutdown_grace_ms", server.shutdown_grace_ms),
+        (
+            "server.cluster.recovery_max_packets",
+            server.cluster.recovery_max_packets as u64,
+        ),
     ];
     if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
         return Err(ConfigError::ServerZero { field });
@@ -133,6 +137,20 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
             other: "server.shutdown_grace_ms",
             other_value: server.shutdown_grace_ms,
         });
+    }
+    // Three heartbeats fit in the TTL, and a dead node's sockets leave the listings within 20 s.
+    if !(1000..20_000).contains(&server.cluster.node_ttl_ms) {
+        return Err(ConfigError::NodeTtl {
+            value: server.cluster.node_ttl_ms,
+        });
+    }
+    if let Some(url) = &server.cluster.node_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::NodeUrl);
+        }
+    }
+    if server.cluster.emitter_prefix.is_empty() || server.cluster.emitter_prefix.contains('#') {
+        return Err(ConfigError::EmitterPrefix);
     }
     if server.mailbox_store() == MailboxStoreKind::Redis && server.redis_url.is_none() {
         return Err(ConfigError::MailboxNeedsRedis);
@@ -579,7 +597,7 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 13] = [
+        let cases: [(Edit, &str); 15] = [
             (
                 |s| s.limits.max_devices_per_user = 0,
                 "server.limits.max_devices_per_user must be greater than 0",
@@ -595,6 +613,14 @@ mod tests {
             (
                 |s| s.limits.idle_timeout_ms = 25_000,
                 "server.limits.idle_timeout_ms (25000 ms) must be above server.engine.ping_interval_ms (25000 ms)",
+            ),
+            (
+                |s| s.cluster.node_ttl_ms = 20_000,
+                "server.cluster.node_ttl_ms (20000) must be at least 1000 and under 20000",
+            ),
+            (
+                |s| s.cluster.node_url = Some("node-a:3000".into()),
+                "server.cluster.node_url (HERALD_NODE_URL) must start with http:// or https://",
             ),
             (
                 |s| s.drain_delay_ms = 10_000,

@@ -27,6 +27,35 @@ pub(crate) fn event(
     packet(kind, nsp, ack_id, &Event { name, args }, binaries)
 }
 
+/// The text frame of `event(...args)` in `nsp` and its binary attachments, for a broadcast that travels as
+/// bytes (the cluster bus) before it is queued.
+pub fn encode_event(
+    nsp: &str,
+    name: &str,
+    args: &[Value],
+    binaries: &[Bytes],
+) -> Result<(Bytes, Vec<Bytes>), EncodeError> {
+    let mut frames = event(nsp, None, name, args, binaries)?.into_iter();
+    let text = match frames.next() {
+        Some(OutFrame::Text(text)) => text,
+        // `event` always starts with the text frame.
+        _ => Bytes::new(),
+    };
+    Ok((text, binaries.to_vec()))
+}
+
+/// An event's text frame with `offset` appended as its last argument, as socket.io's connection-state recovery
+/// sends it (the client remembers the last one it saw). The frame ends with the arguments' closing `]`.
+pub fn with_offset(text: &Bytes, offset: &str) -> Bytes {
+    let body = text.strip_suffix(b"]").unwrap_or(text);
+    let mut out = Vec::with_capacity(body.len() + offset.len() + 4);
+    out.extend_from_slice(body);
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(offset.as_bytes());
+    out.extend_from_slice(b"\"]");
+    Bytes::from(out)
+}
+
 /// The frame of an event whose `[name, ...args]` array is already JSON, with ack id `ack_id`.
 pub(crate) fn raw_event(nsp: &str, ack_id: u64, array: &serde_json::value::RawValue) -> OutFrame {
     let mut out = Vec::with_capacity(16 + nsp.len() + array.get().len());
@@ -96,6 +125,15 @@ fn packet<T: Serialize + ?Sized>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_offset_becomes_the_last_argument() {
+        let (text, _) = encode_event("/s", "news", &[json!({"a": [1]})], &[]).expect("encodes");
+        assert_eq!(
+            with_offset(&text, "17-0"),
+            Bytes::from_static(b"42/s,[\"news\",{\"a\":[1]},\"17-0\"]")
+        );
+    }
 
     #[test]
     fn event_frames_carry_the_engine_message_prefix() {

@@ -25,7 +25,7 @@ use crate::engine::{CloseReason, Engine, EngineConfig, EngineHandler, Message, S
 
 pub use ack::{AckError, AckReply, AckSender};
 pub use conn::Conn;
-pub use frames::EncodeError;
+pub use frames::{encode_event, with_offset, EncodeError};
 pub use handler::{
     AcceptAll, Accepted, ConnectRequest, Decision, IncomingEvent, NamespaceHandler,
     PendingDecision, Refusal, SocketData,

@@ -1,0 +1,68 @@
+//! The cluster: this node's identity, and the bus that carries every broadcast to the other nodes on the same
+//! Redis. Without Redis herald is one node and the embedded bus only keeps the recovery log.
+//!
+//! Who fans out: the node that takes a publish fans it out to its own sockets at once; the bus carries it to
+//! the others, which fan it out from what the bus delivers (`run_receiver`) and skip their own messages.
+
+pub mod bus;
+pub mod embedded;
+
+use std::sync::Arc;
+
+pub use bus::{Broadcast, Bus, BusError, Offset};
+
+/// Length of a node id; every Engine.IO sid this node issues starts with it, so any node can tell which node
+/// holds a session.
+pub const NODE_ID_LEN: usize = 8;
+
+/// A fresh node id: `NODE_ID_LEN` URL-safe characters.
+pub fn new_node_id() -> Arc<str> {
+    use base64::Engine as _;
+    let bytes: [u8; 6] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(bytes)
+        .into()
+}
+
+/// This node in its cluster.
+pub struct Cluster {
+    /// This node's id.
+    pub node: Arc<str>,
+    /// The URL its peers reach it at.
+    pub url: String,
+    pub bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// One node without Redis: the embedded bus, which reaches no other node.
+    pub fn single(url: String, max_logged: usize) -> Self {
+        Cluster {
+            node: new_node_id(),
+            url,
+            bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_have_a_fixed_length_and_url_safe_characters() {
+        let id = new_node_id();
+        assert_eq!(id.len(), NODE_ID_LEN);
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}
