@@ -24,6 +24,28 @@ pub fn new_node_id() -> Arc<str> {
         .into()
 }
 
+/// Where the live nodes are, as this node last heard (the node registry in a cluster).
+pub trait Directory: Send + Sync + 'static {
+    /// The URL node `id` is reached at, if it is alive.
+    fn url_of(&self, id: &str) -> Option<String>;
+    /// Every live node but this one: (id, URL).
+    fn peers(&self) -> Vec<(Arc<str>, String)>;
+}
+
+/// The directory of a node alone: it knows no peer.
+#[derive(Debug, Default)]
+pub struct Alone;
+
+impl Directory for Alone {
+    fn url_of(&self, _id: &str) -> Option<String> {
+        None
+    }
+
+    fn peers(&self) -> Vec<(Arc<str>, String)> {
+        Vec::new()
+    }
+}
+
 /// This node in its cluster.
 pub struct Cluster {
     /// This node's id.
@@ -31,6 +53,7 @@ pub struct Cluster {
     /// The URL its peers reach it at.
     pub url: String,
     pub bus: Arc<dyn Bus>,
+    pub directory: Arc<dyn Directory>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -49,6 +72,7 @@ impl Cluster {
             node: new_node_id(),
             url,
             bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
+            directory: Arc::new(Alone),
         }
     }
 }
