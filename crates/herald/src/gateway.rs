@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
+use crate::cluster::forward::{ForwardConfig, Forwarder};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
@@ -96,6 +97,16 @@ async fn open_mailbox(config: &Config) -> Result<Option<Arc<Mailbox>>, GatewayEr
 
 /// Builds the gateway for `config` (already validated), opening its mailbox store.
 pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
+    let cluster = Cluster::single(
+        config.server.node_url(),
+        config.server.cluster.recovery_max_packets,
+    );
+    build_in(config, cluster).await
+}
+
+/// [`build`] as node `cluster.node` of `cluster`: its sids start with the node id, and requests for sessions
+/// of the other nodes of `cluster.directory` are forwarded to them.
+pub async fn build_in(config: &Config, cluster: Cluster) -> Result<Gateway, GatewayError> {
     let limits = &config.server.limits;
     let io = SocketIo::new(SocketIoConfig {
         max_connect_attempts: limits.max_auth_attempts,
@@ -151,12 +162,13 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
             mailbox: site_mailbox,
         });
     }
-    let engine = Engine::new(engine_config(config), io.clone());
+    let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
+    engine.set_forward(Arc::new(Forwarder::new(
+        Arc::clone(&cluster.directory),
+        forward_config(config),
+    )));
     let sites = Sites::new(sites);
-    let cluster = Arc::new(Cluster::single(
-        config.server.node_url(),
-        config.server.cluster.recovery_max_packets,
-    ));
+    let cluster = Arc::new(cluster);
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
@@ -172,9 +184,10 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
     })
 }
 
-fn engine_config(config: &Config) -> EngineConfig {
+fn engine_config(config: &Config, node: &str) -> EngineConfig {
     let server = &config.server;
     EngineConfig {
+        sid_prefix: node.to_string(),
         path: server.engine.path.clone(),
         ping_interval: Duration::from_millis(server.engine.ping_interval_ms),
         ping_timeout: Duration::from_millis(server.engine.ping_timeout_ms),
@@ -184,6 +197,22 @@ fn engine_config(config: &Config) -> EngineConfig {
         allowed_origins: server.engine.allowed_origins.clone(),
         max_handshake_bytes: server.limits.max_handshake_bytes,
         ..EngineConfig::default()
+    }
+}
+
+/// How this node forwards requests for other nodes' sessions: bodies up to `max_payload_bytes`, an answer
+/// within `idle_timeout_ms` (above the ping interval a long poll waits), pooled connections dropped well before
+/// the peer's `header_read_timeout_ms` closes them, and as many tunnels as sessions.
+fn forward_config(config: &Config) -> ForwardConfig {
+    let limits = &config.server.limits;
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    ForwardConfig {
+        max_body: limits.max_payload_bytes,
+        timeout: idle,
+        pool_idle: Duration::from_millis(limits.header_read_timeout_ms / 2),
+        tunnel_idle: idle,
+        max_tunnels: limits.max_connections,
+        ..ForwardConfig::default()
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod embedded;
+pub mod forward;
 
 use std::sync::Arc;
 

@@ -322,7 +322,7 @@ impl SocketIo {
         let id: Arc<str> = match version {
             Version::V3 if ns.name() == "/" => session.sid().into(),
             Version::V3 => format!("{}#{}", ns.name(), session.sid()).into(),
-            Version::V4 => crate::engine::new_sid().into(),
+            Version::V4 => crate::engine::new_sid("").into(),
         };
         let key = self.inner.next_socket_key.fetch_add(1, Ordering::Relaxed);
         let socket = Arc::new(Socket::new(
