@@ -43,7 +43,8 @@ pub struct ForwardConfig {
     /// A tunnel (a forwarded WebSocket) that moves no byte either way for this long is dropped: a live
     /// session moves heartbeats every ping interval. `idle_timeout_ms`.
     pub tunnel_idle: Duration,
-    /// Most tunnels open at once; past it an upgrade is answered 503 (the client stays on polling).
+    /// Most tunnels open at once, `max_connections`; past it an upgrade is answered 503 (the client stays on
+    /// polling) and counted as that limit.
     pub max_tunnels: usize,
     /// Longest a connection to a peer may take to open.
     pub connect_timeout: Duration,
@@ -127,6 +128,8 @@ impl Inner {
             match Arc::clone(&self.tunnels).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
+                    // The same setting as the session cap: a tunnel carries one session of another node.
+                    crate::limits::Limit::Sessions.hit();
                     tracing::warn!(
                         limit = self.config.max_tunnels,
                         "refused to forward a WebSocket: every tunnel is in use"
