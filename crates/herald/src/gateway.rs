@@ -97,16 +97,13 @@ async fn open_mailbox(config: &Config) -> Result<Option<Arc<Mailbox>>, GatewayEr
 
 /// Builds the gateway for `config` (already validated), opening its mailbox store.
 pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
-    let cluster = Cluster::single(
-        config.server.node_url(),
-        config.server.cluster.recovery_max_packets,
-    );
-    build_in(config, cluster).await
+    build_in(config, None).await
 }
 
-/// [`build`] as node `cluster.node` of `cluster`: its sids start with the node id, and requests for sessions
-/// of the other nodes of `cluster.directory` are forwarded to them.
-pub async fn build_in(config: &Config, cluster: Cluster) -> Result<Gateway, GatewayError> {
+/// [`build`], as node `cluster.node` of `cluster` when given (nodes that know each other without Redis, in
+/// tests), else as a node alone. Its sids start with its node id, and requests for sessions of the other nodes
+/// of `cluster.directory` are forwarded to them.
+pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gateway, GatewayError> {
     let limits = &config.server.limits;
     let io = SocketIo::new(SocketIoConfig {
         max_connect_attempts: limits.max_auth_attempts,
@@ -162,6 +159,12 @@ pub async fn build_in(config: &Config, cluster: Cluster) -> Result<Gateway, Gate
             mailbox: site_mailbox,
         });
     }
+    let cluster = cluster.unwrap_or_else(|| {
+        Cluster::single(
+            config.server.node_url(),
+            config.server.cluster.recovery_max_packets,
+        )
+    });
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
     engine.set_forward(Arc::new(Forwarder::new(
         Arc::clone(&cluster.directory),

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use common::{http, ws_next_text, UNKNOWN_SID, WAIT};
 use futures_util::SinkExt;
 use herald::auth::AuthConfig;
-use herald::cluster::embedded::EmbeddedBus;
 use herald::cluster::{new_node_id, Cluster, Directory};
 use herald::config::{Config, SiteConfig};
 use herald::secret::Secret;
@@ -89,13 +88,10 @@ async fn start_node(peers: &Arc<Peers>) -> Node {
     let url = format!("http://{addr}");
     peers.add(&id, url.clone());
     let directory: Arc<dyn Directory> = Arc::clone(peers) as Arc<dyn Directory>;
-    let cluster = Cluster {
-        node: Arc::clone(&id),
-        url,
-        bus: Arc::new(EmbeddedBus::new(1000)),
-        directory,
-    };
-    let gateway = herald::gateway::build_in(&config, cluster).await.unwrap();
+    let cluster = Cluster::with_directory(Arc::clone(&id), url, directory, 1000);
+    let gateway = herald::gateway::build_in(&config, Some(cluster))
+        .await
+        .unwrap();
     let server = herald::server::Server::new(
         listener,
         gateway.router(),

@@ -76,6 +76,22 @@ impl Cluster {
             directory: Arc::new(Alone),
         }
     }
+
+    /// Node `node` among the nodes `directory` knows, without Redis: the embedded bus (broadcasts stay on the
+    /// node that took them), but requests for another node's sessions are forwarded. For tests and benches.
+    pub fn with_directory(
+        node: Arc<str>,
+        url: String,
+        directory: Arc<dyn Directory>,
+        max_logged: usize,
+    ) -> Self {
+        Cluster {
+            node,
+            url,
+            bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
+            directory,
+        }
+    }
 }
 
 #[cfg(test)]
