@@ -22,11 +22,12 @@ use crate::mailbox::{
     DeviceKey, Mailbox, MailboxStore, Presence, PresenceTarget, PresenceUser, StoreError,
 };
 use crate::publish::Publisher;
+use crate::recovery::{Comeback, SiteRecovery};
 use crate::secret::Secret;
 use crate::sites::{ClientInfo, RoomFilter, Site, Sites};
 use crate::socketio::{
-    Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, Refusal,
-    Socket, SocketIo, SocketIoConfig,
+    Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, PendingCatchUp,
+    Refusal, Socket, SocketIo, SocketIoConfig,
 };
 
 /// A site's configuration that cannot run.
@@ -116,6 +117,10 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         http.clone(),
         Duration::from_millis(config.server.mailbox.presence_debounce_ms),
     ));
+    let cluster = Arc::new(Cluster::single(
+        config.server.node_url(),
+        config.server.cluster.recovery_max_packets,
+    ));
     let mut sites = Vec::with_capacity(config.sites.len());
     let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
@@ -141,6 +146,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
                     ttl: Duration::from_secs(site.device_ttl_secs),
                 })
             }),
+            recovery: SiteRecovery::new(site, &cluster).map(Arc::new),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -153,10 +159,6 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
     }
     let engine = Engine::new(engine_config(config), io.clone());
     let sites = Sites::new(sites);
-    let cluster = Arc::new(Cluster::single(
-        config.server.node_url(),
-        config.server.cluster.recovery_max_packets,
-    ));
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
@@ -273,6 +275,8 @@ struct SiteHandler {
     auth_slots: Arc<Semaphore>,
     /// Checks new devices against `limits.max_devices_per_user`, on mailbox sites.
     devices: Option<Arc<DeviceCheck>>,
+    /// Connection-state recovery, unless the site's window is 0.
+    recovery: Option<Arc<SiteRecovery>>,
 }
 
 /// The root namespace `/`, which no site serves: it refuses socket.io 3+ clients with the namespaces that exist,
@@ -459,6 +463,25 @@ pub(crate) fn admit(site: &SiteConfig, identity: Identity) -> Result<Admission, 
     })
 }
 
+/// The socket `comeback` names, back with its rooms and what it missed, when it can be; else a fresh socket
+/// in `rooms`, with a new `pid`.
+async fn resume_or_fresh(
+    recovery: &SiteRecovery,
+    comeback: Comeback,
+    rooms: Vec<String>,
+    info: ClientInfo,
+) -> Accepted {
+    let (recovery, rooms) = match recovery.resume(&comeback, info.user.as_deref()).await {
+        Some((resumed, saved_rooms)) => (resumed, saved_rooms),
+        None => (SiteRecovery::fresh(), rooms),
+    };
+    Accepted {
+        rooms,
+        data: Some(Box::new(info)),
+        recovery: Some(recovery),
+    }
+}
+
 /// A string from the auth payload, else from the handshake query.
 fn credential(request: &ConnectRequest, key: &str) -> Option<String> {
     let from_auth = request
@@ -504,15 +527,29 @@ impl NamespaceHandler for SiteHandler {
             auth_request.token.is_some() || (forwards_cookie && auth_request.cookie.is_some());
         let public_only = matches!(site.auth, auth::AuthConfig::Public)
             || (!credential_given && site.public_channel.is_some());
+        // Only socket.io 3+ clients (revision 5) can recover; 4.6+ clients do.
+        let recovery = self
+            .recovery
+            .clone()
+            .filter(|_| request.version == Version::V4);
+        let comeback = recovery
+            .as_ref()
+            .and_then(|_| Comeback::from_auth(request.auth.as_ref()));
         if public_only {
-            let rooms = site.public_channel.iter().cloned().collect();
-            let data = ClientInfo {
+            let rooms: Vec<String> = site.public_channel.iter().cloned().collect();
+            let info = ClientInfo {
                 device_id,
                 ..ClientInfo::default()
             };
-            return Decision::Now(Ok(Accepted {
-                rooms,
-                data: Some(Box::new(data)),
+            let Some((recovery, comeback)) = recovery.zip(comeback) else {
+                return Decision::Now(Ok(Accepted {
+                    rooms,
+                    data: Some(Box::new(info)),
+                    recovery: self.recovery.as_ref().map(|_| SiteRecovery::fresh()),
+                }));
+            };
+            return Decision::Later(Box::pin(async move {
+                Ok(resume_or_fresh(&recovery, comeback, rooms, info).await)
             }));
         }
         let auth = self.auth.clone();
@@ -535,19 +572,36 @@ impl NamespaceHandler for SiteHandler {
                 let shared = RoomFilter::for_site(&site).shared(&rooms);
                 devices.admit(&site, user_room, device, &shared).await?;
             }
-            Ok(Accepted {
-                rooms,
-                data: Some(Box::new(ClientInfo {
-                    user,
-                    device_id,
-                    user_room,
-                    token: auth_request.token.map(Secret::new),
-                })),
+            let info = ClientInfo {
+                user,
+                device_id,
+                user_room,
+                token: auth_request.token.map(Secret::new),
+            };
+            Ok(match (recovery, comeback) {
+                (Some(recovery), Some(comeback)) => {
+                    resume_or_fresh(&recovery, comeback, rooms, info).await
+                }
+                (recovery, _) => Accepted {
+                    rooms,
+                    data: Some(Box::new(info)),
+                    recovery: recovery.map(|_| SiteRecovery::fresh()),
+                },
             })
         }))
     }
 
+    fn catch_up(&self, socket: &Arc<Socket>, after: &str) -> PendingCatchUp {
+        match &self.recovery {
+            Some(recovery) => recovery.catch_up(socket, after),
+            None => Box::pin(async { Vec::new() }),
+        }
+    }
+
     fn on_connect(&self, socket: &Arc<Socket>) {
+        if let Some(recovery) = &self.recovery {
+            recovery.remember_later(socket);
+        }
         let Some(info) = socket.data::<ClientInfo>() else {
             return;
         };
@@ -565,7 +619,10 @@ impl NamespaceHandler for SiteHandler {
         }
     }
 
-    fn on_disconnect(&self, socket: &Arc<Socket>, _reason: &'static str) {
+    fn on_disconnect(&self, socket: &Arc<Socket>, reason: &'static str) {
+        if let Some(recovery) = &self.recovery {
+            recovery.left(socket, reason);
+        }
         let Some(info) = socket.data::<ClientInfo>() else {
             return;
         };

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod logging;
 pub mod mailbox;
 pub mod publish;
+mod recovery;
 pub mod secret;
 pub mod server;
 pub mod sites;

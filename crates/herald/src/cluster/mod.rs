@@ -6,10 +6,12 @@
 
 pub mod bus;
 pub mod embedded;
+pub mod sessions;
 
 use std::sync::Arc;
 
 pub use bus::{Broadcast, Bus, BusError, Offset};
+pub use sessions::{SavedSocket, SessionStore};
 
 /// Length of a node id; every Engine.IO sid this node issues starts with it, so any node can tell which node
 /// holds a session.
@@ -54,6 +56,8 @@ pub struct Cluster {
     pub url: String,
     pub bus: Arc<dyn Bus>,
     pub directory: Arc<dyn Directory>,
+    /// Connection-state recovery sessions.
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -73,6 +77,7 @@ impl Cluster {
             url,
             bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
             directory: Arc::new(Alone),
+            sessions: Arc::new(sessions::MemorySessions::default()),
         }
     }
 }
