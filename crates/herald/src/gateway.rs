@@ -130,6 +130,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
                 source,
             })?;
         let own_namespace = Arc::new(OnceLock::new());
+        let recovery = SiteRecovery::new(site, &cluster).map(Arc::new);
         let site_mailbox = mailbox.clone().filter(|_| keeps_mailboxes(site));
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
@@ -146,7 +147,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
                     ttl: Duration::from_secs(site.device_ttl_secs),
                 })
             }),
-            recovery: SiteRecovery::new(site, &cluster).map(Arc::new),
+            recovery: recovery.clone(),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -155,6 +156,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
             config: site.clone(),
             namespace,
             mailbox: site_mailbox,
+            recovery,
         });
     }
     let engine = Engine::new(engine_config(config), io.clone());

@@ -26,6 +26,8 @@ pub struct Site {
     pub namespace: Arc<Namespace>,
     /// Present when the site has a user-room prefix and a device TTL above 0.
     pub mailbox: Option<Arc<Mailbox>>,
+    /// Connection-state recovery, unless the site's window is 0.
+    pub(crate) recovery: Option<Arc<crate::recovery::SiteRecovery>>,
 }
 
 impl Site {

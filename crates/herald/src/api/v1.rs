@@ -184,6 +184,10 @@ pub async fn rooms(
     for room in &request.join {
         socket.join(room);
     }
+    // A client that comes back after its node died gets these rooms back.
+    if let Some(recovery) = &site.recovery {
+        recovery.remember(&socket).await;
+    }
     // A user's shared rooms feed the index that publishes to those rooms expand through.
     let info = socket.data::<ClientInfo>();
     if let (Some(mailbox), Some(user)) = (&site.mailbox, info.and_then(|i| i.user_room.as_deref()))

@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod embedded;
+pub mod redis_sessions;
 pub mod sessions;
 
 use std::sync::Arc;
