@@ -24,7 +24,8 @@ fn shop(auth: AuthConfig) -> SiteConfig {
         update_user_url: None,
         device_ttl_secs: 60,
         max_connections: None,
-        recovery_window_ms: 120_000,
+        // These tests read exact frames: no recovery offsets.
+        recovery_window_ms: 0,
     }
 }
 
