@@ -12,6 +12,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
+use crate::cluster::redis::{RedisBus, RedisBusOptions};
+use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
@@ -51,6 +53,8 @@ pub struct Gateway {
     /// The publish pipeline: every source publishes through it.
     pub publisher: Publisher,
     pub max_publish_bytes: usize,
+    /// The node registry, in a cluster (with `redis_url`).
+    pub registry: Option<Arc<Registry>>,
     ready: Arc<AtomicBool>,
 }
 
@@ -112,10 +116,34 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
     let mailbox = open_mailbox(config).await?;
-    let presence = Arc::new(Presence::new(
+    let node = crate::cluster::new_node_id();
+    let registry = match &config.server.redis_url {
+        Some(url) => Some(
+            Registry::connect(
+                url,
+                Arc::clone(&node),
+                config.server.node_url(),
+                Duration::from_millis(config.server.cluster.node_ttl_ms),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut presence = Presence::new(
         http.clone(),
         Duration::from_millis(config.server.mailbox.presence_debounce_ms),
-    ));
+    );
+    if let Some(registry) = &registry {
+        presence = presence.recording(registry.records());
+    }
+    let presence = Arc::new(presence);
+    // Devices on a shared store are released by a survivor if this node dies.
+    let shared_mailbox = mailbox
+        .as_ref()
+        .filter(|_| config.server.mailbox_store() == MailboxStoreKind::Redis);
+    if let (Some(mailbox), Some(registry)) = (shared_mailbox, &registry) {
+        mailbox.record_devices(registry.records());
+    }
     let mut sites = Vec::with_capacity(config.sites.len());
     let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
@@ -153,10 +181,47 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
     }
     let engine = Engine::new(engine_config(config), io.clone());
     let sites = Sites::new(sites);
-    let cluster = Arc::new(Cluster::single(
-        config.server.node_url(),
-        config.server.cluster.recovery_max_packets,
-    ));
+    let cluster = match (&config.server.redis_url, &registry) {
+        (Some(url), Some(registry)) => {
+            let options = RedisBusOptions {
+                timeout: Duration::from_millis(config.server.mailbox.store_timeout_ms),
+                max_packets: config.server.cluster.recovery_max_packets,
+            };
+            let bus = RedisBus::connect(url, options).await?;
+            let targets = config
+                .sites
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), presence_target(s)?)))
+                .collect();
+            registry.add_reaper(Arc::new(PresenceReaper {
+                presence: Arc::clone(&presence),
+                targets,
+            }));
+            if let Some(mailbox) = shared_mailbox {
+                let ttls = config
+                    .sites
+                    .iter()
+                    .filter(|s| keeps_mailboxes(s))
+                    .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
+                    .collect();
+                registry.add_reaper(Arc::new(DeviceReaper {
+                    store: Arc::clone(mailbox.store()),
+                    ttls,
+                }));
+            }
+            registry.start().await?;
+            Arc::new(Cluster {
+                node,
+                url: config.server.node_url(),
+                bus: Arc::new(bus),
+                directory: Arc::clone(registry) as Arc<dyn crate::cluster::Directory>,
+            })
+        }
+        _ => Arc::new(Cluster::single(
+            config.server.node_url(),
+            config.server.cluster.recovery_max_packets,
+        )),
+    };
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
@@ -168,6 +233,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         sites,
         publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
+        registry,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }

@@ -6,6 +6,10 @@
 
 pub mod bus;
 pub mod embedded;
+pub mod peers;
+pub mod redis;
+pub mod registry;
+pub mod wire;
 
 use std::sync::Arc;
 
