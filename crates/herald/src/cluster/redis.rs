@@ -392,7 +392,7 @@ mod tests {
         })
     }
 
-    fn site() -> String {
+    fn fresh_site() -> String {
         format!("bus-{}", rand::random::<u64>())
     }
 
@@ -442,7 +442,7 @@ mod tests {
             .await
             .expect("subscribes")
             .expect("a receiver");
-        let site = site();
+        let site = fresh_site();
         let first = packet(&site, "42/s,[\"a\"]");
         let offset = logged(&bus, &first, Duration::from_secs(60)).await;
         let got = next_of(&mut incoming, &site).await;
@@ -465,7 +465,7 @@ mod tests {
     #[tokio::test]
     async fn since_answers_what_came_after_an_offset_and_refuses_what_it_cannot_know() {
         let bus = bus(options()).await;
-        let site = site();
+        let site = fresh_site();
         let window = Duration::from_secs(60);
         let a = logged(&bus, &packet(&site, "a"), window).await;
         let b = logged(&bus, &packet(&site, "b"), window).await;
@@ -488,7 +488,11 @@ mod tests {
             None,
             "after it"
         );
-        assert_eq!(since(&bus, &site(), &a).await, None, "another site's log");
+        assert_eq!(
+            since(&bus, &fresh_site(), &a).await,
+            None,
+            "another site's log"
+        );
     }
 
     #[tokio::test]
@@ -498,7 +502,7 @@ mod tests {
             ..options()
         })
         .await;
-        let site = site();
+        let site = fresh_site();
         let long = Duration::from_secs(60);
         let start = logged(&bus, &packet(&site, "0"), long).await;
         // Enough entries for an approximate trim to free whole nodes (100 entries each).
