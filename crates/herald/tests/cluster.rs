@@ -442,7 +442,7 @@ async fn a_node_that_dies_leaves_listings_and_a_survivor_reports_its_users_gone(
         loop {
             let (_, listing) = api(survivor.addr, "GET", &sockets, &Value::Null).await;
             if !ids(&listing).contains(&gone_id) {
-                assert_eq!(ids(&listing), [stays_id.clone()], "{listing}");
+                assert_eq!(ids(&listing), vec![stays_id.clone()], "{listing}");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
