@@ -478,3 +478,129 @@ async fn a_node_that_dies_leaves_listings_and_a_survivor_reports_its_users_gone(
         );
     }
 }
+
+/// A Redis of this test's own, on a free port, that it can stop and start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.resume().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn resume(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("this test runs redis-server");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        timeout(WAIT, async {
+            while client.get_multiplexed_async_connection().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("redis-server started");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_answers_publishes_503_and_the_cluster_heals_by_itself() {
+    let mut redis = OwnRedis::start().await;
+    let shop = site("outage");
+    let name = shop.name.clone();
+    let sites = [shop];
+    let on = |url: String| {
+        let sites = sites.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut config = Config {
+                sites: sites.to_vec(),
+                ..Config::default()
+            };
+            config.server.redis_url = Some(url);
+            config.server.cluster.node_url = Some(format!("http://{addr}"));
+            config.server.cluster.node_ttl_ms = 1500;
+            config.server.mailbox.store_timeout_ms = 1000;
+            let gateway = herald::gateway::build(&config).await.unwrap();
+            let server = herald::server::Server::new(
+                listener,
+                gateway.router(),
+                herald::lifecycle::serve_config(&config),
+            );
+            tokio::spawn(server.run());
+            Node { addr, gateway }
+        }
+    };
+    let a = on(redis.url()).await;
+    let b = on(redis.url()).await;
+    meshed(&[&a, &b]).await;
+    let (mut x, _) = join(b.addr, &name, "x", &["team"]).await;
+    let path = format!("/api/v1/sites/{name}/publish");
+    let message = |n: i64| json!({"rooms": ["team"], "event": "m", "args": [n]});
+    publish(a.addr, &name, message(1)).await;
+    expect_events(&mut x, &name, &[("m", 1)], "before the outage").await;
+
+    redis.stop();
+    let asked = Instant::now();
+    let (status, answer) = api(a.addr, "POST", &path, &message(2)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        answer["error"], "the cluster bus (Redis) is unavailable; retry",
+        "{answer}"
+    );
+    assert!(asked.elapsed() < Duration::from_millis(1500), "failed fast");
+
+    redis.resume().await;
+    // The connection and the subscription come back by themselves; then publishes flow again.
+    let healed = timeout(Duration::from_secs(20), async {
+        let mut n = 3;
+        loop {
+            let (status, _) = api(a.addr, "POST", &path, &message(n)).await;
+            if status == 200 {
+                if let Ok((_, got)) =
+                    timeout(Duration::from_millis(500), next_event(&mut x, &name)).await
+                {
+                    return got;
+                }
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        healed.is_ok(),
+        "publishes crossed nodes again after Redis came back"
+    );
+}
