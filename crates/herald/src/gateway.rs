@@ -40,6 +40,8 @@ pub enum GatewayError {
     Mailbox(#[from] StoreError),
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::BusError),
+    #[error(transparent)]
+    Emitter(#[from] crate::bridges::emitter::EmitterError),
 }
 
 /// The running gateway: its socket.io server, engine and sites.
@@ -51,6 +53,8 @@ pub struct Gateway {
     /// The publish pipeline: every source publishes through it.
     pub publisher: Publisher,
     pub max_publish_bytes: usize,
+    /// The socket.io Redis emitter bridge, when it runs.
+    pub emitter: Option<crate::bridges::emitter::Emitter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -162,12 +166,14 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         cluster,
     };
     publisher.start().await?;
+    let emitter = crate::bridges::start(config, &publisher).await?;
     Ok(Gateway {
         io,
         engine,
         sites,
         publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
+        emitter,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -243,10 +249,16 @@ impl Gateway {
     }
 
     /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients, and new
-    /// sessions are refused with 503 while the open ones go on.
+    /// sessions are refused with 503 while the open ones go on; this node stops leading the emitter bridge.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Release);
         self.engine.refuse_new_sessions();
+        // Another node takes the emitter's broadcasts over now, rather than after this node's lease lapses.
+        if let (Some(emitter), Ok(runtime)) =
+            (self.emitter.clone(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move { emitter.resign().await });
+        }
     }
 }
 

@@ -52,6 +52,27 @@ impl Site {
         room.starts_with(prefix).then_some(room)
     }
 
+    /// Records `socket`'s shared rooms in the index that publishes to those rooms expand through, after its
+    /// rooms changed (the API's join and leave, the emitter's `socketsJoin` and `socketsLeave`); nothing on a
+    /// site without mailboxes or for a socket without a user.
+    pub async fn record_shared_rooms(
+        &self,
+        socket: &crate::socketio::Socket,
+    ) -> Result<(), crate::mailbox::StoreError> {
+        let info = socket.data::<ClientInfo>();
+        let (Some(mailbox), Some(user)) =
+            (&self.mailbox, info.and_then(|i| i.user_room.as_deref()))
+        else {
+            return Ok(());
+        };
+        let device = info
+            .and_then(|i| i.device_id.as_deref())
+            .unwrap_or_default();
+        let key = crate::mailbox::DeviceKey::new(&self.config.name, user, device);
+        let rooms = self.room_filter().shared_rooms(socket);
+        mailbox.store().connect(&key, &rooms).await
+    }
+
     /// Whether `key` is one of the site's API keys, compared in constant time.
     pub fn accepts_key(&self, key: &str) -> bool {
         // Check every key, so the time taken does not tell which one nearly matched.

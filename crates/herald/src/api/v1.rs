@@ -185,20 +185,9 @@ pub async fn rooms(
         socket.join(room);
     }
     // A user's shared rooms feed the index that publishes to those rooms expand through.
-    let info = socket.data::<ClientInfo>();
-    if let (Some(mailbox), Some(user)) = (&site.mailbox, info.and_then(|i| i.user_room.as_deref()))
-    {
-        let device = info
-            .and_then(|i| i.device_id.as_deref())
-            .unwrap_or_default();
-        let key = crate::mailbox::DeviceKey::new(&site.config.name, user, device);
-        let rooms = site.room_filter().shared_rooms(&socket);
-        mailbox
-            .store()
-            .connect(&key, &rooms)
-            .await
-            .map_err(ApiError::store)?;
-    }
+    site.record_shared_rooms(&socket)
+        .await
+        .map_err(ApiError::store)?;
     Ok(Json(json!({ "rooms": socket.rooms() })))
 }
 
