@@ -355,10 +355,11 @@ fn to_json(value: Mp, binaries: &mut Vec<Bytes>) -> Option<Value> {
         },
         Mp::F32(f) => number(f64::from(f)),
         Mp::F64(f) => number(f),
-        Mp::String(s) => Value::String(match s.into_str() {
-            Some(s) => s,
-            None => String::new(),
-        }),
+        // Invalid UTF-8 is read as Node's `buf.toString("utf8")` reads it.
+        Mp::String(s) => Value::String(
+            String::from_utf8(s.into_bytes())
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
         Mp::Binary(b) => placeholder(b, binaries),
         Mp::Array(items) => Value::Array(
             items
@@ -766,6 +767,29 @@ mod tests {
                 Value::Null,
             ]
         );
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_as_node_does() {
+        let value = Mp::Array(vec![
+            Mp::from("emitter"),
+            Mp::Map(vec![
+                (Mp::from("type"), Mp::from(2)),
+                (
+                    Mp::from("data"),
+                    Mp::Array(vec![Mp::from("ev"), Mp::from("zA")]),
+                ),
+            ]),
+        ]);
+        let mut packed = Vec::new();
+        rmpv::encode::write_value(&mut packed, &value).expect("encodes");
+        let at = packed
+            .windows(2)
+            .position(|w| w == b"zA")
+            .expect("the string");
+        packed[at] = 0xff;
+        let e = decode_broadcast(&packed).expect("decodes");
+        assert_eq!(e.args, vec![json!("\u{fffd}A")]);
     }
 
     #[test]
