@@ -214,6 +214,8 @@ impl Relay {
         loop {
             if let Some(open) = subscription.take() {
                 self.lease.set_eligible(true).await;
+                // Take a free lease now rather than at the next renewal.
+                self.lease.attempt().await;
                 let stopped = self.read(open).await;
                 // A node that may miss messages must not lead.
                 self.lease.set_eligible(false).await;
