@@ -44,6 +44,8 @@ pub enum GatewayError {
     Mailbox(#[from] StoreError),
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::BusError),
+    #[error(transparent)]
+    Emitter(#[from] crate::bridges::emitter::EmitterError),
 }
 
 /// The running gateway: its socket.io server, engine and sites.
@@ -57,6 +59,8 @@ pub struct Gateway {
     pub max_publish_bytes: usize,
     /// The node registry, in a cluster (with `redis_url`).
     pub registry: Option<Arc<Registry>>,
+    /// The socket.io Redis emitter bridge, when it runs.
+    pub emitter: Option<crate::bridges::emitter::Emitter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -248,6 +252,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         cluster,
     };
     publisher.start().await?;
+    let emitter = crate::bridges::start(config, &publisher).await?;
     Ok(Gateway {
         io,
         engine,
@@ -255,6 +260,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
         registry,
+        emitter,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -330,10 +336,16 @@ impl Gateway {
     }
 
     /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients, and new
-    /// sessions are refused with 503 while the open ones go on.
+    /// sessions are refused with 503 while the open ones go on; this node stops leading the emitter bridge.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Release);
         self.engine.refuse_new_sessions();
+        // Another node takes the emitter's broadcasts over now, rather than after this node's lease lapses.
+        if let (Some(emitter), Ok(runtime)) =
+            (self.emitter.clone(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move { emitter.resign().await });
+        }
     }
 }
 
