@@ -82,7 +82,7 @@ export function json(res, status, body) {
 }
 
 /** A call to the gateway's HTTP API; resolves { status, body } (body parsed as JSON when it is JSON). */
-export async function api(base, method, urlPath, { key, body, form, headers = {} } = {}) {
+export async function api(base, method, urlPath, { key, body, form, headers = {}, timeoutMs = STEP_TIMEOUT_MS } = {}) {
   const h = { ...headers };
   if (key) h.Authorization = `Bearer ${key}`;
   let payload;
@@ -97,7 +97,7 @@ export async function api(base, method, urlPath, { key, body, form, headers = {}
     method,
     headers: h,
     body: payload,
-    signal: AbortSignal.timeout(STEP_TIMEOUT_MS),
+    signal: AbortSignal.timeout(timeoutMs),
   });
   const text = await res.text();
   let parsed = text;
@@ -105,6 +105,18 @@ export async function api(base, method, urlPath, { key, body, form, headers = {}
     parsed = JSON.parse(text);
   } catch {}
   return { status: res.status, body: parsed };
+}
+
+/**
+ * A socket listing's answer with each socket's `node` (the cluster node that holds it, always present) checked
+ * and removed, for tests that compare sockets exactly.
+ */
+export function withoutNode(res) {
+  for (const socket of res.body?.sockets ?? []) {
+    if (typeof socket.node !== "string") throw new Error(`socket ${socket.id} has no node: ${JSON.stringify(socket)}`);
+    delete socket.node;
+  }
+  return res;
 }
 
 /** An HMAC-signed JWT, crafted by hand. */

@@ -22,6 +22,7 @@ impl NamespaceHandler for E2e {
     fn authorize(&self, request: socketio::ConnectRequest) -> socketio::Decision {
         let auth = request.auth.unwrap_or_else(|| json!({}));
         socketio::Decision::Now(Ok(socketio::Accepted {
+            recovery: None,
             rooms: vec![],
             data: Some(Box::new(auth)),
         }))

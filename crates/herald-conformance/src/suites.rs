@@ -39,6 +39,7 @@ impl NamespaceHandler for SuiteNamespace {
     fn authorize(&self, request: socketio::ConnectRequest) -> socketio::Decision {
         let auth = request.auth.unwrap_or_else(|| serde_json::json!({}));
         socketio::Decision::Now(Ok(socketio::Accepted {
+            recovery: None,
             rooms: vec![],
             data: Some(Box::new(auth)),
         }))

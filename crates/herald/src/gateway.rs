@@ -13,6 +13,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
 use crate::cluster::forward::{ForwardConfig, Forwarder};
+use crate::cluster::redis::{RedisBus, RedisBusOptions};
+use crate::cluster::redis_sessions::{RedisSessions, SessionReaper};
+use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
@@ -23,11 +26,12 @@ use crate::mailbox::{
     DeviceKey, Mailbox, MailboxStore, Presence, PresenceTarget, PresenceUser, StoreError,
 };
 use crate::publish::Publisher;
+use crate::recovery::{Comeback, SiteRecovery};
 use crate::secret::Secret;
 use crate::sites::{ClientInfo, RoomFilter, Site, Sites};
 use crate::socketio::{
-    Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, Refusal,
-    Socket, SocketIo, SocketIoConfig,
+    Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, PendingCatchUp,
+    Refusal, Socket, SocketIo, SocketIoConfig,
 };
 
 /// A site's configuration that cannot run.
@@ -41,6 +45,8 @@ pub enum GatewayError {
     Mailbox(#[from] StoreError),
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::BusError),
+    #[error(transparent)]
+    Emitter(#[from] crate::bridges::emitter::EmitterError),
 }
 
 /// The running gateway: its socket.io server, engine and sites.
@@ -52,11 +58,25 @@ pub struct Gateway {
     /// The publish pipeline: every source publishes through it.
     pub publisher: Publisher,
     pub max_publish_bytes: usize,
+    /// The node registry, in a cluster (with `redis_url`).
+    pub registry: Option<Arc<Registry>>,
+    /// The socket.io Redis emitter bridge, when it runs.
+    pub emitter: Option<crate::bridges::emitter::Emitter>,
     ready: Arc<AtomicBool>,
 }
 
 /// The page `/` serves: a live view of the demo site's public room, with a publish form.
 const DEMO_PAGE: &str = include_str!("ui/demo.html");
+
+/// Each recovering site's window, for releasing a dead node's recovery sessions.
+fn recovery_windows(config: &Config) -> std::collections::HashMap<String, Duration> {
+    config
+        .sites
+        .iter()
+        .filter(|s| s.recovery_window_ms > 0)
+        .map(|s| (s.name.clone(), Duration::from_millis(s.recovery_window_ms)))
+        .collect()
+}
 
 /// Whether `site` keeps durable mailboxes: it knows its users (a user-room prefix) and keeps them (a TTL).
 fn keeps_mailboxes(site: &SiteConfig) -> bool {
@@ -120,10 +140,83 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
     let mailbox = open_mailbox(config).await?;
-    let presence = Arc::new(Presence::new(
+    let node = crate::cluster::new_node_id();
+    let registry = match &config.server.redis_url {
+        Some(url) => Some(
+            Registry::connect(
+                url,
+                Arc::clone(&node),
+                config.server.node_url(),
+                Duration::from_millis(config.server.cluster.node_ttl_ms),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut presence = Presence::new(
         http.clone(),
         Duration::from_millis(config.server.mailbox.presence_debounce_ms),
-    ));
+    );
+    if let Some(registry) = &registry {
+        presence = presence.recording(registry.records());
+    }
+    let presence = Arc::new(presence);
+    // Devices on a shared store are released by a survivor if this node dies.
+    let shared_mailbox = mailbox
+        .as_ref()
+        .filter(|_| config.server.mailbox_store() == MailboxStoreKind::Redis);
+    if let (Some(mailbox), Some(registry)) = (shared_mailbox, &registry) {
+        mailbox.record_devices(registry.records());
+    }
+    let cluster = match (&config.server.redis_url, &registry) {
+        (Some(url), Some(registry)) => {
+            let options = RedisBusOptions {
+                timeout: Duration::from_millis(config.server.mailbox.store_timeout_ms),
+                max_packets: config.server.cluster.recovery_max_packets,
+            };
+            let bus = RedisBus::connect(url, options).await?;
+            let targets = config
+                .sites
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), presence_target(s)?)))
+                .collect();
+            registry.add_reaper(Arc::new(PresenceReaper {
+                presence: Arc::clone(&presence),
+                targets,
+            }));
+            if let Some(mailbox) = shared_mailbox {
+                let ttls = config
+                    .sites
+                    .iter()
+                    .filter(|s| keeps_mailboxes(s))
+                    .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
+                    .collect();
+                registry.add_reaper(Arc::new(DeviceReaper {
+                    store: Arc::clone(mailbox.store()),
+                    ttls,
+                }));
+            }
+            let sessions = RedisSessions::connect(url, &node).await?;
+            registry.add_reaper(Arc::new(SessionReaper {
+                sessions: sessions.clone(),
+                windows: recovery_windows(config),
+            }));
+            registry.start().await?;
+            Arc::new(Cluster {
+                node,
+                url: config.server.node_url(),
+                bus: Arc::new(bus),
+                directory: Arc::clone(registry) as Arc<dyn crate::cluster::Directory>,
+                sessions: Arc::new(sessions),
+            })
+        }
+        _ => Arc::new(cluster.unwrap_or_else(|| {
+            Cluster::single(
+                config.server.node_url(),
+                config.server.cluster.recovery_max_packets,
+            )
+        })),
+    };
     let mut sites = Vec::with_capacity(config.sites.len());
     let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
@@ -133,6 +226,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 source,
             })?;
         let own_namespace = Arc::new(OnceLock::new());
+        let recovery = SiteRecovery::new(site, &cluster).map(Arc::new);
         let site_mailbox = mailbox.clone().filter(|_| keeps_mailboxes(site));
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
@@ -149,6 +243,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                     ttl: Duration::from_secs(site.device_ttl_secs),
                 })
             }),
+            recovery: recovery.clone(),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -157,32 +252,29 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
             config: site.clone(),
             namespace,
             mailbox: site_mailbox,
+            recovery,
         });
     }
-    let cluster = cluster.unwrap_or_else(|| {
-        Cluster::single(
-            config.server.node_url(),
-            config.server.cluster.recovery_max_packets,
-        )
-    });
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
     engine.set_forward(Arc::new(Forwarder::new(
         Arc::clone(&cluster.directory),
         forward_config(config),
     )));
     let sites = Sites::new(sites);
-    let cluster = Arc::new(cluster);
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
     };
     publisher.start().await?;
+    let emitter = crate::bridges::start(config, &publisher).await?;
     Ok(Gateway {
         io,
         engine,
         sites,
         publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
+        registry,
+        emitter,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -275,10 +367,16 @@ impl Gateway {
     }
 
     /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients, and new
-    /// sessions are refused with 503 while the open ones go on.
+    /// sessions are refused with 503 while the open ones go on; this node stops leading the emitter bridge.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Release);
         self.engine.refuse_new_sessions();
+        // Another node takes the emitter's broadcasts over now, rather than after this node's lease lapses.
+        if let (Some(emitter), Ok(runtime)) =
+            (self.emitter.clone(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move { emitter.resign().await });
+        }
     }
 }
 
@@ -305,6 +403,8 @@ struct SiteHandler {
     auth_slots: Arc<Semaphore>,
     /// Checks new devices against `limits.max_devices_per_user`, on mailbox sites.
     devices: Option<Arc<DeviceCheck>>,
+    /// Connection-state recovery, unless the site's window is 0.
+    recovery: Option<Arc<SiteRecovery>>,
 }
 
 /// The root namespace `/`, which no site serves: it refuses socket.io 3+ clients with the namespaces that exist,
@@ -491,6 +591,25 @@ pub(crate) fn admit(site: &SiteConfig, identity: Identity) -> Result<Admission, 
     })
 }
 
+/// The socket `comeback` names, back with its rooms and what it missed, when it can be; else a fresh socket
+/// in `rooms`, with a new `pid`.
+async fn resume_or_fresh(
+    recovery: &SiteRecovery,
+    comeback: Comeback,
+    rooms: Vec<String>,
+    info: ClientInfo,
+) -> Accepted {
+    let (recovery, rooms) = match recovery.resume(&comeback, info.user.as_deref()).await {
+        Some((resumed, saved_rooms)) => (resumed, saved_rooms),
+        None => (SiteRecovery::fresh(), rooms),
+    };
+    Accepted {
+        rooms,
+        data: Some(Box::new(info)),
+        recovery: Some(recovery),
+    }
+}
+
 /// A string from the auth payload, else from the handshake query.
 fn credential(request: &ConnectRequest, key: &str) -> Option<String> {
     let from_auth = request
@@ -536,15 +655,29 @@ impl NamespaceHandler for SiteHandler {
             auth_request.token.is_some() || (forwards_cookie && auth_request.cookie.is_some());
         let public_only = matches!(site.auth, auth::AuthConfig::Public)
             || (!credential_given && site.public_channel.is_some());
+        // Only socket.io 3+ clients (revision 5) can recover; 4.6+ clients do.
+        let recovery = self
+            .recovery
+            .clone()
+            .filter(|_| request.version == Version::V4);
+        let comeback = recovery
+            .as_ref()
+            .and_then(|_| Comeback::from_auth(request.auth.as_ref()));
         if public_only {
-            let rooms = site.public_channel.iter().cloned().collect();
-            let data = ClientInfo {
+            let rooms: Vec<String> = site.public_channel.iter().cloned().collect();
+            let info = ClientInfo {
                 device_id,
                 ..ClientInfo::default()
             };
-            return Decision::Now(Ok(Accepted {
-                rooms,
-                data: Some(Box::new(data)),
+            let Some((recovery, comeback)) = recovery.zip(comeback) else {
+                return Decision::Now(Ok(Accepted {
+                    rooms,
+                    data: Some(Box::new(info)),
+                    recovery: self.recovery.as_ref().map(|_| SiteRecovery::fresh()),
+                }));
+            };
+            return Decision::Later(Box::pin(async move {
+                Ok(resume_or_fresh(&recovery, comeback, rooms, info).await)
             }));
         }
         let auth = self.auth.clone();
@@ -567,19 +700,36 @@ impl NamespaceHandler for SiteHandler {
                 let shared = RoomFilter::for_site(&site).shared(&rooms);
                 devices.admit(&site, user_room, device, &shared).await?;
             }
-            Ok(Accepted {
-                rooms,
-                data: Some(Box::new(ClientInfo {
-                    user,
-                    device_id,
-                    user_room,
-                    token: auth_request.token.map(Secret::new),
-                })),
+            let info = ClientInfo {
+                user,
+                device_id,
+                user_room,
+                token: auth_request.token.map(Secret::new),
+            };
+            Ok(match (recovery, comeback) {
+                (Some(recovery), Some(comeback)) => {
+                    resume_or_fresh(&recovery, comeback, rooms, info).await
+                }
+                (recovery, _) => Accepted {
+                    rooms,
+                    data: Some(Box::new(info)),
+                    recovery: recovery.map(|_| SiteRecovery::fresh()),
+                },
             })
         }))
     }
 
+    fn catch_up(&self, socket: &Arc<Socket>, after: &str) -> PendingCatchUp {
+        match &self.recovery {
+            Some(recovery) => recovery.catch_up(socket, after),
+            None => Box::pin(async { Vec::new() }),
+        }
+    }
+
     fn on_connect(&self, socket: &Arc<Socket>) {
+        if let Some(recovery) = &self.recovery {
+            recovery.remember_later(socket);
+        }
         let Some(info) = socket.data::<ClientInfo>() else {
             return;
         };
@@ -597,7 +747,10 @@ impl NamespaceHandler for SiteHandler {
         }
     }
 
-    fn on_disconnect(&self, socket: &Arc<Socket>, _reason: &'static str) {
+    fn on_disconnect(&self, socket: &Arc<Socket>, reason: &'static str) {
+        if let Some(recovery) = &self.recovery {
+            recovery.left(socket, reason);
+        }
         let Some(info) = socket.data::<ClientInfo>() else {
             return;
         };

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bridges;
 pub mod cluster;
 pub mod config;
 pub mod engine;
@@ -16,6 +17,7 @@ pub mod listener;
 pub mod logging;
 pub mod mailbox;
 pub mod publish;
+mod recovery;
 pub mod secret;
 pub mod server;
 pub mod sites;

@@ -7,10 +7,17 @@
 pub mod bus;
 pub mod embedded;
 pub mod forward;
+pub mod peers;
+pub mod redis;
+pub mod redis_sessions;
+pub mod registry;
+pub mod sessions;
+pub mod wire;
 
 use std::sync::Arc;
 
 pub use bus::{Broadcast, Bus, BusError, Offset};
+pub use sessions::{SavedSocket, SessionStore};
 
 /// Length of a node id; every Engine.IO sid this node issues starts with it, so any node can tell which node
 /// holds a session.
@@ -55,6 +62,8 @@ pub struct Cluster {
     pub url: String,
     pub bus: Arc<dyn Bus>,
     pub directory: Arc<dyn Directory>,
+    /// Connection-state recovery sessions.
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -74,6 +83,7 @@ impl Cluster {
             url,
             bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
             directory: Arc::new(Alone),
+            sessions: Arc::new(sessions::MemorySessions::default()),
         }
     }
 
@@ -90,6 +100,7 @@ impl Cluster {
             url,
             bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
             directory,
+            sessions: Arc::new(sessions::MemorySessions::default()),
         }
     }
 }

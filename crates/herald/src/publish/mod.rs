@@ -15,7 +15,7 @@ use crate::cluster::{Broadcast, BusError, Cluster};
 use crate::mailbox::store::valid_name;
 use crate::mailbox::StoreError;
 use crate::sites::{Site, Sites};
-use crate::socketio::{self, Target, RESERVED_EVENTS};
+use crate::socketio::{self, Missed, Outgoing, Target, RESERVED_EVENTS};
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -203,14 +203,44 @@ pub fn fan_out(site: &Site, broadcast: &Broadcast) -> usize {
         except_sockets: &[],
         volatile: broadcast.volatile,
     };
-    let text = match &broadcast.offset {
+    let plain = frames(broadcast, None);
+    let logged = broadcast
+        .offset
+        .as_ref()
+        .map(|offset| (offset, frames(broadcast, Some(offset))));
+    let outgoing = Outgoing {
+        plain: &plain,
+        logged: logged.as_ref().map(|(o, f)| (*o, f.as_slice())),
+    };
+    site.namespace.broadcast_frames(&target, outgoing)
+}
+
+/// A broadcast's frames, with `offset` as the last argument when given.
+fn frames(broadcast: &Broadcast, offset: Option<&str>) -> Vec<OutFrame> {
+    let text = match offset {
         Some(offset) => socketio::with_offset(&broadcast.text, offset),
         None => broadcast.text.clone(),
     };
     let mut frames = Vec::with_capacity(1 + broadcast.binaries.len());
     frames.push(OutFrame::Text(text));
     frames.extend(broadcast.binaries.iter().cloned().map(OutFrame::Binary));
-    site.namespace.broadcast_frames(&target, &frames)
+    frames
+}
+
+/// Of the logged `packets`, those that reach a socket in `rooms` (its own id among them), ready to send.
+pub fn missed_by(rooms: &[String], packets: &[Broadcast]) -> Vec<Missed> {
+    let within = |names: &[String]| names.iter().any(|n| rooms.contains(n));
+    packets
+        .iter()
+        .filter(|b| !b.volatile && (b.rooms.is_empty() || within(&b.rooms)) && !within(&b.except))
+        .filter_map(|b| {
+            let offset = b.offset.as_ref()?;
+            Some(Missed {
+                offset: Arc::clone(offset),
+                frames: frames(b, Some(offset)),
+            })
+        })
+        .collect()
 }
 
 /// What appending to mailboxes did.
@@ -273,4 +303,41 @@ async fn to_mailboxes<'a>(
     reached.queued = delivery.queued;
     reached.online = delivery.online;
     Ok(reached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(rooms: &[&str], except: &[&str], offset: &str) -> Broadcast {
+        Broadcast {
+            origin: "n".into(),
+            site: "s".into(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            except: except.iter().map(|r| r.to_string()).collect(),
+            volatile: false,
+            text: Bytes::from_static(b"42/s,[\"ev\"]"),
+            binaries: vec![],
+            offset: Some(offset.into()),
+        }
+    }
+
+    #[test]
+    fn a_socket_misses_what_reached_its_rooms_and_not_what_left_it_out() {
+        let packets = [
+            logged(&[], &[], "1-0"),
+            logged(&["news"], &[], "2-0"),
+            logged(&["other"], &[], "3-0"),
+            logged(&["news"], &["sock"], "4-0"),
+            logged(&["sock"], &[], "5-0"),
+        ];
+        let rooms = vec!["sock".to_string(), "news".to_string()];
+        let missed = missed_by(&rooms, &packets);
+        let offsets: Vec<&str> = missed.iter().map(|m| &*m.offset).collect();
+        assert_eq!(offsets, ["1-0", "2-0", "5-0"]);
+        assert_eq!(
+            missed[0].frames,
+            vec![OutFrame::text("42/s,[\"ev\",\"1-0\"]")]
+        );
+    }
 }

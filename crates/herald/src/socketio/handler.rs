@@ -10,7 +10,7 @@ use herald_protocol::engineio::Version;
 use serde_json::Value;
 
 use super::ack::AckSender;
-use super::socket::Socket;
+use super::socket::{Missed, Socket};
 
 /// A client asking to join a namespace.
 #[derive(Debug, Clone)]
@@ -47,12 +47,37 @@ pub struct Accepted {
     pub rooms: Vec<String>,
     /// Application data, readable through [`Socket::data`].
     pub data: Option<SocketData>,
+    /// Connection-state recovery for this socket, when the namespace offers it.
+    pub recovery: Option<Recovery>,
+}
+
+/// Connection-state recovery (socket.io 4.6+): the CONNECT answer carries `pid`, logged packets carry their
+/// offset as last argument, and a client that comes back shows both in its `auth`.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// The private session id to answer with.
+    pub pid: String,
+    /// Set when this connect resumes an earlier socket.
+    pub resumed: Option<Resumed>,
+}
+
+/// What a resumed socket gets back: its id, and what it missed.
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    /// The earlier socket's id.
+    pub id: String,
+    /// The packets logged after the client's offset that reach the socket, oldest first, as read before the
+    /// CONNECT was decided. [`NamespaceHandler::catch_up`] reads what was logged after the last of them.
+    pub missed: Vec<Missed>,
+    /// The offset to catch up from: the last of `missed`, else the client's.
+    pub after: String,
 }
 
 impl std::fmt::Debug for Accepted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accepted")
             .field("rooms", &self.rooms)
+            .field("recovery", &self.recovery)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +85,9 @@ impl std::fmt::Debug for Accepted {
 /// A refusal, sent to the client as a CONNECT_ERROR with this message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);
+
+/// The packets a resumed socket still has to get, read once it has joined its rooms.
+pub type PendingCatchUp = Pin<Box<dyn Future<Output = Vec<Missed>> + Send>>;
 
 /// A future decision, for checks that must wait (an auth webhook).
 pub type PendingDecision = Pin<Box<dyn Future<Output = Result<Accepted, Refusal>> + Send>>;
@@ -95,6 +123,12 @@ pub trait NamespaceHandler: Send + Sync + 'static {
 
     /// A socket joined the namespace and its CONNECT was answered.
     fn on_connect(&self, _socket: &Arc<Socket>) {}
+
+    /// The packets logged after offset `after` that reach `socket`, a resumed socket that has just joined its
+    /// rooms (live packets wait meanwhile). The default has none.
+    fn catch_up(&self, _socket: &Arc<Socket>, _after: &str) -> PendingCatchUp {
+        Box::pin(async { Vec::new() })
+    }
 
     /// A client emitted an event.
     fn on_event(&self, _socket: &Arc<Socket>, _event: IncomingEvent) {}

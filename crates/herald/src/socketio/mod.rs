@@ -26,12 +26,13 @@ use crate::engine::{CloseReason, Engine, EngineConfig, EngineHandler, Message, S
 pub use ack::{AckError, AckReply, AckSender};
 pub use conn::Conn;
 pub use frames::{encode_event, with_offset, EncodeError};
+pub use handler::Refusal;
 pub use handler::{
-    AcceptAll, Accepted, ConnectRequest, Decision, IncomingEvent, NamespaceHandler,
-    PendingDecision, Refusal, SocketData,
+    AcceptAll, Accepted, ConnectRequest, Decision, IncomingEvent, NamespaceHandler, PendingCatchUp,
+    PendingDecision, Recovery, Resumed, SocketData,
 };
-pub use namespace::{Namespace, Target};
-pub use socket::{EmitError, Socket};
+pub use namespace::{Namespace, Outgoing, Target};
+pub use socket::{EmitError, Missed, Socket};
 
 /// Event names socket.io reserves for its own lifecycle: clients may not emit them, nor may publishers.
 pub const RESERVED_EVENTS: &[&str] = &[
@@ -319,18 +320,32 @@ impl SocketIo {
             }
         };
         let version = session.version();
-        let id: Arc<str> = match version {
-            Version::V3 if ns.name() == "/" => session.sid().into(),
-            Version::V3 => format!("{}#{}", ns.name(), session.sid()).into(),
-            Version::V4 => crate::engine::new_sid("").into(),
+        // Only revision 5 clients (socket.io 3+) can recover; 4.6+ clients use it.
+        let recovery = accepted.recovery.filter(|_| version == Version::V4);
+        let resumed = recovery.as_ref().and_then(|r| r.resumed.clone());
+        let id: Arc<str> = match (&resumed, version) {
+            (Some(resumed), _) => resumed.id.as_str().into(),
+            (None, Version::V3) if ns.name() == "/" => session.sid().into(),
+            (None, Version::V3) => format!("{}#{}", ns.name(), session.sid()).into(),
+            (None, Version::V4) => crate::engine::new_sid("").into(),
         };
+        if resumed.is_some() {
+            // The client came back before this node saw its old connection go: the old socket leaves first.
+            if let Some(old) = ns.socket(&id) {
+                old.session.conn.detach(&old);
+                ns.remove(&old, CloseReason::TransportClose.as_str());
+            }
+        }
         let key = self.inner.next_socket_key.fetch_add(1, Ordering::Relaxed);
+        let pid = recovery.as_ref().map(|r| r.pid.clone().into_boxed_str());
         let socket = Arc::new(Socket::new(
             id,
             key,
             Arc::clone(ns),
             Arc::clone(session),
             accepted.data,
+            pid,
+            resumed.is_some(),
         ));
         if !session.conn.attach(&socket) {
             return;
@@ -360,16 +375,36 @@ impl SocketIo {
             socket.join(room);
         }
         let reply = match version {
-            Version::V4 => frames::simple(
-                PacketType::Connect,
-                ns.name(),
-                Some(&serde_json::json!({ "sid": socket.id() })),
-            ),
+            Version::V4 => {
+                let answer = ConnectAnswer {
+                    sid: socket.id(),
+                    pid: recovery.as_ref().map(|r| r.pid.as_str()),
+                };
+                frames::simple(PacketType::Connect, ns.name(), Some(&answer))
+            }
             Version::V3 => frames::simple::<Value>(PacketType::Connect, ns.name(), None),
         };
         let _ = session.send(reply);
+        if let Some(resumed) = resumed {
+            // Live packets wait (the socket holds them) while what was logged since the first read is read.
+            let catch_up = ns.handler.catch_up(&socket, &resumed.after);
+            let socket = Arc::clone(&socket);
+            tokio::spawn(async move {
+                let mut missed = resumed.missed;
+                missed.extend(catch_up.await);
+                socket.release(missed);
+            });
+        }
         ns.handler.on_connect(&socket);
     }
+}
+
+/// The answer to a v5 CONNECT: the socket id, and the private id of connection-state recovery when offered.
+#[derive(serde::Serialize)]
+struct ConnectAnswer<'a> {
+    sid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<&'a str>,
 }
 
 fn connect_error(session: &Session<Conn>, nsp: &str, message: &str) {

@@ -16,6 +16,14 @@ use super::frames::{self, EncodeError};
 use super::handler::NamespaceHandler;
 use super::socket::Socket;
 
+/// A broadcast's frames: `plain` for every socket, and, when the packet is in its site's recovery log, the
+/// same frames with the offset as last argument for the sockets that may recover.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub plain: &'a [OutFrame],
+    pub logged: Option<(&'a Arc<str>, &'a [OutFrame])>,
+}
+
 /// Who a broadcast reaches: the members of `rooms` (everyone when empty) minus the members of `except_rooms`
 /// and the sockets `except_sockets`. A socket id counts as a room holding just that socket.
 #[derive(Debug, Clone, Copy, Default)]
@@ -113,11 +121,15 @@ impl Namespace {
         binaries: &[Bytes],
     ) -> Result<usize, EncodeError> {
         let frames = frames::event(&self.name, None, event, args, binaries)?;
-        Ok(self.broadcast_frames(target, &frames))
+        let outgoing = Outgoing {
+            plain: &frames,
+            logged: None,
+        };
+        Ok(self.broadcast_frames(target, outgoing))
     }
 
     /// Queues already-encoded frames for every socket of `target`.
-    pub fn broadcast_frames(&self, target: &Target<'_>, frames: &[OutFrame]) -> usize {
+    pub fn broadcast_frames(&self, target: &Target<'_>, outgoing: Outgoing<'_>) -> usize {
         let rooms = self.rooms.read();
         let sockets = self.sockets.read();
         let mut excluded: HashSet<u64> = HashSet::new();
@@ -134,12 +146,11 @@ impl Namespace {
             if excluded.contains(&socket.key) {
                 return;
             }
-            let sent = if target.volatile {
-                socket.session.send_volatile(frames.iter().cloned())
-            } else {
-                socket.session.send_all(frames.iter().cloned()).is_ok()
+            let (offset, frames) = match outgoing.logged {
+                Some((offset, frames)) if socket.pid().is_some() => (Some(offset), frames),
+                _ => (None, outgoing.plain),
             };
-            if sent {
+            if socket.deliver(offset, frames, target.volatile) {
                 delivered += 1;
             }
         };
@@ -228,7 +239,8 @@ impl Namespace {
         }
         {
             let mut rooms = self.rooms.write();
-            let joined = std::mem::take(&mut *socket.rooms.lock());
+            // The socket keeps its list, so the handler still sees the rooms it was in (recovery saves them).
+            let joined = socket.rooms.lock().clone();
             for room in &joined {
                 if let Some(members) = rooms.get_mut(room) {
                     members.remove(&socket.key);
@@ -238,7 +250,14 @@ impl Namespace {
                 }
             }
         }
-        let was_added = self.sockets.write().remove(socket.id()).is_some();
+        let was_added = {
+            let mut sockets = self.sockets.write();
+            // A resumed socket may have taken this id over already: only this socket's own entry goes.
+            let own = sockets
+                .get(socket.id())
+                .is_some_and(|s| s.key == socket.key);
+            own && sockets.remove(socket.id()).is_some()
+        };
         socket.acks.lock().clear();
         // A socket whose connect lost the race with its session's close was never added nor announced.
         if was_added {

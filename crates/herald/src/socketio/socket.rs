@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_protocol::engineio::OutFrame;
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -35,6 +36,31 @@ pub struct Socket {
     pub(crate) acks: Mutex<PendingAcks>,
     data: Option<SocketData>,
     connected: AtomicBool,
+    /// Connection-state recovery: the private id the client was given (`pid`); such a socket gets each logged
+    /// packet with its offset as the last argument.
+    pid: Option<Box<str>>,
+    /// Set while a resumed socket's missed packets are being read: live packets wait in `held` so that they
+    /// follow the missed ones.
+    holding: AtomicBool,
+    held: Mutex<Vec<Held>>,
+}
+
+/// Most live packets a resumed socket holds while it catches up.
+const MAX_HELD: usize = 1024;
+
+/// A live packet held back while a resumed socket catches up.
+pub(crate) struct Held {
+    pub(crate) offset: Option<Arc<str>>,
+    pub(crate) frames: Vec<OutFrame>,
+}
+
+/// A packet from a site's recovery log, ready for one socket.
+#[derive(Debug, Clone)]
+pub struct Missed {
+    /// Its offset in the log.
+    pub offset: Arc<str>,
+    /// Its frames, the offset already the last argument.
+    pub frames: Vec<OutFrame>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -53,6 +79,8 @@ impl Socket {
         ns: Arc<Namespace>,
         session: Arc<Session<Conn>>,
         data: Option<SocketData>,
+        pid: Option<Box<str>>,
+        holding: bool,
     ) -> Self {
         Socket {
             id,
@@ -63,6 +91,68 @@ impl Socket {
             acks: Mutex::new(PendingAcks::default()),
             data,
             connected: AtomicBool::new(true),
+            pid,
+            holding: AtomicBool::new(holding),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The private id of connection-state recovery, when the socket may recover.
+    pub fn pid(&self) -> Option<&str> {
+        self.pid.as_deref()
+    }
+
+    /// Queues a broadcast's frames, or holds them while the socket catches up. `Err` when the outbox is full.
+    pub(crate) fn deliver(
+        &self,
+        offset: Option<&Arc<str>>,
+        frames: &[OutFrame],
+        volatile: bool,
+    ) -> bool {
+        if self.holding.load(Ordering::Acquire) {
+            let mut held = self.held.lock();
+            // Checked again under the lock `release` takes, so nothing is held after the release.
+            if self.holding.load(Ordering::Acquire) {
+                // Bounded like an outbox: a catch-up that takes too long closes the client, which comes back.
+                if held.len() >= MAX_HELD {
+                    drop(held);
+                    self.session.close(crate::engine::CloseReason::OutboxFull);
+                    return false;
+                }
+                held.push(Held {
+                    offset: offset.cloned(),
+                    frames: frames.to_vec(),
+                });
+                return true;
+            }
+        }
+        if volatile {
+            self.session.send_volatile(frames.iter().cloned())
+        } else {
+            self.session.send_all(frames.iter().cloned()).is_ok()
+        }
+    }
+
+    /// Sends the packets a resumed socket missed, oldest first, then the live ones held meanwhile (those the
+    /// missed list already holds are sent once), and delivers live from then on.
+    pub(crate) fn release(&self, missed: Vec<Missed>) {
+        let mut held = self.held.lock();
+        let mut frames: Vec<OutFrame> = Vec::new();
+        for packet in &missed {
+            let live_too = held
+                .iter()
+                .any(|h| h.offset.as_deref() == Some(&*packet.offset));
+            if !live_too {
+                frames.extend(packet.frames.iter().cloned());
+            }
+        }
+        for packet in held.drain(..) {
+            frames.extend(packet.frames);
+        }
+        self.holding.store(false, Ordering::Release);
+        drop(held);
+        if self.session.send_all(frames).is_err() {
+            tracing::debug!(socket = %self.id, "a resumed socket's outbox filled with its missed packets");
         }
     }
 
