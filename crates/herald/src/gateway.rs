@@ -256,6 +256,13 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         });
     }
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
+    if config.server.redis_url.is_some() && cluster.url.starts_with("https://") {
+        tracing::warn!(
+            url = %cluster.url,
+            "peers forward polling requests and upgrades to this node over plain HTTP only: with an https:// \
+             node URL, a request that lands on another node fails and the client reconnects"
+        );
+    }
     engine.set_forward(Arc::new(Forwarder::new(
         Arc::clone(&cluster.directory),
         forward_config(config),
