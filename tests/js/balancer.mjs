@@ -45,6 +45,8 @@ function retryable(err, upstreamReq) {
  *                opened } (`opened`: the sid an Engine.IO handshake answered with)
  *   setNext(i)   send the next request and the next upgrade to backend i (round robin goes on from there;
  *                requests and upgrades count separately); setNextUpgrade(i) the next upgrade only
+ *   routeUpgrades(fn)  fn(sid) → backend index (or undefined for round robin) decides where upgrades go;
+ *                null restores round robin
  *   ownerOf(sid) the backend that answered the handshake of Engine.IO session `sid`
  */
 export async function startBalancer(backends) {
@@ -74,6 +76,8 @@ export async function startBalancer(backends) {
     nextHttp = (nextHttp + 1) % targets.length;
     return i;
   };
+  /** When set, `upgradeRoute(sid)` may name the backend an upgrade goes to (else round robin). */
+  let upgradeRoute = null;
   const takeUpgrade = () => {
     const i = nextUpgrade;
     nextUpgrade = (nextUpgrade + 1) % targets.length;
@@ -172,7 +176,8 @@ export async function startBalancer(backends) {
         client.end(`HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       });
     };
-    attempt(takeUpgrade(), 0);
+    const routed = upgradeRoute?.(sidOf(req.url));
+    attempt(Number.isInteger(routed) ? routed % targets.length : takeUpgrade(), 0);
   });
 
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -187,6 +192,9 @@ export async function startBalancer(backends) {
     log,
     setNext,
     setNextUpgrade,
+    routeUpgrades(fn) {
+      upgradeRoute = fn;
+    },
     /** The backend whose handshake opened Engine.IO session `sid` (undefined if it was not seen). */
     ownerOf: (sid) => log.find((e) => e.opened === sid)?.backend,
     async close() {
