@@ -82,18 +82,22 @@ async function listing(base, site) {
   return res.body.sockets;
 }
 
-/** Waits until the listing of `site` on `base` (optionally `?room=`) is exactly `ids`. */
+/**
+ * Waits until the listing of `site` on `base` (optionally `?room=`) is exactly `ids`, from every node (an answer
+ * marked `partial`, a peer that did not answer, does not count).
+ */
 async function awaitListing(base, site, ids, what, { room, ms = STEP_TIMEOUT_MS } = {}) {
-  const want = [...ids].sort();
+  const want = JSON.stringify([...ids].sort());
+  const q = room === undefined ? "" : `?room=${encodeURIComponent(room)}`;
   let last;
   try {
     await until(async () => {
-      last = await listIds(base, site, room);
-      return JSON.stringify(last) === JSON.stringify(want);
+      last = await api(base, "GET", `/api/v1/sites/${site}/sockets${q}`, { key: KEY });
+      return last.status === 200 && !last.body.partial && JSON.stringify(last.body.sockets.map((s) => s.id).sort()) === want;
     }, ms, what);
   } catch {
-    assert.fail(`${what}: GET /sockets${room === undefined ? "" : `?room=${room}`} on ${base} listed ` +
-      `${JSON.stringify(last)}, expected ${JSON.stringify(want)} (within ${ms} ms)`);
+    assert.fail(`${what}: GET /sockets${q} on ${base} answered ${last?.status} ${JSON.stringify(last?.body)}, ` +
+      `expected the ids ${want} (within ${ms} ms)`);
   }
 }
 
