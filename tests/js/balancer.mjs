@@ -46,7 +46,7 @@ function retryable(err, upstreamReq) {
  *   setNext(i)   send the next request and the next upgrade to backend i (round robin goes on from there;
  *                requests and upgrades count separately); setNextUpgrade(i) the next upgrade only
  *   routeUpgrades(fn)  fn(sid) → backend index (or undefined for round robin) decides where upgrades go;
- *                null restores round robin
+ *                null restores round robin; routeRequests(fn) the same for requests, fn({method, url, sid})
  *   ownerOf(sid) the backend that answered the handshake of Engine.IO session `sid`
  */
 export async function startBalancer(backends) {
@@ -78,6 +78,8 @@ export async function startBalancer(backends) {
   };
   /** When set, `upgradeRoute(sid)` may name the backend an upgrade goes to (else round robin). */
   let upgradeRoute = null;
+  /** When set, `httpRoute({method, url, sid})` may name the backend a request goes to (else round robin). */
+  let httpRoute = null;
   const takeUpgrade = () => {
     const i = nextUpgrade;
     nextUpgrade = (nextUpgrade + 1) % targets.length;
@@ -136,7 +138,10 @@ export async function startBalancer(backends) {
   const server = http.createServer((req, res) => {
     const chunks = [];
     req.on("data", (c) => chunks.push(c));
-    req.on("end", () => relay(req, res, Buffer.concat(chunks), takeHttp(), 0));
+    req.on("end", () => {
+      const routed = httpRoute?.({ method: req.method, url: req.url, sid: sidOf(req.url) });
+      relay(req, res, Buffer.concat(chunks), Number.isInteger(routed) ? routed % targets.length : takeHttp(), 0);
+    });
     req.on("error", () => res.destroy());
   });
 
@@ -194,6 +199,9 @@ export async function startBalancer(backends) {
     setNextUpgrade,
     routeUpgrades(fn) {
       upgradeRoute = fn;
+    },
+    routeRequests(fn) {
+      httpRoute = fn;
     },
     /** The backend whose handshake opened Engine.IO session `sid` (undefined if it was not seen). */
     ownerOf: (sid) => log.find((e) => e.opened === sid)?.backend,

@@ -124,4 +124,18 @@ describe("the round-robin balancer", () => {
     assert.equal(await wsRoundTrip(`${balancer.url.replace("http", "ws")}/w`, "x"), "C:/w:x");
     assert.deepEqual(balancer.refused, [0, 2, 0]);
   });
+
+  it("routes requests and upgrades by a test's rule when one is set", async () => {
+    await balancer?.close();
+    balancer = await startBalancer(backends.map((b) => b.url));
+    balancer.routeRequests(({ sid }) => (sid ? Number(sid) : undefined));
+    balancer.routeUpgrades((sid) => (sid ? Number(sid) + 1 : undefined));
+    const ask = (q) => fetch(`${balancer.url}/r?${q}`).then((r) => r.text());
+    assert.equal((await ask("sid=2"))[0], "C");
+    assert.equal((await ask("sid=2"))[0], "C");
+    assert.equal((await ask("x=1"))[0], "A", "no rule for it: round robin");
+    assert.equal(await wsRoundTrip(`${balancer.url.replace("http", "ws")}/u?sid=0`, "m"), "B:/u?sid=0:m");
+    balancer.routeRequests(null);
+    assert.equal((await ask("sid=2"))[0], "B");
+  });
 });

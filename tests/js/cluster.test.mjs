@@ -12,7 +12,8 @@
 // - polling-only clients through the balancer (their requests spread over the nodes) connect, receive and emit
 //   (mailbox acks); an upgrading client ends on WebSocket, also when the upgrade lands on another node;
 // - connection-state recovery (socket.io-client 4.x) on another node after a transport cut, and after
-//   `kill -9` of the client's node (reconnecting through the balancer, which skips the dead node);
+//   `kill -9` of the client's node (reconnecting through the balancer, which skips the dead node), also with the
+//   client's own reconnection while publishes race it;
 // - a mailbox device of a node killed with -9 gets everything on another node; after `node_ttl_ms` the dead
 //   node's sockets leave every listing and a survivor tells `updateUserUrl` that its users left.
 //
@@ -481,6 +482,78 @@ describe("recovery after kill -9 of the client's node", { timeout: 120_000 }, ()
         for (const id of ids) {
           assert.deepEqual(listed.find((x) => x.id === id)?.rooms, [id, "lobby", "vip"], `node ${i} lists ${id} with its rooms`);
         }
+      }
+    }));
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("clients of the balancer whose node is killed with -9 reconnect by themselves", { timeout: 120_000 }, () => {
+  let cluster;
+  const PUB = `rpub_${run}`;
+  before(async () => {
+    cluster = await startCluster({
+      nodeTtlMs: NODE_TTL_MS,
+      sites: `
+  - name: ${PUB}
+    api_keys: [${KEY}]
+    public_channel: lobby`,
+    });
+  });
+  after(async () => {
+    clients.closeAll();
+    await cluster?.stop();
+  });
+  const node = (i) => cluster.node(i).url;
+
+  it("an upgrading and a polling-only client recover, publishes racing their reconnection", { timeout: 60_000 }, () =>
+    withLogs(cluster, async () => {
+      const { balancer } = cluster;
+      const kinds = [["polling", "websocket"], ["polling"]];
+      // both sessions open on node 0 (their handshakes are routed there); everything else goes round robin
+      balancer.routeRequests(({ method, sid }) => (method === "GET" && !sid ? 0 : undefined));
+      const socks = kinds.map((transports) =>
+        client(balancer.url, PUB, {
+          transports,
+          reconnection: true,
+          reconnectionDelay: 100,
+          reconnectionDelayMax: 400,
+          randomizationFactor: 0,
+        }),
+      );
+      const got = socks.map((s) => rawRecord(s, "m"));
+      await Promise.all(socks.map((s) => waitConnected(s)));
+      await until(() => socks[0].io.engine.transport.name === "websocket", STEP_TIMEOUT_MS, "the upgrade");
+      balancer.routeRequests(null);
+      const ids = socks.map((s) => s.id);
+      for (const s of socks) {
+        assert.equal(balancer.ownerOf(s.io.engine.id), 0, `session of ${s.id} opened on node 0`);
+        const res = await api(node(2), "POST", `/api/v1/sites/${PUB}/sockets/${s.id}/rooms`, { key: KEY, body: { join: ["vip"] } });
+        assert.equal(res.status, 200, JSON.stringify(res));
+      }
+      await publish(node(1), PUB, { rooms: ["lobby"], event: "m", args: [1] });
+      await until(() => got.every((g) => g.length === 1), STEP_TIMEOUT_MS, "the first message on both");
+
+      const back = socks.map((s) => nextEvent(s, "connect", STEP_TIMEOUT_MS * 2));
+      for (const b of back) b.catch(() => {}); // awaited below
+      await cluster.kill(0);
+      await publish(node(1), PUB, { rooms: ["lobby"], event: "m", args: [2] });
+      await publish(node(2), PUB, { rooms: ["vip"], event: "m", args: [3] });
+      for (const id of ids) await publish(node(1), PUB, { sockets: [id], event: "m", args: [4] });
+      await publish(node(2), PUB, { all: true, except: ids, event: "m", args: ["not for you"] });
+      for (const [k, b] of back.entries()) {
+        await b.catch((err) => assert.fail(`${kinds[k].join("+")} client did not reconnect: ${err.message}`));
+        assert.equal(socks[k].recovered, true, `${kinds[k].join("+")} client recovered`);
+        assert.equal(socks[k].id, ids[k], `${kinds[k].join("+")} client keeps its id`);
+      }
+      await publish(node(1), PUB, { rooms: ["vip"], event: "m", args: [5] });
+      for (const [k, g] of got.entries()) {
+        await until(() => g.length >= 5, STEP_TIMEOUT_MS, "missed and live packets")
+          .catch(() => assert.fail(`${kinds[k].join("+")} client: expected 5 packets, got ${JSON.stringify(g)}`));
+      }
+      await sleep(QUIET_MS);
+      for (const [k, g] of got.entries()) {
+        assert.deepEqual(g.map((a) => a[0]), [1, 2, 3, 4, 5], `${kinds[k].join("+")} client: each packet once, in order`);
       }
     }));
 });
