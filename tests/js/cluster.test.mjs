@@ -597,9 +597,9 @@ describe("a mailbox device of a node killed with -9", { timeout: 120_000 }, () =
 
   it("gets everything on another node; the dead node's sockets leave the listings; a survivor reports its users gone", { timeout: 60_000 }, () =>
     withLogs(cluster, async () => {
-      const [u1, u2, u3] = [user(1), user(2), user(3)];
-      const online = async (i, id) => {
-        const s = device(clients, node(i), { site: MB, id, deviceId: "phone" });
+      const [u1, u2, u3, u4] = [user(1), user(2), user(3), user(4)];
+      const online = async (i, id, opts = {}) => {
+        const s = device(clients, node(i), { site: MB, id, deviceId: "phone", ...opts });
         await waitConnected(s);
         await settled(s);
         return s;
@@ -607,7 +607,8 @@ describe("a mailbox device of a node killed with -9", { timeout: 120_000 }, () =
       const d1 = await online(0, u1); // moves to another node after the kill
       const d3 = await online(0, u3); // never comes back
       const d2 = await online(1, u2); // on a survivor all along
-      for (const id of [u1, u2, u3]) {
+      const d4 = await online(0, u4, { autoAck: false }); // gets an entry live, never acks it, comes back
+      for (const id of [u1, u2, u3, u4]) {
         await until(() => presenceOf(id, "last_connected").length >= 1, STEP_TIMEOUT_MS, `last_connected of ${id}`);
       }
       const pub = (i, id, arg) => api(node(i), "POST", `/api/v1/sites/${MB}/publish`, {
@@ -618,8 +619,10 @@ describe("a mailbox device of a node killed with -9", { timeout: 120_000 }, () =
       assert.deepEqual(first.body, { matched: 0, queued: 1, online: 0 }, "queued for u1's one device (on node 0)");
       await until(() => eventsOf(d1, "n").length === 1, STEP_TIMEOUT_MS, "a live entry on node 0");
       await until(async () => (await devicesOf(node(2), u1, MB)).phone?.pending === 0, STEP_TIMEOUT_MS, "its ack");
+      await pub(2, u4, "x");
+      await until(() => eventsOf(d4, "n").length === 1, STEP_TIMEOUT_MS, "a live entry for u4, left unacked");
       const [oldId1, oldId3] = [d1.id, d3.id];
-      await awaitListing(node(2), MB, [d1.id, d2.id, d3.id], "node 2 lists the three devices' sockets");
+      await awaitListing(node(2), MB, [d1.id, d2.id, d3.id, d4.id], "node 2 lists the four devices' sockets");
 
       const killedAt = Date.now();
       await cluster.kill(0);
@@ -629,11 +632,14 @@ describe("a mailbox device of a node killed with -9", { timeout: 120_000 }, () =
         assert.equal(res.body.queued, 1, `entry ${arg} is queued for u1's device: ${JSON.stringify(res.body)}`);
       }
 
-      // the same device comes back through the balancer, which skips the dead node
+      // the same devices come back: u1's through the balancer (which skips the dead node), u4's on node 2
       cluster.balancer.setNext(0);
       const back = device(clients, cluster.balancer.url, { site: MB, id: u1, deviceId: "phone" });
-      await waitConnected(back);
-      await settled(back);
+      const back4 = device(clients, node(2), { site: MB, id: u4, deviceId: "phone" });
+      await Promise.all([back, back4].map((s) => waitConnected(s).then(() => settled(s))));
+      // The dead node's alive key expires node_ttl_ms after its last beat (every node_ttl_ms / 3): no survivor
+      // reaps it before 2/3 of node_ttl_ms after the kill. Back before that, u1 and u4 are never reported gone.
+      const backBeforeReap = Date.now() - killedAt < (NODE_TTL_MS * 2) / 3 - 100;
       const delivered = () => [...eventsOf(back, "_batch").flatMap(([page]) => page), ...eventsOf(back, "n").map((a) => ["n", ...a])];
       await until(() => delivered().length >= 3, STEP_TIMEOUT_MS, "the entries published while the device was away")
         .catch(() => assert.fail(`expected n b, c, d on the new node, got ${JSON.stringify(back.log.map((e) => [e.event, e.args]))}`));
@@ -643,10 +649,14 @@ describe("a mailbox device of a node killed with -9", { timeout: 120_000 }, () =
       const live = await pub(2, u1, "e");
       assert.equal(live.status, 200);
       await until(() => eventsOf(back, "n").some((a) => a[0] === "e"), STEP_TIMEOUT_MS, "a live entry after the move");
+      // an entry delivered on the dead node but never acked comes again, on the node the device moves to
+      await until(() => eventsOf(back4, "_batch").length === 1, STEP_TIMEOUT_MS, "u4's _batch")
+        .catch(() => assert.fail(`expected u4's unacked entry again, got ${JSON.stringify(back4.log.map((e) => [e.event, e.args]))}`));
+      assert.deepEqual(eventsOf(back4, "_batch")[0], [[["n", "x"]]]);
 
       // node_ttl_ms after the kill the dead node's sockets are gone from every survivor's listing
       for (const i of [1, 2]) {
-        await awaitListing(node(i), MB, [back.id, d2.id], `node ${i} drops the dead node's sockets (${oldId1}, ${oldId3})`, {
+        await awaitListing(node(i), MB, [back.id, d2.id, back4.id], `node ${i} drops the dead node's sockets (${oldId1}, ${oldId3})`, {
           ms: NODE_TTL_MS + STEP_TIMEOUT_MS,
         });
       }
@@ -661,9 +671,13 @@ describe("a mailbox device of a node killed with -9", { timeout: 120_000 }, () =
       await until(async () => (await devicesOf(node(1), u3, MB)).phone?.connected === false, STEP_TIMEOUT_MS, "u3's device marked away");
       await sleep(1000);
       assert.equal(presenceOf(u3, "last_disconnected").length, 1, `one survivor reports u3: ${JSON.stringify(presenceOf(u3, "last_disconnected"))}`);
-      // u1 is back on a survivor and u2 never left: neither is reported gone
-      assert.deepEqual(presenceOf(u1, "last_disconnected"), [], "u1 came back on another node");
+      // u2 never left, and u1 and u4 came back on survivors before the dead node could be reaped: none is
+      // reported gone
       assert.deepEqual(presenceOf(u2, "last_disconnected"), [], "u2's node is alive");
+      if (backBeforeReap) {
+        assert.deepEqual(presenceOf(u1, "last_disconnected"), [], "u1 came back on another node");
+        assert.deepEqual(presenceOf(u4, "last_disconnected"), [], "u4 came back on another node");
+      }
       assert.ok(d2.connected, "u2's device stays connected");
     }));
 });
