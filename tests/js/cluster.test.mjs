@@ -17,7 +17,8 @@
 // - a mailbox device of a node killed with -9 gets everything on another node; after `node_ttl_ms` the dead
 //   node's sockets leave every listing and a survivor tells `updateUserUrl` that its users left.
 //
-// Each `describe` starts its own cluster (the last two kill a node). Site and user names are unique per run.
+// Each top-level `describe` starts its own cluster (the last three kill a node). Site and user names are unique
+// per run.
 // Environment: HERALD_GATEWAY_BIN (gateway-helpers.mjs), HERALD_LOG=1 to see the nodes' output, which is also
 // appended to every failure.
 
