@@ -82,7 +82,7 @@ export function json(res, status, body) {
 }
 
 /** A call to the gateway's HTTP API; resolves { status, body } (body parsed as JSON when it is JSON). */
-export async function api(base, method, urlPath, { key, body, form, headers = {} } = {}) {
+export async function api(base, method, urlPath, { key, body, form, headers = {}, timeoutMs = STEP_TIMEOUT_MS } = {}) {
   const h = { ...headers };
   if (key) h.Authorization = `Bearer ${key}`;
   let payload;
@@ -97,7 +97,7 @@ export async function api(base, method, urlPath, { key, body, form, headers = {}
     method,
     headers: h,
     body: payload,
-    signal: AbortSignal.timeout(STEP_TIMEOUT_MS),
+    signal: AbortSignal.timeout(timeoutMs),
   });
   const text = await res.text();
   let parsed = text;

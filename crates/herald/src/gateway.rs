@@ -12,6 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
+use crate::cluster::redis::{RedisBus, RedisBusOptions};
+use crate::cluster::redis_sessions::{RedisSessions, SessionReaper};
+use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
@@ -41,6 +44,8 @@ pub enum GatewayError {
     Mailbox(#[from] StoreError),
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::BusError),
+    #[error(transparent)]
+    Emitter(#[from] crate::bridges::emitter::EmitterError),
 }
 
 /// The running gateway: its socket.io server, engine and sites.
@@ -52,11 +57,25 @@ pub struct Gateway {
     /// The publish pipeline: every source publishes through it.
     pub publisher: Publisher,
     pub max_publish_bytes: usize,
+    /// The node registry, in a cluster (with `redis_url`).
+    pub registry: Option<Arc<Registry>>,
+    /// The socket.io Redis emitter bridge, when it runs.
+    pub emitter: Option<crate::bridges::emitter::Emitter>,
     ready: Arc<AtomicBool>,
 }
 
 /// The page `/` serves: a live view of the demo site's public room, with a publish form.
 const DEMO_PAGE: &str = include_str!("ui/demo.html");
+
+/// Each recovering site's window, for releasing a dead node's recovery sessions.
+fn recovery_windows(config: &Config) -> std::collections::HashMap<String, Duration> {
+    config
+        .sites
+        .iter()
+        .filter(|s| s.recovery_window_ms > 0)
+        .map(|s| (s.name.clone(), Duration::from_millis(s.recovery_window_ms)))
+        .collect()
+}
 
 /// Whether `site` keeps durable mailboxes: it knows its users (a user-room prefix) and keeps them (a TTL).
 fn keeps_mailboxes(site: &SiteConfig) -> bool {
@@ -113,14 +132,81 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
     let mailbox = open_mailbox(config).await?;
-    let presence = Arc::new(Presence::new(
+    let node = crate::cluster::new_node_id();
+    let registry = match &config.server.redis_url {
+        Some(url) => Some(
+            Registry::connect(
+                url,
+                Arc::clone(&node),
+                config.server.node_url(),
+                Duration::from_millis(config.server.cluster.node_ttl_ms),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut presence = Presence::new(
         http.clone(),
         Duration::from_millis(config.server.mailbox.presence_debounce_ms),
-    ));
-    let cluster = Arc::new(Cluster::single(
-        config.server.node_url(),
-        config.server.cluster.recovery_max_packets,
-    ));
+    );
+    if let Some(registry) = &registry {
+        presence = presence.recording(registry.records());
+    }
+    let presence = Arc::new(presence);
+    // Devices on a shared store are released by a survivor if this node dies.
+    let shared_mailbox = mailbox
+        .as_ref()
+        .filter(|_| config.server.mailbox_store() == MailboxStoreKind::Redis);
+    if let (Some(mailbox), Some(registry)) = (shared_mailbox, &registry) {
+        mailbox.record_devices(registry.records());
+    }
+    let cluster = match (&config.server.redis_url, &registry) {
+        (Some(url), Some(registry)) => {
+            let options = RedisBusOptions {
+                timeout: Duration::from_millis(config.server.mailbox.store_timeout_ms),
+                max_packets: config.server.cluster.recovery_max_packets,
+            };
+            let bus = RedisBus::connect(url, options).await?;
+            let targets = config
+                .sites
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), presence_target(s)?)))
+                .collect();
+            registry.add_reaper(Arc::new(PresenceReaper {
+                presence: Arc::clone(&presence),
+                targets,
+            }));
+            if let Some(mailbox) = shared_mailbox {
+                let ttls = config
+                    .sites
+                    .iter()
+                    .filter(|s| keeps_mailboxes(s))
+                    .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
+                    .collect();
+                registry.add_reaper(Arc::new(DeviceReaper {
+                    store: Arc::clone(mailbox.store()),
+                    ttls,
+                }));
+            }
+            let sessions = RedisSessions::connect(url, &node).await?;
+            registry.add_reaper(Arc::new(SessionReaper {
+                sessions: sessions.clone(),
+                windows: recovery_windows(config),
+            }));
+            registry.start().await?;
+            Arc::new(Cluster {
+                node,
+                url: config.server.node_url(),
+                bus: Arc::new(bus),
+                directory: Arc::clone(registry) as Arc<dyn crate::cluster::Directory>,
+                sessions: Arc::new(sessions),
+            })
+        }
+        _ => Arc::new(Cluster::single(
+            config.server.node_url(),
+            config.server.cluster.recovery_max_packets,
+        )),
+    };
     let mut sites = Vec::with_capacity(config.sites.len());
     let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
@@ -130,6 +216,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
                 source,
             })?;
         let own_namespace = Arc::new(OnceLock::new());
+        let recovery = SiteRecovery::new(site, &cluster).map(Arc::new);
         let site_mailbox = mailbox.clone().filter(|_| keeps_mailboxes(site));
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
@@ -146,7 +233,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
                     ttl: Duration::from_secs(site.device_ttl_secs),
                 })
             }),
-            recovery: SiteRecovery::new(site, &cluster).map(Arc::new),
+            recovery: recovery.clone(),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -155,6 +242,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
             config: site.clone(),
             namespace,
             mailbox: site_mailbox,
+            recovery,
         });
     }
     let engine = Engine::new(engine_config(config), io.clone());
@@ -164,12 +252,15 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         cluster,
     };
     publisher.start().await?;
+    let emitter = crate::bridges::start(config, &publisher).await?;
     Ok(Gateway {
         io,
         engine,
         sites,
         publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
+        registry,
+        emitter,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -245,10 +336,16 @@ impl Gateway {
     }
 
     /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients, and new
-    /// sessions are refused with 503 while the open ones go on.
+    /// sessions are refused with 503 while the open ones go on; this node stops leading the emitter bridge.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Release);
         self.engine.refuse_new_sessions();
+        // Another node takes the emitter's broadcasts over now, rather than after this node's lease lapses.
+        if let (Some(emitter), Ok(runtime)) =
+            (self.emitter.clone(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move { emitter.resign().await });
+        }
     }
 }
 

@@ -25,6 +25,7 @@ const RECOVERABLE: &[&str] = &[
 ];
 
 /// Recovery for one site; absent when its window is 0.
+#[derive(Debug)]
 pub(crate) struct SiteRecovery {
     site: String,
     window: Duration,

@@ -26,6 +26,8 @@ pub struct Site {
     pub namespace: Arc<Namespace>,
     /// Present when the site has a user-room prefix and a device TTL above 0.
     pub mailbox: Option<Arc<Mailbox>>,
+    /// Connection-state recovery, unless the site's window is 0.
+    pub(crate) recovery: Option<Arc<crate::recovery::SiteRecovery>>,
 }
 
 impl Site {
@@ -50,6 +52,31 @@ impl Site {
             .as_deref()
             .filter(|p| !p.is_empty())?;
         room.starts_with(prefix).then_some(room)
+    }
+
+    /// Records `socket`'s rooms after they changed (the API's join and leave, the emitter's `socketsJoin` and
+    /// `socketsLeave`): in its recovery record, so a client that comes back after its node died gets them back,
+    /// and its shared rooms in the index that publishes to those rooms expand through (on a site with
+    /// mailboxes, for a socket with a user).
+    pub async fn rooms_changed(
+        &self,
+        socket: &crate::socketio::Socket,
+    ) -> Result<(), crate::mailbox::StoreError> {
+        if let Some(recovery) = &self.recovery {
+            recovery.remember(socket).await;
+        }
+        let info = socket.data::<ClientInfo>();
+        let (Some(mailbox), Some(user)) =
+            (&self.mailbox, info.and_then(|i| i.user_room.as_deref()))
+        else {
+            return Ok(());
+        };
+        let device = info
+            .and_then(|i| i.device_id.as_deref())
+            .unwrap_or_default();
+        let key = crate::mailbox::DeviceKey::new(&self.config.name, user, device);
+        let rooms = self.room_filter().shared_rooms(socket);
+        mailbox.store().connect(&key, &rooms).await
     }
 
     /// Whether `key` is one of the site's API keys, compared in constant time.

@@ -45,6 +45,9 @@ pub struct Socket {
     held: Mutex<Vec<Held>>,
 }
 
+/// Most live packets a resumed socket holds while it catches up.
+const MAX_HELD: usize = 1024;
+
 /// A live packet held back while a resumed socket catches up.
 pub(crate) struct Held {
     pub(crate) offset: Option<Arc<str>>,
@@ -110,6 +113,12 @@ impl Socket {
             let mut held = self.held.lock();
             // Checked again under the lock `release` takes, so nothing is held after the release.
             if self.holding.load(Ordering::Acquire) {
+                // Bounded like an outbox: a catch-up that takes too long closes the client, which comes back.
+                if held.len() >= MAX_HELD {
+                    drop(held);
+                    self.session.close(crate::engine::CloseReason::OutboxFull);
+                    return false;
+                }
                 held.push(Held {
                     offset: offset.cloned(),
                     frames: frames.to_vec(),

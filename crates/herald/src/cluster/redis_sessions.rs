@@ -1,0 +1,253 @@
+//! Recovery sessions in Redis, so a client can come back on any node, even when its node died: one string key
+//! per session (its `SavedSocket` as JSON), and per node the set of the live sessions it holds, which a
+//! survivor gives the site's window when the node dies (`release_node`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+
+use super::bus::BusError;
+use super::registry::{DeadNode, Reap};
+use super::sessions::{SavedSocket, SessionStore};
+
+/// The sessions of the nodes sharing one Redis database.
+#[derive(Clone)]
+pub struct RedisSessions {
+    con: ConnectionManager,
+    /// The set of live sessions this node holds.
+    node_set: String,
+}
+
+impl std::fmt::Debug for RedisSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSessions")
+            .field("node_set", &self.node_set)
+            .finish_non_exhaustive()
+    }
+}
+
+fn session_key(site: &str, pid: &str) -> String {
+    format!("herald:csr:{}:{pid}", site.replace(':', "%3A"))
+}
+
+fn node_set(node: &str) -> String {
+    format!("herald:node:{node}:csr")
+}
+
+/// A node-set member: the site and the pid, which neither holds a newline.
+fn member(site: &str, pid: &str) -> String {
+    format!("{site}\n{pid}")
+}
+
+fn unavailable(e: redis::RedisError) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisSessions {
+    /// Connects to Redis at `url` for node `node`.
+    pub async fn connect(url: &str, node: &str) -> Result<Self, BusError> {
+        let client = super::redis::open_client(url).map_err(BusError::Unavailable)?;
+        let con = super::redis::manager(&client, url)
+            .await
+            .map_err(BusError::Unavailable)?;
+        Ok(Self::new(con, node))
+    }
+
+    /// The sessions of node `node` over an open connection.
+    pub fn new(con: ConnectionManager, node: &str) -> Self {
+        RedisSessions {
+            con,
+            node_set: node_set(node),
+        }
+    }
+
+    /// Gives every session dead node `node` held its site's window (`windows` by site; sites without recovery
+    /// lose theirs), as if each socket had dropped its connection now. Returns how many it released.
+    pub async fn release_node(
+        &self,
+        node: &str,
+        windows: &HashMap<String, Duration>,
+    ) -> Result<usize, BusError> {
+        let mut con = self.con.clone();
+        let set = node_set(node);
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&set)
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        for entry in &members {
+            let Some((site, pid)) = entry.split_once('\n') else {
+                continue;
+            };
+            let key = session_key(site, pid);
+            match windows.get(site) {
+                Some(window) => pipe.pexpire(key, window.as_millis() as i64).ignore(),
+                None => pipe.del(key).ignore(),
+            };
+        }
+        pipe.del(&set).ignore();
+        pipe.query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)?;
+        Ok(members.len())
+    }
+}
+
+/// Releases a dead node's recovery sessions, so its clients can recover on the survivors within their
+/// site's window from now.
+#[derive(Debug)]
+pub struct SessionReaper {
+    pub sessions: RedisSessions,
+    /// Each recovering site's window.
+    pub windows: HashMap<String, Duration>,
+}
+
+#[async_trait]
+impl Reap for SessionReaper {
+    async fn reap(&self, dead: &DeadNode) {
+        match self.sessions.release_node(&dead.id, &self.windows).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(node = %dead.id, sessions = n, "released a dead node's recovery sessions")
+            }
+            Err(e) => {
+                tracing::warn!(node = %dead.id, error = %e, "cannot release a dead node's recovery sessions")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessions {
+    async fn save(&self, site: &str, pid: &str, saved: &SavedSocket) -> Result<(), BusError> {
+        let json =
+            serde_json::to_string(saved).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut con = self.con.clone();
+        redis::pipe()
+            .set(session_key(site, pid), json)
+            .ignore()
+            .sadd(&self.node_set, member(site, pid))
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn keep(
+        &self,
+        site: &str,
+        pid: &str,
+        saved: &SavedSocket,
+        window: Duration,
+    ) -> Result<(), BusError> {
+        let json =
+            serde_json::to_string(saved).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut con = self.con.clone();
+        // XX: a record another node already took stays taken.
+        redis::pipe()
+            .cmd("SET")
+            .arg(session_key(site, pid))
+            .arg(json)
+            .arg("XX")
+            .arg("PX")
+            .arg(window.as_millis().max(1) as u64)
+            .ignore()
+            .srem(&self.node_set, member(site, pid))
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn forget(&self, site: &str, pid: &str) -> Result<(), BusError> {
+        let mut con = self.con.clone();
+        redis::pipe()
+            .del(session_key(site, pid))
+            .ignore()
+            .srem(&self.node_set, member(site, pid))
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn take(&self, site: &str, pid: &str) -> Result<Option<SavedSocket>, BusError> {
+        let mut con = self.con.clone();
+        let json: Option<String> = redis::cmd("GETDEL")
+            .arg(session_key(site, pid))
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        // A record that does not parse was not written by this version: start afresh.
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sessions(node: &str) -> RedisSessions {
+        let url = std::env::var("HERALD_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/13".to_string());
+        let client = redis::Client::open(url).expect("a valid URL");
+        let con = ConnectionManager::new(client).await.unwrap_or_else(|e| {
+            panic!(
+                "this test needs Redis at 127.0.0.1:6379 (start it with: redis-server --daemonize yes \
+                 --save '' --appendonly no), or its URL in HERALD_TEST_REDIS_URL: {e}"
+            )
+        });
+        RedisSessions::new(con, node)
+    }
+
+    fn saved(id: &str) -> SavedSocket {
+        SavedSocket {
+            id: id.into(),
+            rooms: vec!["news".into()],
+            user: None,
+        }
+    }
+
+    fn unique(prefix: &str) -> String {
+        format!("{prefix}-{}", rand::random::<u64>())
+    }
+
+    #[tokio::test]
+    async fn a_session_saved_on_one_node_is_taken_once_on_another() {
+        let a = sessions(&unique("a")).await;
+        let b = sessions(&unique("b")).await;
+        let pid = unique("pid");
+        a.save("s", &pid, &saved("x")).await.expect("redis");
+        assert_eq!(b.take("s", &pid).await.expect("redis"), Some(saved("x")));
+        assert_eq!(b.take("s", &pid).await.expect("redis"), None);
+        // The old node notices the drop later: the taken record stays taken.
+        a.keep("s", &pid, &saved("x"), Duration::from_secs(60))
+            .await
+            .expect("redis");
+        assert_eq!(b.take("s", &pid).await.expect("redis"), None);
+    }
+
+    #[tokio::test]
+    async fn a_dead_nodes_live_sessions_get_their_sites_window() {
+        let node = unique("dead");
+        let a = sessions(&node).await;
+        let survivor = sessions(&unique("survivor")).await;
+        let (kept, dropped) = (unique("kept"), unique("dropped"));
+        a.save("s", &kept, &saved("k")).await.expect("redis");
+        a.save("off", &dropped, &saved("d")).await.expect("redis");
+        let windows = HashMap::from([("s".to_string(), Duration::from_millis(300))]);
+        let released = survivor.release_node(&node, &windows).await.expect("redis");
+        assert_eq!(released, 2);
+        assert_eq!(survivor.take("off", &dropped).await.expect("redis"), None);
+        let mut con = survivor.con.clone();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(session_key("s", &kept))
+            .query_async(&mut con)
+            .await
+            .expect("redis");
+        assert!(ttl > 0 && ttl <= 300, "{ttl}");
+    }
+}
