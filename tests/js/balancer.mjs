@@ -102,7 +102,8 @@ export async function startBalancer(backends) {
     upstream.on("response", (up) => {
       answered = true;
       hits[i]++;
-      const entry = { backend: i, kind: "http", method: req.method, url: req.url, sid: sidOf(req.url) };
+      const entry = { backend: i, kind: "http", method: req.method, url: req.url, sid: sidOf(req.url), status: up.statusCode, at: Date.now() };
+      if (req.method === "POST") entry.body = body.toString("latin1").slice(0, 200);
       log.push(entry);
       if (!entry.sid && req.method === "GET") {
         // an Engine.IO handshake: note the session it opened, so tests can tell which node owns it
@@ -162,7 +163,7 @@ export async function startBalancer(backends) {
       upstream.once("connect", () => {
         connected = true;
         upgrades[i]++;
-        log.push({ backend: i, kind: "upgrade", method: req.method, url: req.url, sid: sidOf(req.url) });
+        log.push({ backend: i, kind: "upgrade", method: req.method, url: req.url, sid: sidOf(req.url), at: Date.now() });
         upstream.write(requestHead);
         if (head?.length) upstream.write(head);
         upstream.pipe(client);

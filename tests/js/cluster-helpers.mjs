@@ -78,19 +78,15 @@ async function freePorts(n) {
 /**
  * Starts `n` herald nodes on REDIS_URL (flushed first) with the `sites` YAML (list items under `sites:`), each
  * with `cluster.node_url` set to its own address and `node_ttl_ms` of `nodeTtlMs`, and the balancer in front.
- * `server` adds YAML lines under `server:` (indented by 2). Returns
- * { nodes, balancer, node(i), kill(i), alive(i), live(), logs(), stop() }.
+ * `server` adds YAML lines under `server:` (indented by 2). Before it returns, it waits until every node forwards
+ * polling requests to every other (`formedInMs`; a peer learns of a new node at its own next beat). Returns
+ * { nodes, balancer, formedInMs, node(i), addNode(), kill(i), alive(i), live(), logs(), stop() }.
  */
 export async function startCluster({ n = 3, sites, server = "", nodeTtlMs = 2000, flush = true }) {
   await requireRedis();
   if (flush) await redisCommands([["FLUSHDB"]]);
   const ports = await freePorts(n);
-  const killed = new Set();
-  const nodes = [];
-  let balancer;
-  try {
-    for (const port of ports) {
-      const configYaml = `
+  const configFor = (port) => `
 server:
   redis_url: ${REDIS_URL}
   cluster:
@@ -99,9 +95,15 @@ server:
 ${server}
 sites:${sites}
 `;
-      nodes.push(await startGateway({ configYaml, port }));
-    }
+  const killed = new Set();
+  const nodes = [];
+  const extra = [];
+  let balancer;
+  let formedInMs;
+  try {
+    for (const port of ports) nodes.push(await startGateway({ configYaml: configFor(port), port }));
     balancer = await startBalancer(nodes.map((g) => g.url));
+    formedInMs = await awaitFormed(nodes, nodeTtlMs + 2000);
   } catch (err) {
     await Promise.allSettled(nodes.map((g) => g.stop()));
     throw err;
@@ -109,6 +111,15 @@ sites:${sites}
   const cluster = {
     nodes,
     balancer,
+    /** How long until every node could forward to every other (null: never within the bound). */
+    formedInMs,
+    /** Starts one more node on the same database (not behind the balancer); stopped with the others. */
+    async addNode() {
+      const [port] = await freePorts(1);
+      const g = await startGateway({ configYaml: configFor(port), port });
+      extra.push(g);
+      return g;
+    },
     node: (i) => nodes[i],
     alive: (i) => !killed.has(i),
     live: () => nodes.filter((_, i) => !killed.has(i)),
@@ -117,22 +128,75 @@ sites:${sites}
       killed.add(i);
       await nodes[i].kill();
     },
-    /** The tail of every node's output, for failure messages. */
+    /** The tail of every node's output and of the balancer's log, for failure messages. */
     logs(chars = 4000) {
+      const trail = balancer.log.slice(-40).map((e) => JSON.stringify(e)).join("\n");
       return nodes
         .map((g, i) => `--- node ${i} (${g.url})${killed.has(i) ? " [killed]" : ""} ---\n${g.output().slice(-chars)}`)
+        .concat(`--- balancer: hits ${JSON.stringify(balancer.hits)}, upgrades ${JSON.stringify(balancer.upgrades)}, ` +
+          `refused ${JSON.stringify(balancer.refused)}; its last requests ---\n${trail}`)
         .join("\n");
     },
     async stop() {
       await balancer?.close();
-      const results = await Promise.allSettled(
-        nodes.map((g, i) => (killed.has(i) ? g.stop().catch(() => {}) : g.stop())),
-      );
+      const results = await Promise.allSettled([
+        ...nodes.map((g, i) => (killed.has(i) ? g.stop().catch(() => {}) : g.stop())),
+        ...extra.map((g) => g.stop()),
+      ]);
       const failed = results.find((r) => r.status === "rejected");
       if (failed) throw failed.reason;
     },
   };
   return cluster;
+}
+
+/** Opens an Engine.IO v4 polling session on `base`; resolves its sid. */
+export async function openPolling(base) {
+  const res = await fetch(`${base}/socket.io/?EIO=4&transport=polling`, { signal: AbortSignal.timeout(3000) });
+  const text = await res.text();
+  const m = /"sid":"([^"]+)"/.exec(text);
+  if (res.status !== 200 || !m) throw new Error(`handshake on ${base}: ${res.status} ${text}`);
+  return m[1];
+}
+
+/** POSTs Engine.IO packets `body` for session `sid` to `base`; resolves the status. */
+export async function postPolling(base, sid, body) {
+  const res = await fetch(`${base}/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`, {
+    method: "POST",
+    headers: { "Content-Type": "text/plain;charset=UTF-8" },
+    body,
+    signal: AbortSignal.timeout(3000),
+  });
+  await res.text();
+  return res.status;
+}
+
+/**
+ * Waits until every node forwards a polling request for a session of every other node (a peer learns of a node
+ * from the registry at its own beat), probing with a noop packet on a session opened for the purpose. Never
+ * throws: resolves the time it took, or null after `ms` (a build without forwarding: the tests then say what
+ * fails).
+ */
+async function awaitFormed(nodes, ms) {
+  const started = Date.now();
+  const sids = [];
+  try {
+    for (const g of nodes) sids.push(await openPolling(g.url));
+    const pending = new Set();
+    nodes.forEach((_, j) => nodes.forEach((_, i) => i !== j && pending.add(`${i}>${j}`)));
+    while (pending.size && Date.now() - started < ms) {
+      for (const pair of [...pending]) {
+        const [i, j] = pair.split(">").map(Number);
+        if ((await postPolling(nodes[i].url, sids[j], "6").catch(() => 0)) === 200) pending.delete(pair);
+      }
+      if (pending.size) await new Promise((r) => setTimeout(r, 50));
+    }
+    return pending.size ? null : Date.now() - started;
+  } catch {
+    return null;
+  } finally {
+    await Promise.allSettled(sids.map((sid, j) => postPolling(nodes[j].url, sid, "1")));
+  }
 }
 
 /**

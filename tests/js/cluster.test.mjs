@@ -27,7 +27,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import { io } from "socket.io-client";
 import { api, craftJwt } from "./gateway-helpers.mjs";
-import { runId, startCluster, withLogs } from "./cluster-helpers.mjs";
+import { openPolling, postPolling, redisCommands, runId, startCluster, withLogs } from "./cluster-helpers.mjs";
 import { JWT_SECRET, KEY, device, devicesOf, eventsOf, settled, siteYaml } from "./mailbox-helpers.mjs";
 import { Clients, QUIET_MS, STEP_TIMEOUT_MS, nextEvent, record, sleep, until, waitConnected } from "./util.mjs";
 
@@ -147,6 +147,28 @@ ${siteYaml(MB)}`,
     await cluster?.stop();
   });
   const node = (i) => cluster.node(i).url;
+
+  describe("forming", () => {
+    it("every node forwards polling requests for the sessions of every other", { timeout: 30_000 }, () =>
+      withLogs(cluster, async () => {
+        assert.notEqual(cluster.formedInMs, null,
+          `within ${NODE_TTL_MS + 2000} ms of the start, some node still answered a noop POST for another node's session with an error`);
+      }));
+
+    it("a node that just started is reachable through its peers at once", { timeout: 30_000 }, () =>
+      withLogs(cluster, async () => {
+        // The registry's start is one beat "so peers see it before it serves"; a peer that only learns of it at
+        // its own next beat (every node_ttl_ms / 3) answers its sessions' requests 400 "Session ID unknown"
+        // meanwhile: polling clients whose requests land elsewhere fail, and retry.
+        const fresh = await cluster.addNode();
+        const sid = await openPolling(fresh.url);
+        const statuses = [];
+        for (const i of [0, 1, 2]) statuses.push(await postPolling(node(i), sid, "6"));
+        await postPolling(fresh.url, sid, "1");
+        assert.deepEqual(statuses, [200, 200, 200],
+          "a noop POST for the new node's first session, sent through each older node right after the new one started");
+      }));
+  });
 
   describe("a publish on one node reaches the clients of every node, once", () => {
     // c0, c1, c2: one client connected directly to each node, all in "news", each in its own g<i>.
@@ -556,6 +578,73 @@ describe("clients of the balancer whose node is killed with -9 reconnect by them
       for (const [k, g] of got.entries()) {
         assert.deepEqual(g.map((a) => a[0]), [1, 2, 3, 4, 5], `${kinds[k].join("+")} client: each packet once, in order`);
       }
+    }));
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("a socket recovered from a node killed with -9 can recover again", { timeout: 120_000 }, () => {
+  let cluster;
+  const SHORT = `kshort_${run}`;
+  const WINDOW_MS = 3000;
+  before(async () => {
+    cluster = await startCluster({
+      nodeTtlMs: NODE_TTL_MS,
+      sites: `
+  - name: ${SHORT}
+    api_keys: [${KEY}]
+    public_channel: lobby
+    recovery_window_ms: ${WINDOW_MS}`,
+    });
+  });
+  after(async () => {
+    clients.closeAll();
+    await cluster?.stop();
+  });
+  const node = (i) => cluster.node(i).url;
+
+  it("after the dead node is reaped and its window has passed, a cut still recovers", { timeout: 60_000 }, () =>
+    withLogs(cluster, async () => {
+      const s = client(node(0), SHORT);
+      const got = rawRecord(s, "m");
+      await waitConnected(s);
+      const id = s.id;
+      await publish(node(1), SHORT, { rooms: ["lobby"], event: "m", args: [1] });
+      await until(() => got.length === 1, STEP_TIMEOUT_MS, "the first message");
+      const gone = nextEvent(s, "disconnect");
+      gone.catch(() => {});
+      await cluster.kill(0);
+      await gone;
+      s.io.uri = cluster.balancer.url;
+      s.connect();
+      await waitConnected(s);
+      assert.equal(s.recovered, true, "recovered after its node died");
+      assert.equal(s.id, id);
+
+      // A survivor reaps the dead node (its entry leaves the registry's `herald:{nodes}:all`), then the site's
+      // window passes: the recovered socket is live, so its recovery record must not expire with the dead
+      // node's sessions.
+      await until(async () => (await redisCommands([["HLEN", "herald:{nodes}:all"]])).at(-1) === ":2",
+        NODE_TTL_MS + STEP_TIMEOUT_MS, "the dead node reaped")
+        .catch(() => assert.fail("the dead node should leave herald:{nodes}:all once a survivor reaped it"));
+      await sleep(WINDOW_MS + 1000);
+      assert.ok(s.connected, "still connected");
+      await publish(node(1), SHORT, { rooms: ["lobby"], event: "m", args: [2] });
+      await until(() => got.length === 2, STEP_TIMEOUT_MS, "a live message");
+
+      s.io.engine.close();
+      for (const i of [1, 2]) {
+        await until(async () => !(await listIds(node(i), SHORT)).includes(id), STEP_TIMEOUT_MS, `node ${i} to see the cut`);
+      }
+      await publish(node(2), SHORT, { rooms: ["lobby"], event: "m", args: [3] });
+      s.connect();
+      await waitConnected(s);
+      assert.equal(s.recovered, true, `recovered a second time, ${WINDOW_MS + 1000} ms after the dead node was reaped`);
+      assert.equal(s.id, id, "keeps its id the second time too");
+      await until(() => got.length >= 3, STEP_TIMEOUT_MS, "the packet missed during the second cut")
+        .catch(() => assert.fail(`expected the packet missed during the second cut, got ${JSON.stringify(got)}`));
+      await sleep(QUIET_MS);
+      assert.deepEqual(got.map((a) => a[0]), [1, 2, 3]);
     }));
 });
 
