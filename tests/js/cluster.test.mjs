@@ -14,10 +14,14 @@
 // - connection-state recovery (socket.io-client 4.x) on another node after a transport cut, and after
 //   `kill -9` of the client's node (reconnecting through the balancer, which skips the dead node), also with the
 //   client's own reconnection while publishes race it;
+// - a socket recovered from a killed node recovers again later (after the dead node was reaped and the
+//   site's window passed);
 // - a mailbox device of a node killed with -9 gets everything on another node; after `node_ttl_ms` the dead
-//   node's sockets leave every listing and a survivor tells `updateUserUrl` that its users left.
+//   node's sockets leave every listing and a survivor tells `updateUserUrl` that its users left;
+// - forming: every node forwards to every other (startCluster waits for it), and a node that just started is
+//   reachable through its peers at once.
 //
-// Each top-level `describe` starts its own cluster (the last three kill a node). Site and user names are unique
+// Each top-level `describe` starts its own cluster (all but the first kill a node). Site and user names are unique
 // per run.
 // Environment: HERALD_GATEWAY_BIN (gateway-helpers.mjs), HERALD_LOG=1 to see the nodes' output, which is also
 // appended to every failure.
