@@ -108,10 +108,17 @@ impl Forwarder {
 
 impl Forward for Forwarder {
     fn forward(&self, sid: &str, request: Request<Body>) -> Option<Forwarded> {
-        let node = sid.get(..NODE_ID_LEN)?;
-        let url = self.inner.directory.url_of(node)?;
+        let node = sid.get(..NODE_ID_LEN)?.to_string();
         let inner = Arc::clone(&self.inner);
-        Some(Box::pin(async move { inner.send(&url, request).await }))
+        Some(Box::pin(async move {
+            // A node that started since this one's last heartbeat is not in the view yet.
+            let url = inner
+                .directory
+                .resolve(&node)
+                .await
+                .ok_or(ForwardError::Unreachable)?;
+            inner.send(&url, request).await
+        }))
     }
 }
 

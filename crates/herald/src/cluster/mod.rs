@@ -38,6 +38,11 @@ pub trait Directory: Send + Sync + 'static {
     fn url_of(&self, id: &str) -> Option<String>;
     /// Every live node but this one: (id, URL).
     fn peers(&self) -> Vec<(Arc<str>, String)>;
+    /// `url_of`, asking the registry itself when the view does not know `id` (a node that started since the
+    /// last heartbeat). The default knows only the view.
+    fn resolve<'a>(&'a self, id: &'a str) -> futures_util::future::BoxFuture<'a, Option<String>> {
+        Box::pin(async move { self.url_of(id) })
+    }
 }
 
 /// The directory of a node alone: it knows no peer.

@@ -16,8 +16,19 @@ use super::sessions::{SavedSocket, SessionStore};
 #[derive(Clone)]
 pub struct RedisSessions {
     con: ConnectionManager,
+    /// This node's id, written into each record it saves.
+    node: String,
     /// The set of live sessions this node holds.
     node_set: String,
+}
+
+/// A record as stored: the socket, and the node that holds it live (a survivor releases only the records
+/// still held by the node that died, not those a recovered socket's new node saved since).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored<T> {
+    node: String,
+    #[serde(flatten)]
+    saved: T,
 }
 
 impl std::fmt::Debug for RedisSessions {
@@ -59,8 +70,17 @@ impl RedisSessions {
     pub fn new(con: ConnectionManager, node: &str) -> Self {
         RedisSessions {
             con,
+            node: node.to_string(),
             node_set: node_set(node),
         }
+    }
+
+    fn stored(&self, saved: &SavedSocket) -> Result<String, BusError> {
+        let stored = Stored {
+            node: self.node.clone(),
+            saved,
+        };
+        serde_json::to_string(&stored).map_err(|e| BusError::Unavailable(e.to_string()))
     }
 
     /// Gives every session dead node `node` held its site's window (`windows` by site; sites without recovery
@@ -77,13 +97,32 @@ impl RedisSessions {
             .query_async(&mut con)
             .await
             .map_err(unavailable)?;
+        let sessions: Vec<(&str, String)> = members
+            .iter()
+            .filter_map(|entry| entry.split_once('\n'))
+            .map(|(site, pid)| (site, session_key(site, pid)))
+            .collect();
+        let records: Vec<Option<String>> = if sessions.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("MGET")
+                .arg(sessions.iter().map(|(_, key)| key).collect::<Vec<_>>())
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)?
+        };
         let mut pipe = redis::pipe();
-        for entry in &members {
-            let Some((site, pid)) = entry.split_once('\n') else {
+        let mut released = 0;
+        for ((site, key), record) in sessions.iter().zip(records) {
+            let holder = record
+                .and_then(|r| serde_json::from_str::<Stored<serde::de::IgnoredAny>>(&r).ok())
+                .map(|r| r.node);
+            // Taken, or saved since by the node a recovered socket now lives on: not the dead node's.
+            if holder.as_deref() != Some(node) {
                 continue;
-            };
-            let key = session_key(site, pid);
-            match windows.get(site) {
+            }
+            released += 1;
+            match windows.get(*site) {
                 Some(window) => pipe.pexpire(key, window.as_millis() as i64).ignore(),
                 None => pipe.del(key).ignore(),
             };
@@ -92,7 +131,7 @@ impl RedisSessions {
         pipe.query_async::<()>(&mut con)
             .await
             .map_err(unavailable)?;
-        Ok(members.len())
+        Ok(released)
     }
 }
 
@@ -123,8 +162,7 @@ impl Reap for SessionReaper {
 #[async_trait]
 impl SessionStore for RedisSessions {
     async fn save(&self, site: &str, pid: &str, saved: &SavedSocket) -> Result<(), BusError> {
-        let json =
-            serde_json::to_string(saved).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let json = self.stored(saved)?;
         let mut con = self.con.clone();
         redis::pipe()
             .set(session_key(site, pid), json)
@@ -143,8 +181,7 @@ impl SessionStore for RedisSessions {
         saved: &SavedSocket,
         window: Duration,
     ) -> Result<(), BusError> {
-        let json =
-            serde_json::to_string(saved).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let json = self.stored(saved)?;
         let mut con = self.con.clone();
         // XX: a record another node already took stays taken.
         redis::pipe()
@@ -182,7 +219,9 @@ impl SessionStore for RedisSessions {
             .await
             .map_err(unavailable)?;
         // A record that does not parse was not written by this version: start afresh.
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        Ok(json
+            .and_then(|j| serde_json::from_str::<Stored<SavedSocket>>(&j).ok())
+            .map(|stored| stored.saved))
     }
 }
 
@@ -249,5 +288,27 @@ mod tests {
             .await
             .expect("redis");
         assert!(ttl > 0 && ttl <= 300, "{ttl}");
+    }
+
+    #[tokio::test]
+    async fn a_session_recovered_on_a_survivor_is_not_released_with_its_dead_node() {
+        let dead = unique("dead");
+        let a = sessions(&dead).await;
+        let b = sessions(&unique("survivor")).await;
+        let pid = unique("moved");
+        a.save("s", &pid, &saved("m")).await.expect("redis");
+        // The client came back on b before a was reaped: b took the record and saves it as its own.
+        assert!(b.take("s", &pid).await.expect("redis").is_some());
+        b.save("s", &pid, &saved("m")).await.expect("redis");
+        let windows = HashMap::from([("s".to_string(), Duration::from_millis(300))]);
+        let released = b.release_node(&dead, &windows).await.expect("redis");
+        assert_eq!(released, 0);
+        let mut con = b.con.clone();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(session_key("s", &pid))
+            .query_async(&mut con)
+            .await
+            .expect("redis");
+        assert_eq!(ttl, -1, "the live record keeps no expiry");
     }
 }

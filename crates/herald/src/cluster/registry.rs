@@ -271,7 +271,13 @@ return 1
 });
 
 /// A live peer as this node last heard of it.
+/// How often one unknown node id may be looked up in Redis.
+const LOOKUP_EVERY: Duration = Duration::from_secs(1);
+/// Most unknown node ids remembered for `LOOKUP_EVERY`.
+const MAX_LOOKUPS: usize = 1024;
+
 #[derive(Debug, Clone)]
+
 struct Peer {
     url: String,
     /// When its key expires unless it beats again.
@@ -289,6 +295,9 @@ pub struct Registry {
     reapers: Mutex<Vec<Arc<dyn Reap>>>,
     /// Dead nodes this node is reaping now.
     reaping: Mutex<HashSet<String>>,
+    /// When each unknown node id was last looked up in Redis, so made-up sids cannot turn into a stream of
+    /// Redis calls: one lookup per id per second, and at most `MAX_LOOKUPS` ids remembered.
+    lookups: Mutex<HashMap<String, Instant>>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
@@ -322,6 +331,7 @@ impl Registry {
             records: NodeRecords::default(),
             reapers: Mutex::new(Vec::new()),
             reaping: Mutex::new(HashSet::new()),
+            lookups: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -390,6 +400,42 @@ impl Registry {
                 tracing::warn!(node = %self.node, "could not leave the cluster; peers will see this node expire")
             }
         }
+    }
+
+    /// Asks Redis for node `id`, which the view does not know (it started since our last beat); adds it to the
+    /// view when it is alive.
+    async fn look_up(&self, id: &str) -> Option<String> {
+        let now = Instant::now();
+        {
+            let mut lookups = self.lookups.lock();
+            if lookups
+                .get(id)
+                .is_some_and(|at| now.duration_since(*at) < LOOKUP_EVERY)
+            {
+                return None;
+            }
+            if lookups.len() >= MAX_LOOKUPS {
+                lookups.clear();
+            }
+            lookups.insert(id.to_string(), now);
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.hget(ALL, id).pttl(alive_key(id));
+        let asked = pipe.query_async::<(Option<String>, i64)>(&mut con);
+        let (url, pttl) = match tokio::time::timeout(self.ttl / 2, asked).await {
+            Ok(Ok((Some(url), pttl))) if pttl > 0 => (url, pttl),
+            _ => return None,
+        };
+        let until = now + Duration::from_millis(pttl as u64);
+        self.view.write().insert(
+            id.into(),
+            Peer {
+                url: url.clone(),
+                until,
+            },
+        );
+        Some(url)
     }
 
     /// One heartbeat: refreshes our key and the view, and reaps the nodes found dead.
@@ -584,6 +630,15 @@ impl Directory for Registry {
             .collect();
         peers.sort();
         peers
+    }
+
+    fn resolve<'a>(&'a self, id: &'a str) -> futures_util::future::BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            if let Some(url) = self.url_of(id) {
+                return Some(url);
+            }
+            self.look_up(id).await
+        })
     }
 }
 
