@@ -25,7 +25,7 @@ else
 fi
 
 echo "[bench-setup] socketioxide: cargo build --release"
-cargo build --release --quiet --manifest-path "$sio_dir/Cargo.toml"
+cargo build --release --quiet --manifest-path "$sio_dir/Cargo.toml" --target-dir "$sio_dir/target"
 
 version_of() { node -p "require(process.argv[1]).version" "$node_dir/node_modules/$1/package.json"; }
 locked() { awk -v want="$1" '$0 == "name = \"" want "\"" { getline; gsub(/version = |"/, ""); print; exit }' "$sio_dir/Cargo.lock"; }
