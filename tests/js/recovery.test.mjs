@@ -7,6 +7,7 @@ import { describe, it, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
 import { api, startGateway } from "./gateway-helpers.mjs";
+import { KEY as MAILBOX_KEY, awaitOffline, device, eventsOf, settled, siteYaml } from "./mailbox-helpers.mjs";
 import { Clients, STEP_TIMEOUT_MS, sleep, until, waitConnected } from "./util.mjs";
 
 const KEY = "recovery-key-0123456789";
@@ -60,6 +61,7 @@ sites:
     api_keys: [${KEY}]
     public_channel: lobby
     recovery_window_ms: 0
+${siteYaml("app", "    public_channel: lobby")}
 `,
     });
   });
@@ -163,5 +165,34 @@ sites:
     );
     await waitConnected(socket);
     assert.equal(socket.recovered, false);
+  });
+
+  it("on a mailbox site, recovers the live packets and leaves the user's entries to the mailbox", { timeout: 30_000 }, async () => {
+    const phone = device(clients, gw.url, { id: "r1", deviceId: "phone" });
+    await waitConnected(phone);
+    await settled(phone);
+    const id = phone.id;
+    const post = (body) =>
+      api(gw.url, "POST", "/api/v1/sites/app/publish", { key: MAILBOX_KEY, body }).then((r) => {
+        assert.equal(r.status, 200, JSON.stringify(r.body));
+      });
+    await post({ rooms: ["lobby"], event: "pub", args: ["p1"] });
+    await until(() => eventsOf(phone, "pub").length === 1);
+
+    phone.io.engine.close();
+    await awaitOffline(gw.url, "r1", "phone", "app");
+    await post({ rooms: ["lobby"], event: "pub", args: ["p2"] });
+    await post({ rooms: ["user_r1"], event: "mine", args: ["m1"] });
+
+    phone.connect();
+    await waitConnected(phone);
+    assert.equal(phone.recovered, true);
+    assert.equal(phone.id, id);
+    const batched = () => eventsOf(phone, "_batch").flatMap(([entries]) => entries);
+    await until(() => eventsOf(phone, "pub").length === 2 && batched().length === 1);
+    await sleep(300);
+    assert.deepEqual(eventsOf(phone, "pub").map((a) => a[0]), ["p1", "p2"], "the public channel, recovered once");
+    assert.deepEqual(batched().map(([event, arg]) => [event, arg]), [["mine", "m1"]], "the user's entry, from the mailbox");
+    assert.equal(eventsOf(phone, "mine").length, 0, "the entry is not also replayed as a live packet");
   });
 });

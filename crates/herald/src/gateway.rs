@@ -12,6 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
+use crate::cluster::redis::{RedisBus, RedisBusOptions};
+use crate::cluster::redis_sessions::{RedisSessions, SessionReaper};
+use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
@@ -52,11 +55,23 @@ pub struct Gateway {
     /// The publish pipeline: every source publishes through it.
     pub publisher: Publisher,
     pub max_publish_bytes: usize,
+    /// The node registry, in a cluster (with `redis_url`).
+    pub registry: Option<Arc<Registry>>,
     ready: Arc<AtomicBool>,
 }
 
 /// The page `/` serves: a live view of the demo site's public room, with a publish form.
 const DEMO_PAGE: &str = include_str!("ui/demo.html");
+
+/// Each recovering site's window, for releasing a dead node's recovery sessions.
+fn recovery_windows(config: &Config) -> std::collections::HashMap<String, Duration> {
+    config
+        .sites
+        .iter()
+        .filter(|s| s.recovery_window_ms > 0)
+        .map(|s| (s.name.clone(), Duration::from_millis(s.recovery_window_ms)))
+        .collect()
+}
 
 /// Whether `site` keeps durable mailboxes: it knows its users (a user-room prefix) and keeps them (a TTL).
 fn keeps_mailboxes(site: &SiteConfig) -> bool {
@@ -113,14 +128,81 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
     let mailbox = open_mailbox(config).await?;
-    let presence = Arc::new(Presence::new(
+    let node = crate::cluster::new_node_id();
+    let registry = match &config.server.redis_url {
+        Some(url) => Some(
+            Registry::connect(
+                url,
+                Arc::clone(&node),
+                config.server.node_url(),
+                Duration::from_millis(config.server.cluster.node_ttl_ms),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut presence = Presence::new(
         http.clone(),
         Duration::from_millis(config.server.mailbox.presence_debounce_ms),
-    ));
-    let cluster = Arc::new(Cluster::single(
-        config.server.node_url(),
-        config.server.cluster.recovery_max_packets,
-    ));
+    );
+    if let Some(registry) = &registry {
+        presence = presence.recording(registry.records());
+    }
+    let presence = Arc::new(presence);
+    // Devices on a shared store are released by a survivor if this node dies.
+    let shared_mailbox = mailbox
+        .as_ref()
+        .filter(|_| config.server.mailbox_store() == MailboxStoreKind::Redis);
+    if let (Some(mailbox), Some(registry)) = (shared_mailbox, &registry) {
+        mailbox.record_devices(registry.records());
+    }
+    let cluster = match (&config.server.redis_url, &registry) {
+        (Some(url), Some(registry)) => {
+            let options = RedisBusOptions {
+                timeout: Duration::from_millis(config.server.mailbox.store_timeout_ms),
+                max_packets: config.server.cluster.recovery_max_packets,
+            };
+            let bus = RedisBus::connect(url, options).await?;
+            let targets = config
+                .sites
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), presence_target(s)?)))
+                .collect();
+            registry.add_reaper(Arc::new(PresenceReaper {
+                presence: Arc::clone(&presence),
+                targets,
+            }));
+            if let Some(mailbox) = shared_mailbox {
+                let ttls = config
+                    .sites
+                    .iter()
+                    .filter(|s| keeps_mailboxes(s))
+                    .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
+                    .collect();
+                registry.add_reaper(Arc::new(DeviceReaper {
+                    store: Arc::clone(mailbox.store()),
+                    ttls,
+                }));
+            }
+            let sessions = RedisSessions::connect(url, &node).await?;
+            registry.add_reaper(Arc::new(SessionReaper {
+                sessions: sessions.clone(),
+                windows: recovery_windows(config),
+            }));
+            registry.start().await?;
+            Arc::new(Cluster {
+                node,
+                url: config.server.node_url(),
+                bus: Arc::new(bus),
+                directory: Arc::clone(registry) as Arc<dyn crate::cluster::Directory>,
+                sessions: Arc::new(sessions),
+            })
+        }
+        _ => Arc::new(Cluster::single(
+            config.server.node_url(),
+            config.server.cluster.recovery_max_packets,
+        )),
+    };
     let mut sites = Vec::with_capacity(config.sites.len());
     let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
@@ -172,6 +254,7 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         sites,
         publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
+        registry,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }

@@ -64,6 +64,9 @@ pub async fn run(
         control.stop();
         let _ = serving.await;
     }
+    if let Some(registry) = &gateway.registry {
+        registry.deregister().await;
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shut down"

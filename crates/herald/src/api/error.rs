@@ -31,6 +31,9 @@ pub enum ApiError {
         /// Why, in words the publisher may see (`StoreError::public_reason`).
         reason: &'static str,
     },
+    /// The socket asked about is not on this node, and some other nodes did not answer.
+    #[error("the socket is not on this node and {0} other node(s) did not answer; retry")]
+    NodesUnavailable(usize),
     /// The cluster bus failed: the publish may have reached some nodes and not others; retry.
     #[error("{reason}; retry")]
     BusUnavailable {
@@ -77,9 +80,9 @@ impl ApiError {
             ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::StoreUnavailable { .. } | ApiError::BusUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::StoreUnavailable { .. }
+            | ApiError::BusUnavailable { .. }
+            | ApiError::NodesUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
 use super::{read_body, ApiState};
+use crate::cluster::peers::{ask_all, escape, PeerRequest, LOCAL_HEADER};
 use crate::mailbox::store::valid_name;
 use crate::publish::PublishRequest;
 use crate::sites::{ClientInfo, Site};
@@ -116,11 +118,34 @@ pub struct ListQuery {
     room: Option<String>,
 }
 
-fn describe(socket: &Socket) -> Value {
+fn describe(socket: &Socket, node: &str) -> Value {
     let info = socket.data::<ClientInfo>().cloned().unwrap_or_default();
-    json!({ "id": socket.id(), "user": info.user, "deviceId": info.device_id, "rooms": socket.rooms() })
+    json!({
+        "id": socket.id(),
+        "user": info.user,
+        "deviceId": info.device_id,
+        "rooms": socket.rooms(),
+        "node": node,
+    })
 }
 
+/// Whether the caller is a peer asking about this node's own sockets only.
+fn local_only(headers: &HeaderMap) -> bool {
+    headers.contains_key(LOCAL_HEADER)
+}
+
+/// The bearer key of an authorized request, to pass on to peers.
+fn api_key(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+}
+
+/// The sockets of the site (or of one room) on every live node, sorted by id, each with its node. A node that
+/// does not answer in time leaves its sockets out and is named in `unreachable`, with `partial: true`.
 pub async fn list_sockets(
     State(state): State<ApiState>,
     ApiPath(site): ApiPath<String>,
@@ -128,29 +153,110 @@ pub async fn list_sockets(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
-    let mut sockets = match &query.room {
+    let cluster = &state.publisher.cluster;
+    let sockets = match &query.room {
         Some(room) => site.namespace.room_sockets(room),
         None => site.namespace.sockets(),
     };
-    sockets.sort_by(|a, b| a.id().cmp(b.id()));
-    let listed: Vec<Value> = sockets.iter().map(|s| describe(s)).collect();
-    Ok(Json(json!({ "sockets": listed })))
+    let mut listed: Vec<Value> = sockets.iter().map(|s| describe(s, &cluster.node)).collect();
+    let mut unreachable = Vec::new();
+    if !local_only(&headers) {
+        let mut target = format!("/api/v1/sites/{}/sockets", escape(&site.config.name));
+        if let Some(room) = &query.room {
+            target.push_str(&format!("?room={}", escape(room)));
+        }
+        let request = PeerRequest {
+            method: reqwest::Method::GET,
+            target: &target,
+            api_key: api_key(&headers),
+            body: None,
+        };
+        for peer in ask_all(cluster.directory.as_ref(), &request).await {
+            let theirs = match &peer.answer {
+                Ok((200, body)) => serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|mut v| v.get_mut("sockets").map(Value::take))
+                    .and_then(|v| match v {
+                        Value::Array(sockets) => Some(sockets),
+                        _ => None,
+                    }),
+                _ => None,
+            };
+            match theirs {
+                Some(sockets) => listed.extend(sockets),
+                None => {
+                    tracing::warn!(node = %peer.node, answer = ?peer.answer.as_ref().map(|(status, _)| status),
+                        "a node did not answer a socket listing");
+                    unreachable.push(peer.node.to_string());
+                }
+            }
+        }
+    }
+    listed.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let mut answer = json!({ "sockets": listed });
+    if !unreachable.is_empty() {
+        answer["partial"] = json!(true);
+        answer["unreachable"] = json!(unreachable);
+    }
+    Ok(Json(answer))
 }
 
-fn socket_of(site: &Site, id: &str) -> Result<Arc<Socket>, ApiError> {
-    site.namespace
-        .socket(id)
-        .ok_or_else(|| ApiError::UnknownSocket(id.to_string()))
+/// Passes a request about socket `id`, which is not on this node, to every peer: the answer of the one that
+/// has it, else 404 when every peer answered that it does not, else 503.
+async fn on_peer(
+    state: &ApiState,
+    headers: &HeaderMap,
+    site: &Site,
+    id: &str,
+    request: PeerRequest<'_>,
+) -> Result<(u16, Bytes), ApiError> {
+    if local_only(headers) {
+        return Err(ApiError::UnknownSocket(id.to_string()));
+    }
+    let answers = ask_all(state.publisher.cluster.directory.as_ref(), &request).await;
+    let mut silent = 0;
+    for peer in answers {
+        match peer.answer {
+            Ok((404, _)) => {}
+            Ok((status, body)) if status < 500 && status != 401 => return Ok((status, body)),
+            other => {
+                tracing::warn!(node = %peer.node, site = %site.config.name, answer = ?other.as_ref().map(|(s, _)| s),
+                    "a node did not answer a socket request");
+                silent += 1;
+            }
+        }
+    }
+    if silent == 0 {
+        Err(ApiError::UnknownSocket(id.to_string()))
+    } else {
+        Err(ApiError::NodesUnavailable(silent))
+    }
 }
 
+/// Disconnects socket `id`, on whichever node holds it.
 pub async fn disconnect(
     State(state): State<ApiState>,
     ApiPath((site, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let site = authorized(&state, &headers, &site)?;
-    socket_of(&site, &id)?.disconnect();
-    Ok(StatusCode::NO_CONTENT)
+    if let Some(socket) = site.namespace.socket(&id) {
+        socket.disconnect();
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let target = format!(
+        "/api/v1/sites/{}/sockets/{}",
+        escape(&site.config.name),
+        escape(&id)
+    );
+    let request = PeerRequest {
+        method: reqwest::Method::DELETE,
+        target: &target,
+        api_key: api_key(&headers),
+        body: None,
+    };
+    let (status, _) = on_peer(&state, &headers, &site, &id, request).await?;
+    Ok(StatusCode::from_u16(status).unwrap_or(StatusCode::NO_CONTENT))
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,9 +273,14 @@ pub async fn rooms(
     ApiPath((site, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let site = authorized(&state, &headers, &site)?;
-    let request: MembershipRequest = json_body(&state, &headers, body).await?;
+    let bytes = read_body(body, &headers, state.max_publish_bytes).await?;
+    let request: MembershipRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(from_object)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
     // Rooms are names a mailbox store keeps (as an auth answer's rooms are): refuse a bad one before any change.
     if let Some(bad) = request.join.iter().find(|r| !valid_name(r)) {
         return Err(ApiError::BadRequest(format!(
@@ -177,7 +288,22 @@ pub async fn rooms(
             bad.escape_debug()
         )));
     }
-    let socket = socket_of(&site, &id)?;
+    let Some(socket) = site.namespace.socket(&id) else {
+        let target = format!(
+            "/api/v1/sites/{}/sockets/{}/rooms",
+            escape(&site.config.name),
+            escape(&id)
+        );
+        let forwarded = PeerRequest {
+            method: reqwest::Method::POST,
+            target: &target,
+            api_key: api_key(&headers),
+            body: Some(bytes),
+        };
+        let (status, body) = on_peer(&state, &headers, &site, &id, forwarded).await?;
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
+    };
     for room in &request.leave {
         socket.leave(room);
     }
@@ -203,7 +329,7 @@ pub async fn rooms(
             .await
             .map_err(ApiError::store)?;
     }
-    Ok(Json(json!({ "rooms": socket.rooms() })))
+    Ok(Json(json!({ "rooms": socket.rooms() })).into_response())
 }
 
 /// A user's devices and what each has pending: `user` is the user room (`user_42`) or the id after its prefix.

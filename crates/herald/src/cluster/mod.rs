@@ -6,8 +6,12 @@
 
 pub mod bus;
 pub mod embedded;
+pub mod peers;
+pub mod redis;
 pub mod redis_sessions;
+pub mod registry;
 pub mod sessions;
+pub mod wire;
 
 use std::sync::Arc;
 

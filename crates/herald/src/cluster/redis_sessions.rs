@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use super::bus::BusError;
+use super::registry::{DeadNode, Reap};
 use super::sessions::{SavedSocket, SessionStore};
 
 /// The sessions of the nodes sharing one Redis database.
@@ -45,6 +46,15 @@ fn unavailable(e: redis::RedisError) -> BusError {
 }
 
 impl RedisSessions {
+    /// Connects to Redis at `url` for node `node`.
+    pub async fn connect(url: &str, node: &str) -> Result<Self, BusError> {
+        let client = super::redis::open_client(url).map_err(BusError::Unavailable)?;
+        let con = super::redis::manager(&client, url)
+            .await
+            .map_err(BusError::Unavailable)?;
+        Ok(Self::new(con, node))
+    }
+
     /// The sessions of node `node` over an open connection.
     pub fn new(con: ConnectionManager, node: &str) -> Self {
         RedisSessions {
@@ -83,6 +93,30 @@ impl RedisSessions {
             .await
             .map_err(unavailable)?;
         Ok(members.len())
+    }
+}
+
+/// Releases a dead node's recovery sessions, so its clients can recover on the survivors within their
+/// site's window from now.
+#[derive(Debug)]
+pub struct SessionReaper {
+    pub sessions: RedisSessions,
+    /// Each recovering site's window.
+    pub windows: HashMap<String, Duration>,
+}
+
+#[async_trait]
+impl Reap for SessionReaper {
+    async fn reap(&self, dead: &DeadNode) {
+        match self.sessions.release_node(&dead.id, &self.windows).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(node = %dead.id, sessions = n, "released a dead node's recovery sessions")
+            }
+            Err(e) => {
+                tracing::warn!(node = %dead.id, error = %e, "cannot release a dead node's recovery sessions")
+            }
+        }
     }
 }
 

@@ -81,6 +81,7 @@ impl Task {
         if !self.mailbox.replaced(&self.key, self.socket.id()) {
             self.mark_disconnected().await;
         }
+        self.mailbox.delivery_ended(&self.key);
     }
 
     /// One run of delivery from where `cursor` and `progress` say it is, until the client leaves or the store

@@ -37,6 +37,8 @@ pub struct Presence {
     http: reqwest::Client,
     debounce: Duration,
     users: Arc<Mutex<HashMap<(String, String), UserState>>>,
+    /// In a cluster, the node's record of its present users, which a survivor reports gone if this node dies.
+    records: Option<crate::cluster::registry::NodeRecords>,
 }
 
 impl std::fmt::Debug for Presence {
@@ -61,7 +63,24 @@ impl Presence {
             http,
             debounce,
             users: Arc::new(Mutex::new(HashMap::new())),
+            records: None,
         }
+    }
+
+    /// Keeps this node's record of present users in `records` (a cluster's node registry).
+    pub fn recording(mut self, records: crate::cluster::registry::NodeRecords) -> Self {
+        self.records = Some(records);
+        self
+    }
+
+    /// Reports `user` gone at once, with no debounce: a survivor's report for a node that died.
+    pub fn report_gone(&self, target: &PresenceTarget, user: PresenceUser) {
+        tokio::spawn(put(
+            self.http.clone(),
+            target.clone(),
+            user,
+            "last_disconnected",
+        ));
     }
 
     /// A socket of `user` connected: report `last_connected` unless the user was only briefly away.
@@ -73,6 +92,9 @@ impl Presence {
         state.sockets += 1;
         if state.sockets > 1 {
             return;
+        }
+        if let Some(records) = &self.records {
+            records.user_present(&user.site, &user.id, user.token.as_ref());
         }
         if let Some(going) = state.going.take() {
             // Back within the debounce time: the backend never hears of the flap.
@@ -100,12 +122,17 @@ impl Presence {
         }
         let (http, target, debounce) = (self.http.clone(), target.clone(), self.debounce);
         let registry = Arc::clone(&self.users);
+        let records = self.records.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(debounce).await;
             {
                 let mut users = registry.lock();
                 if users.get(&key).is_some_and(|s| s.sockets == 0) {
                     users.remove(&key);
+                    // Told below: a survivor has nothing to report for this user should this node die now.
+                    if let Some(records) = &records {
+                        records.user_gone(&key.0, &key.1);
+                    }
                 }
             }
             put(http, target, user, "last_disconnected").await;

@@ -40,6 +40,9 @@ pub struct Mailbox {
     shared: bool,
     /// Delivery tasks by (site, user), then device.
     links: Mutex<HashMap<(String, String), HashMap<String, Link>>>,
+    /// In a cluster, the node's record of the devices connected here, which a survivor marks disconnected if
+    /// this node dies.
+    records: std::sync::OnceLock<crate::cluster::registry::NodeRecords>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -62,6 +65,7 @@ impl Mailbox {
             settings,
             shared: announcements.is_some(),
             links: Mutex::new(HashMap::new()),
+            records: std::sync::OnceLock::new(),
         });
         tokio::spawn(sweeper(Arc::downgrade(&mailbox)));
         if let Some(mut announcements) = announcements {
@@ -74,6 +78,18 @@ impl Mailbox {
             });
         }
         Ok(mailbox)
+    }
+
+    /// Keeps this node's record of connected devices in `records` (a cluster's node registry).
+    pub fn record_devices(&self, records: crate::cluster::registry::NodeRecords) {
+        let _ = self.records.set(records);
+    }
+
+    /// A delivery task of `key` ended, after marking the device disconnected unless another socket took over.
+    pub(super) fn delivery_ended(&self, key: &DeviceKey) {
+        if let Some(records) = self.records.get() {
+            records.device_detached(key);
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn MailboxStore> {
@@ -104,6 +120,9 @@ impl Mailbox {
         rooms: RoomFilter,
         ttl: Duration,
     ) {
+        if let Some(records) = self.records.get() {
+            records.device_attached(&key);
+        }
         let (wake, wakes) = mpsc::channel(WAKE_QUEUE);
         let link = Link {
             socket_id: Arc::from(socket.id()),

@@ -374,18 +374,15 @@ impl SocketIo {
         for room in &accepted.rooms {
             socket.join(room);
         }
-        let reply = match (version, &recovery) {
-            (Version::V4, Some(recovery)) => frames::simple(
-                PacketType::Connect,
-                ns.name(),
-                Some(&serde_json::json!({ "sid": socket.id(), "pid": recovery.pid })),
-            ),
-            (Version::V4, None) => frames::simple(
-                PacketType::Connect,
-                ns.name(),
-                Some(&serde_json::json!({ "sid": socket.id() })),
-            ),
-            (Version::V3, _) => frames::simple::<Value>(PacketType::Connect, ns.name(), None),
+        let reply = match version {
+            Version::V4 => {
+                let answer = ConnectAnswer {
+                    sid: socket.id(),
+                    pid: recovery.as_ref().map(|r| r.pid.as_str()),
+                };
+                frames::simple(PacketType::Connect, ns.name(), Some(&answer))
+            }
+            Version::V3 => frames::simple::<Value>(PacketType::Connect, ns.name(), None),
         };
         let _ = session.send(reply);
         if let Some(resumed) = resumed {
@@ -400,6 +397,14 @@ impl SocketIo {
         }
         ns.handler.on_connect(&socket);
     }
+}
+
+/// The answer to a v5 CONNECT: the socket id, and the private id of connection-state recovery when offered.
+#[derive(serde::Serialize)]
+struct ConnectAnswer<'a> {
+    sid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<&'a str>,
 }
 
 fn connect_error(session: &Session<Conn>, nsp: &str, message: &str) {
