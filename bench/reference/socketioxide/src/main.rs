@@ -24,7 +24,8 @@ use serde_json::Value;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::{SocketIo, SocketIoBuilder};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::SocketIo;
 use socketioxide_redis::drivers::redis::redis_client as redis;
 use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
 
@@ -190,6 +191,21 @@ fn env(name: &str) -> String {
     }
 }
 
+/// Defines `/bench` on `$io`: the token middleware, then nothing (the server ignores client events). A macro
+/// because the local adapter answers at once and the Redis adapter with a future to await.
+macro_rules! bench_namespace {
+    ($io:expr, $shared:expr) => {{
+        let middleware_shared = $shared.clone();
+        $io.ns(
+            NAMESPACE,
+            (async |_: SocketRef<_>| {}).with(move |s: SocketRef<_>, TryData(auth): TryData<Auth>| {
+                let shared = middleware_shared.clone();
+                async move { authenticate(shared, s, auth.ok()).await }
+            }),
+        )
+    }};
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = env("PORT").parse().unwrap_or_else(|_| {
@@ -211,38 +227,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let builder = SocketIo::builder().max_buffer_size(OUTBOX_FRAMES);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     match std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty()) {
-        None => serve(builder, shared, listener).await,
+        None => {
+            let (layer, io) = builder.build_layer();
+            // The local adapter's namespace is ready at once.
+            bench_namespace!(io, shared);
+            serve(layer, io, shared, listener).await
+        }
         Some(url) => {
             // The adapter's drivers speak RESP3 (Redis 7+).
             let url = if url.contains("protocol=") {
                 url
             } else {
-                format!("{url}{}protocol=resp3", if url.contains('?') { '&' } else { '?' })
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}protocol=resp3")
             };
             let client = redis::Client::open(url)?;
             let adapter = RedisAdapterCtr::new_with_redis(&client).await?;
-            serve(builder.with_adapter::<RedisAdapter<_>>(adapter), shared, listener).await
+            let (layer, io) = builder
+                .with_adapter::<RedisAdapter<_>>(adapter)
+                .build_layer();
+            // The Redis adapter's namespace subscribes to its channels first.
+            bench_namespace!(io, shared).await?;
+            serve(layer, io, shared, listener).await
         }
     }
 }
 
 async fn serve<A: Adapter>(
-    builder: SocketIoBuilder<A>,
+    layer: SocketIoLayer<A>,
+    io: SocketIo<A>,
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let (layer, io) = builder.build_layer();
-    let middleware_shared = shared.clone();
-    io.ns(
-        NAMESPACE,
-        (async |_: SocketRef<A>| {}).with(move |s: SocketRef<A>, TryData(auth): TryData<Auth>| {
-            let shared = middleware_shared.clone();
-            async move { authenticate(shared, s, auth.ok()).await }
-        }),
-    )
-    .await
-    .map_err(|e| format!("namespace {NAMESPACE}: {e}"))?;
-
     let app = Router::new()
         .route("/send", post(send::<A>))
         .route("/healthcheck", get(async || "OK"))
