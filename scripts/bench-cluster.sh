@@ -6,7 +6,7 @@
 #   bash scripts/bench-cluster.sh                      # everything, 2 rounds (~10 min on 2 cores)
 #   bash scripts/bench-cluster.sh --rounds 1 --servers "herald node"
 #   bash scripts/bench-cluster.sh --only poll          # scenarios whose name contains the word
-#   bash scripts/bench-cluster.sh --smoke              # tiny sizes, debug build of herald, 1 round
+#   bash scripts/bench-cluster.sh --smoke              # tiny sizes, 1 round, fails on a loss
 #   bash scripts/bench-cluster.sh --redis-url redis://127.0.0.1:6379/15   # an existing Redis (db flushed)
 #
 # Scenarios (herald-bench arguments in the list below):
@@ -21,9 +21,11 @@
 # servers, db 15, flushed before every start of a pair of nodes, stopped at the end. Both server nodes run on
 # CPU 0 and the load generator on CPU 1 (as scripts/bench.sh), when the machine has two CPUs or more.
 #
-# Results: $out/results.jsonl (one JSON line per run) and $out/report.md (the tables), out being
-# target/bench-cluster under $CARGO_TARGET_DIR when set; each node's log is $out/<server>-<n>.log.
+# Results: $out/results.jsonl (one JSON line per run), $out/runs.txt (herald-bench's line per run) and
+# $out/report.md (the tables), out being target/bench-cluster under $CARGO_TARGET_DIR when set; each node's log
+# is $out/<server>-<n>.log.
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
 cd "$(dirname "$0")/.."
 
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -40,18 +42,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-if [[ $smoke == 1 ]]; then
-  profile_dir=$target_dir/debug
-  cargo build -q -p herald -p herald-bench
-else
-  profile_dir=$target_dir/release
-  cargo build -q --release -p herald -p herald-bench
-fi
+profile_dir=$target_dir/release
+cargo build -q --release -p herald -p herald-bench
 if [[ $servers != herald ]]; then bash scripts/bench-setup.sh >&2; fi
 
 mkdir -p "$out"
 results=$out/results.jsonl
 : > "$results"
+: > "$out/runs.txt"
 if [[ $(nproc) -ge 2 ]]; then server_cpu=(taskset -c 0) gen_cpu=(taskset -c 1); else server_cpu=() gen_cpu=(); fi
 ports=("${BENCH_PORT:-3791}" "$(( ${BENCH_PORT:-3791} + 1 ))")
 export BENCH_API_KEY=bench-api-key-0123456789 BENCH_JWT_SECRET=bench-jwt-secret-0123456789abcdef
@@ -118,6 +116,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+failed=0
 nodes_arg=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}
 # name | herald-bench arguments (after the scenario, --nodes and --pids are added)
 if [[ $smoke == 1 ]]; then
@@ -147,10 +146,15 @@ for entry in "${scenarios[@]}"; do
     for server in $servers; do
       echo "== $name, round $round, $server" >&2
       start_nodes "$server"
+      # Smoke runs fail on any loss, except the references' forwarded polls, which they refuse by design.
+      strict=(); if [[ $smoke == 1 && ( $server == herald || $name != *forwarded* ) ]]; then strict=(--strict); fi
       # shellcheck disable=SC2086 # $rest is a word list on purpose
-      "${gen_cpu[@]}" "$profile_dir/herald-bench" --server "$server" --json "$results" "$scenario" \
-        --nodes "$nodes_arg" --pids "${node_pids[0]},${node_pids[1]}" "${extra[@]}" $rest || \
+      if ! "${gen_cpu[@]}" "$profile_dir/herald-bench" --server "$server" --json "$results" "${strict[@]}" \
+        "$scenario" --nodes "$nodes_arg" --pids "${node_pids[0]},${node_pids[1]}" "${extra[@]}" $rest \
+        | tee -a "$out/runs.txt"; then
         echo "herald-bench failed ($name, $server)" >&2
+        failed=1
+      fi
       stop_nodes
       sleep 1
     done
@@ -169,3 +173,4 @@ done
   echo "redis: $(redis-server --version | awk '{print $3}') at $redis_url$([[ -n $own_redis ]] && echo ' (private, started by the script)')"
   if [[ $servers != herald ]]; then bash scripts/bench-setup.sh | grep -E '^\[bench-setup\] (node|socketioxide) [0-9]'; fi
 } | tee -a "$out/report.md"
+if [[ $smoke == 1 ]]; then exit "$failed"; fi

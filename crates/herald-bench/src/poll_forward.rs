@@ -9,7 +9,7 @@
 //! two variants is what forwarding costs, as the publish is the same in both.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
