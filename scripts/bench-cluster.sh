@@ -146,8 +146,12 @@ for entry in "${scenarios[@]}"; do
     for server in $servers; do
       echo "== $name, round $round, $server" >&2
       start_nodes "$server"
-      # Smoke runs fail on any loss, except the references' forwarded polls, which they refuse by design.
-      strict=(); if [[ $smoke == 1 && ( $server == herald || $name != *forwarded* ) ]]; then strict=(--strict); fi
+      # Smoke runs fail on any loss; the references refuse forwarded polls by design, and Node's adapter may
+      # reorder a publisher's messages sent through different nodes, so those two are not checked for them.
+      strict=()
+      if [[ $smoke == 1 && ( $server == herald || ( $name != *forwarded* && $name != *alternate* ) ) ]]; then
+        strict=(--strict)
+      fi
       # shellcheck disable=SC2086 # $rest is a word list on purpose
       if ! "${gen_cpu[@]}" "$profile_dir/herald-bench" --server "$server" --json "$results" "${strict[@]}" \
         "$scenario" --nodes "$nodes_arg" --pids "${node_pids[0]},${node_pids[1]}" "${extra[@]}" $rest \

@@ -255,8 +255,7 @@ pub async fn fanout_over(nodes: &Nodes<'_>, plan: Plan) -> anyhow::Result<Outcom
             shared * 1e6 / delivered
         ));
         metrics["redis_cpu_us_per_msg"] = json!(shared * 1e6 / delivered);
-        metrics["server_and_redis_cpu_us_per_msg"] =
-            json!((server_cpu + shared) * 1e6 / delivered);
+        metrics["server_and_redis_cpu_us_per_msg"] = json!((server_cpu + shared) * 1e6 / delivered);
     }
     Ok(Outcome { human, metrics })
 }

@@ -99,7 +99,11 @@ const CLUSTER: &[Metric] = &[
     metric("latency p50 (ms)", "/latency_us/p50", false),
     metric("latency p99 (ms)", "/latency_us/p99", false),
     metric("latency p99.9 (ms)", "/latency_us/p999", false),
-    metric("node 2's clients: latency p99 (ms)", "/remote_latency_us/p99", false),
+    metric(
+        "node 2's clients: latency p99 (ms)",
+        "/remote_latency_us/p99",
+        false,
+    ),
     count("lost", "/lost"),
     count("duplicates", "/duplicates"),
     count("out of order", "/out_of_order"),

@@ -112,9 +112,7 @@ pub fn count_over(
     all: &[std::sync::Arc<Deliveries>],
     counter: impl Fn(&Deliveries) -> &AtomicU64,
 ) -> u64 {
-    all.iter()
-        .map(|d| counter(d).load(Ordering::Relaxed))
-        .sum()
+    all.iter().map(|d| counter(d).load(Ordering::Relaxed)).sum()
 }
 
 /// Latency percentiles over several `Deliveries` together.
