@@ -107,6 +107,18 @@ export async function api(base, method, urlPath, { key, body, form, headers = {}
   return { status: res.status, body: parsed };
 }
 
+/**
+ * A socket listing's answer with each socket's `node` (the cluster node that holds it, always present) checked
+ * and removed, for tests that compare sockets exactly.
+ */
+export function withoutNode(res) {
+  for (const socket of res.body?.sockets ?? []) {
+    if (typeof socket.node !== "string") throw new Error(`socket ${socket.id} has no node: ${JSON.stringify(socket)}`);
+    delete socket.node;
+  }
+  return res;
+}
+
 /** An HMAC-signed JWT, crafted by hand. */
 export function craftJwt(alg, claims, secret) {
   const hash = { HS256: "sha256", HS384: "sha384", HS512: "sha512" }[alg];

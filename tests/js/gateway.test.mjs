@@ -17,7 +17,7 @@ import os from "node:os";
 import path from "node:path";
 import { io } from "socket.io-client";
 import { freePort } from "./server.mjs";
-import { HOST, api, b64url, craftJwt, gatewayBin, json, startAuthServer, startGateway } from "./gateway-helpers.mjs";
+import { HOST, api, b64url, craftJwt, gatewayBin, json, startAuthServer, startGateway, withoutNode } from "./gateway-helpers.mjs";
 import {
   Clients,
   QUIET_MS,
@@ -181,7 +181,7 @@ nouser:
     });
 
     it("the sockets API lists each client with its user, device and rooms", { timeout: TEST_TIMEOUT_MS }, async () => {
-      const { status, body } = await api(gw.url, "GET", "/api/v1/sites/shop/sockets", { key: SHOP_KEY });
+      const { status, body } = withoutNode(await api(gw.url, "GET", "/api/v1/sites/shop/sockets", { key: SHOP_KEY }));
       assert.equal(status, 200);
       const byId = Object.fromEntries(body.sockets.map((s) => [s.id, s]));
       assert.equal(body.sockets.length, 4);
@@ -336,7 +336,7 @@ nouser:
       const Y = client(`${gw.url}/shop?token=good2&deviceId=d2`, { transports: ["websocket"] });
       await Promise.all([waitConnected(X), waitConnected(Y)]);
 
-      const list = await api(gw.url, "GET", "/api/v1/sites/shop/sockets?room=user_7", { key: SHOP_KEY });
+      const list = withoutNode(await api(gw.url, "GET", "/api/v1/sites/shop/sockets?room=user_7", { key: SHOP_KEY }));
       assert.equal(list.status, 200);
       assert.deepEqual(list.body, {
         sockets: [{ id: X.id, user: "7", deviceId: "d1", rooms: [X.id, "user_7", "team_a", "lobby"] }],
@@ -371,7 +371,7 @@ nouser:
 
       const again = await api(gw.url, "DELETE", `/api/v1/sites/shop/sockets/${id}`, { key: SHOP_KEY });
       assert.deepEqual(again, { status: 404, body: { error: `unknown socket '${id}'` } });
-      const after = await api(gw.url, "GET", "/api/v1/sites/shop/sockets?room=vip", { key: SHOP_KEY });
+      const after = withoutNode(await api(gw.url, "GET", "/api/v1/sites/shop/sockets?room=vip", { key: SHOP_KEY }));
       assert.deepEqual(after.body, { sockets: [] });
     });
   });
@@ -427,7 +427,7 @@ sites:
     const J2 = client(`${gw.url}/app?token=${encodeURIComponent(token)}&deviceId=j2`, { transports: ["websocket"] });
     await Promise.all([waitConnected(J1), waitConnected(J2)]);
 
-    const { status, body } = await api(gw.url, "GET", "/api/v1/sites/app/sockets", { key: APP_KEY });
+    const { status, body } = withoutNode(await api(gw.url, "GET", "/api/v1/sites/app/sockets", { key: APP_KEY }));
     assert.equal(status, 200);
     const byId = Object.fromEntries(body.sockets.map((s) => [s.id, s]));
     assert.equal(body.sockets.length, 2);
@@ -448,7 +448,7 @@ sites:
     const token = craftJwt("HS256", { sub: "crafted", rooms: ["r1"], iat: now, exp: now + 600 }, JWT_SECRET);
     const s = client(`${gw.url}/app`, { auth: { token } });
     await waitConnected(s);
-    const { body } = await api(gw.url, "GET", "/api/v1/sites/app/sockets?room=r1", { key: APP_KEY });
+    const { body } = withoutNode(await api(gw.url, "GET", "/api/v1/sites/app/sockets?room=r1", { key: APP_KEY }));
     assert.deepEqual(body, { sockets: [{ id: s.id, user: "crafted", deviceId: null, rooms: [s.id, "r1"] }] });
   });
 
@@ -457,7 +457,7 @@ sites:
     const good = craftRsJwt({ sub: "rs-user", rooms: ["rs-room"], iat: now, exp: now + 600 });
     const s = client(`${gw.url}/rsapp`, { auth: { token: good, deviceId: "rs-dev" } });
     await waitConnected(s);
-    const { body } = await api(gw.url, "GET", "/api/v1/sites/rsapp/sockets", { key: APP_KEY });
+    const { body } = withoutNode(await api(gw.url, "GET", "/api/v1/sites/rsapp/sockets", { key: APP_KEY }));
     assert.deepEqual(body, { sockets: [{ id: s.id, user: "rs-user", deviceId: "rs-dev", rooms: [s.id, "rs-room"] }] });
 
     const expired = craftRsJwt({ sub: "rs-user", rooms: [], iat: now - 7200, exp: now - 3600 });

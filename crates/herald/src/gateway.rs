@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, AuthError, AuthRequest, Authenticator, Identity};
+use crate::cluster::forward::{ForwardConfig, Forwarder};
 use crate::cluster::redis::{RedisBus, RedisBusOptions};
 use crate::cluster::redis_sessions::{RedisSessions, SessionReaper};
 use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
@@ -44,6 +45,8 @@ pub enum GatewayError {
     Mailbox(#[from] StoreError),
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::BusError),
+    #[error(transparent)]
+    Emitter(#[from] crate::bridges::emitter::EmitterError),
 }
 
 /// The running gateway: its socket.io server, engine and sites.
@@ -57,6 +60,8 @@ pub struct Gateway {
     pub max_publish_bytes: usize,
     /// The node registry, in a cluster (with `redis_url`).
     pub registry: Option<Arc<Registry>>,
+    /// The socket.io Redis emitter bridge, when it runs.
+    pub emitter: Option<crate::bridges::emitter::Emitter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -112,6 +117,13 @@ async fn open_mailbox(config: &Config) -> Result<Option<Arc<Mailbox>>, GatewayEr
 
 /// Builds the gateway for `config` (already validated), opening its mailbox store.
 pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
+    build_in(config, None).await
+}
+
+/// [`build`], as node `cluster.node` of `cluster` when given (nodes that know each other without Redis, in
+/// tests), else as a node alone. Its sids start with its node id, and requests for sessions of the other nodes
+/// of `cluster.directory` are forwarded to them.
+pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gateway, GatewayError> {
     let limits = &config.server.limits;
     let io = SocketIo::new(SocketIoConfig {
         max_connect_attempts: limits.max_auth_attempts,
@@ -198,10 +210,12 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
                 sessions: Arc::new(sessions),
             })
         }
-        _ => Arc::new(Cluster::single(
-            config.server.node_url(),
-            config.server.cluster.recovery_max_packets,
-        )),
+        _ => Arc::new(cluster.unwrap_or_else(|| {
+            Cluster::single(
+                config.server.node_url(),
+                config.server.cluster.recovery_max_packets,
+            )
+        })),
     };
     let mut sites = Vec::with_capacity(config.sites.len());
     let device_locks = Arc::new(DeviceLocks::new());
@@ -241,13 +255,25 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
             recovery,
         });
     }
-    let engine = Engine::new(engine_config(config), io.clone());
+    let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
+    if config.server.redis_url.is_some() && cluster.url.starts_with("https://") {
+        tracing::warn!(
+            url = %cluster.url,
+            "peers forward polling requests and upgrades to this node over plain HTTP only: with an https:// \
+             node URL, a request that lands on another node fails and the client reconnects"
+        );
+    }
+    engine.set_forward(Arc::new(Forwarder::new(
+        Arc::clone(&cluster.directory),
+        forward_config(config),
+    )));
     let sites = Sites::new(sites);
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
     };
     publisher.start().await?;
+    let emitter = crate::bridges::start(config, &publisher).await?;
     Ok(Gateway {
         io,
         engine,
@@ -255,13 +281,15 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         publisher,
         max_publish_bytes: config.server.limits.max_publish_bytes,
         registry,
+        emitter,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
 
-fn engine_config(config: &Config) -> EngineConfig {
+fn engine_config(config: &Config, node: &str) -> EngineConfig {
     let server = &config.server;
     EngineConfig {
+        sid_prefix: node.to_string(),
         path: server.engine.path.clone(),
         ping_interval: Duration::from_millis(server.engine.ping_interval_ms),
         ping_timeout: Duration::from_millis(server.engine.ping_timeout_ms),
@@ -271,6 +299,22 @@ fn engine_config(config: &Config) -> EngineConfig {
         allowed_origins: server.engine.allowed_origins.clone(),
         max_handshake_bytes: server.limits.max_handshake_bytes,
         ..EngineConfig::default()
+    }
+}
+
+/// How this node forwards requests for other nodes' sessions: bodies up to `max_payload_bytes`, an answer
+/// within `idle_timeout_ms` (above the ping interval a long poll waits), pooled connections dropped well before
+/// the peer's `header_read_timeout_ms` closes them, and as many tunnels as sessions.
+fn forward_config(config: &Config) -> ForwardConfig {
+    let limits = &config.server.limits;
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    ForwardConfig {
+        max_body: limits.max_payload_bytes,
+        timeout: idle,
+        pool_idle: Duration::from_millis(limits.header_read_timeout_ms / 2),
+        tunnel_idle: idle,
+        max_tunnels: limits.max_connections,
+        ..ForwardConfig::default()
     }
 }
 
@@ -330,10 +374,16 @@ impl Gateway {
     }
 
     /// Marks the gateway as draining: `/readyz` answers 503 so load balancers stop sending clients, and new
-    /// sessions are refused with 503 while the open ones go on.
+    /// sessions are refused with 503 while the open ones go on; this node stops leading the emitter bridge.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Release);
         self.engine.refuse_new_sessions();
+        // Another node takes the emitter's broadcasts over now, rather than after this node's lease lapses.
+        if let (Some(emitter), Ok(runtime)) =
+            (self.emitter.clone(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move { emitter.resign().await });
+        }
     }
 }
 

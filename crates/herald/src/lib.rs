@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bridges;
 pub mod cluster;
 pub mod config;
 pub mod engine;

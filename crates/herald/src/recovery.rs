@@ -57,7 +57,7 @@ impl Comeback {
 
 /// A fresh private session id: 16 random bytes, URL-safe.
 fn new_pid() -> String {
-    crate::engine::new_sid().into()
+    crate::engine::new_sid("").into()
 }
 
 impl SiteRecovery {

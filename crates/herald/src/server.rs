@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -204,13 +205,19 @@ async fn connection(
     mut phase: watch::Receiver<Phase>,
 ) {
     let activity = Arc::new(Activity::new());
+    // The client's address, for the `X-Forwarded-For` of a request forwarded to another node.
+    let peer = stream.peer_addr().ok().map(ConnectInfo);
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
     });
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
-        async move { router.oneshot(request.map(Body::new)).await }
+        let mut request = request.map(Body::new);
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
+        async move { router.oneshot(request).await }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

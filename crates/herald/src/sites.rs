@@ -54,6 +54,31 @@ impl Site {
         room.starts_with(prefix).then_some(room)
     }
 
+    /// Records `socket`'s rooms after they changed (the API's join and leave, the emitter's `socketsJoin` and
+    /// `socketsLeave`): in its recovery record, so a client that comes back after its node died gets them back,
+    /// and its shared rooms in the index that publishes to those rooms expand through (on a site with
+    /// mailboxes, for a socket with a user).
+    pub async fn rooms_changed(
+        &self,
+        socket: &crate::socketio::Socket,
+    ) -> Result<(), crate::mailbox::StoreError> {
+        if let Some(recovery) = &self.recovery {
+            recovery.remember(socket).await;
+        }
+        let info = socket.data::<ClientInfo>();
+        let (Some(mailbox), Some(user)) =
+            (&self.mailbox, info.and_then(|i| i.user_room.as_deref()))
+        else {
+            return Ok(());
+        };
+        let device = info
+            .and_then(|i| i.device_id.as_deref())
+            .unwrap_or_default();
+        let key = crate::mailbox::DeviceKey::new(&self.config.name, user, device);
+        let rooms = self.room_filter().shared_rooms(socket);
+        mailbox.store().connect(&key, &rooms).await
+    }
+
     /// Whether `key` is one of the site's API keys, compared in constant time.
     pub fn accepts_key(&self, key: &str) -> bool {
         // Check every key, so the time taken does not tell which one nearly matched.

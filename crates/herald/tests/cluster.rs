@@ -604,3 +604,84 @@ async fn a_redis_outage_answers_publishes_503_and_the_cluster_heals_by_itself() 
         "publishes crossed nodes again after Redis came back"
     );
 }
+
+/// One polling request of session `sid` on `addr`; its status and body.
+async fn polling(addr: SocketAddr, method: &str, sid: &str, body: &str) -> (u16, String) {
+    let response = http(
+        addr,
+        method,
+        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+        &[("Content-Type", "text/plain;charset=UTF-8")],
+        body.as_bytes(),
+    )
+    .await;
+    (response.status, response.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_a_round_robin_balancer_needs_no_sticky_sessions() {
+    flush(11).await;
+    let site = site("fwd");
+    let a = node(11, std::slice::from_ref(&site), 10_000).await;
+    let b = node(11, std::slice::from_ref(&site), 10_000).await;
+    meshed(&[&a, &b]).await;
+    let name = &site.name;
+
+    let token = herald::auth::jwt::mint(&jwt(), "u1", &["r".to_string()], Duration::from_secs(600))
+        .unwrap();
+    let open = http(
+        a.addr,
+        "GET",
+        &format!("/socket.io/?EIO=4&transport=polling&token={token}&deviceId=d1"),
+        &[],
+        b"",
+    )
+    .await;
+    let open: Value = serde_json::from_str(open.text().strip_prefix('0').unwrap()).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_string();
+    assert!(sid.starts_with(&a.id()), "{sid} is not {}'s", a.id());
+
+    // Requests alternate between the nodes, as a round-robin balancer would send them.
+    assert_eq!(
+        polling(b.addr, "POST", &sid, &format!("40/{name},")).await,
+        (200, "ok".to_string())
+    );
+    let (status, connect) = polling(a.addr, "GET", &sid, "").await;
+    assert_eq!(status, 200);
+    assert!(connect.starts_with(&format!("40/{name},")), "{connect}");
+    publish(
+        b.addr,
+        name,
+        json!({"rooms": ["r"], "event": "e", "args": [1]}),
+    )
+    .await;
+    let (status, event) = polling(b.addr, "GET", &sid, "").await;
+    assert_eq!(status, 200);
+    assert!(
+        event.starts_with(&format!(r#"42/{name},["e",1"#)),
+        "{event}"
+    );
+
+    // The upgrade lands on B too; the probe runs end to end with A.
+    let mut ws = common::ws_open(
+        b.addr,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+        None,
+    )
+    .await;
+    {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        ws.send(Message::text("2probe")).await.unwrap();
+        assert_eq!(common::ws_next_text(&mut ws).await, "3probe");
+        ws.send(Message::text("5")).await.unwrap();
+    }
+    let mut client = WsClient::pump(ws);
+    publish(
+        a.addr,
+        name,
+        json!({"rooms": ["r"], "event": "e", "args": [2]}),
+    )
+    .await;
+    assert_eq!(next_event(&mut client, name).await.1, json!(2));
+}

@@ -310,25 +310,7 @@ pub async fn rooms(
     for room in &request.join {
         socket.join(room);
     }
-    // A client that comes back after its node died gets these rooms back.
-    if let Some(recovery) = &site.recovery {
-        recovery.remember(&socket).await;
-    }
-    // A user's shared rooms feed the index that publishes to those rooms expand through.
-    let info = socket.data::<ClientInfo>();
-    if let (Some(mailbox), Some(user)) = (&site.mailbox, info.and_then(|i| i.user_room.as_deref()))
-    {
-        let device = info
-            .and_then(|i| i.device_id.as_deref())
-            .unwrap_or_default();
-        let key = crate::mailbox::DeviceKey::new(&site.config.name, user, device);
-        let rooms = site.room_filter().shared_rooms(&socket);
-        mailbox
-            .store()
-            .connect(&key, &rooms)
-            .await
-            .map_err(ApiError::store)?;
-    }
+    site.rooms_changed(&socket).await.map_err(ApiError::store)?;
     Ok(Json(json!({ "rooms": socket.rooms() })).into_response())
 }
 

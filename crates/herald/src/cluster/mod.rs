@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod embedded;
+pub mod forward;
 pub mod peers;
 pub mod redis;
 pub mod redis_sessions;
@@ -82,6 +83,23 @@ impl Cluster {
             url,
             bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
             directory: Arc::new(Alone),
+            sessions: Arc::new(sessions::MemorySessions::default()),
+        }
+    }
+
+    /// Node `node` among the nodes `directory` knows, without Redis: the embedded bus (broadcasts stay on the
+    /// node that took them), but requests for another node's sessions are forwarded. For tests and benches.
+    pub fn with_directory(
+        node: Arc<str>,
+        url: String,
+        directory: Arc<dyn Directory>,
+        max_logged: usize,
+    ) -> Self {
+        Cluster {
+            node,
+            url,
+            bus: Arc::new(embedded::EmbeddedBus::new(max_logged)),
+            directory,
             sessions: Arc::new(sessions::MemorySessions::default()),
         }
     }

@@ -175,9 +175,11 @@ pub struct ClusterSettings {
     /// survivor reports its users gone. Under 20000. Default 10000.
     pub node_ttl_ms: u64,
     /// The socket.io Redis emitter protocol (`@socket.io/redis-emitter` and its PHP, Python, Java and Go
-    /// siblings): publishes on `<prefix>#/<site>#…` reach the site's clients. Default on.
+    /// siblings): publishes on `<prefix>#/<site>#…` reach the site's clients, and `socketsJoin`, `socketsLeave`
+    /// and `disconnectSockets` (`<prefix>-request#/<site>#`) act on them. Needs `redis_url`. Default on.
     pub emitter: bool,
-    /// The emitter's key prefix. Default `socket.io`.
+    /// The emitter's key prefix (its `key` option). Redis pub/sub ignores the database number, so every herald
+    /// cluster on one Redis server with the same prefix receives the same emits. Default `socket.io`.
     pub emitter_prefix: String,
     /// Most packets one site's recovery log keeps on this node without Redis, whatever the window. Default
     /// 10000.

@@ -9,7 +9,7 @@ use axum::body::Body;
 use herald_protocol::engineio::{Handshake, OutFrame, Version};
 
 use super::session::{Session, Transport};
-use super::{new_sid, polling, websocket, Engine, EngineHandler};
+use super::{new_sid, polling, websocket, Engine, EngineHandler, ForwardError, FORWARDED};
 
 /// Engine.IO's error codes, sent as `{"code":n,"message":"..."}` with status 400 (403 for `Forbidden`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,9 +149,44 @@ async fn route<H: EngineHandler>(engine: &Engine<H>, request: Request<Body>) -> 
             return handshake_too_large(size, config.max_handshake_bytes);
         }
     }
+    if let Some(sid) = query.sid.as_deref() {
+        if !engine.inner.polling.read().contains_key(sid) {
+            return foreign(engine, sid, request).await;
+        }
+    }
     match transport {
         Transport::Polling => polling::handle(engine, request, query, version).await,
         Transport::WebSocket => websocket::handle(engine, request, query, version),
+    }
+}
+
+/// A request for a session this node does not hold: forwarded to the node whose id starts the sid, unless this
+/// node issued it (it is over), no node owns it, or a node forwarded the request already.
+async fn foreign<H: EngineHandler>(
+    engine: &Engine<H>,
+    sid: &str,
+    request: Request<Body>,
+) -> Response<Body> {
+    let inner = &engine.inner;
+    let ours = !inner.config.sid_prefix.is_empty() && sid.starts_with(&inner.config.sid_prefix);
+    let Some(forward) = inner.forward.get().filter(|_| !ours) else {
+        return error(ErrorCode::UnknownSid);
+    };
+    if request.headers().contains_key(FORWARDED) {
+        tracing::debug!(sid, "not forwarding a request another node forwarded");
+        return error(ErrorCode::UnknownSid);
+    }
+    let Some(forwarded) = forward.forward(sid, request) else {
+        return error(ErrorCode::UnknownSid);
+    };
+    match forwarded.await {
+        Ok(response) => response,
+        Err(ForwardError::Unreachable) => error(ErrorCode::UnknownSid),
+        Err(ForwardError::Busy) => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            "{\"code\":3,\"message\":\"server is at its forwarding limit\"}",
+        ),
     }
 }
 
@@ -182,7 +217,7 @@ impl<H: EngineHandler> Engine<H> {
         }
         let conn = inner.handler.new_conn(parts, version);
         let session = Arc::new(Session::new(
-            new_sid(),
+            new_sid(&inner.config.sid_prefix),
             version,
             transport,
             self.outbox_limits(),

@@ -9,8 +9,10 @@ mod session;
 mod websocket;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -40,6 +42,33 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// Called on every heartbeat tick, so the layer above can expire what it is waiting for.
     fn on_heartbeat(&self, _session: &Arc<Session<Self::Conn>>) {}
 }
+
+/// Carries requests for sessions this node does not hold to the node that does (no sticky sessions: a
+/// balancer may send any request of a session to any node). The engine calls it for a request whose sid it
+/// does not know, did not issue (its `sid_prefix` differs) and that no node forwarded yet ([`FORWARDED`]).
+pub trait Forward: Send + Sync + 'static {
+    /// Sends `request` (a polling GET or POST, or a WebSocket upgrade, still upgradable) for session `sid` to
+    /// the node that holds it, and answers what that node answered. `None` when no live node holds `sid`.
+    fn forward(&self, sid: &str, request: ::http::Request<Body>) -> Option<Forwarded>;
+}
+
+/// The answer of a forwarded request, once the owner answered.
+pub type Forwarded =
+    Pin<Box<dyn Future<Output = Result<::http::Response<Body>, ForwardError>> + Send>>;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardError {
+    /// The owner cannot be reached (or the client went away): answered as an unknown session, so the client
+    /// starts a new one.
+    Unreachable,
+    /// This node carries as many forwarded WebSockets as it may: answered 503.
+    Busy,
+}
+
+/// The header a node adds to every request it forwards; a request that carries it is never forwarded again,
+/// so two nodes that disagree about who holds a session cannot bounce a request between them.
+pub const FORWARDED: &str = "x-herald-forwarded";
 
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +113,9 @@ pub struct EngineConfig {
     /// Most bytes of a handshake's query string and `Cookie` header together, which the session keeps for its
     /// life; a larger handshake is refused with 431. Default 16 KiB.
     pub max_handshake_bytes: usize,
+    /// Start of every sid this engine issues: the cluster's node id, so any node can tell which node holds a
+    /// session from its sid alone. Default empty (a node alone).
+    pub sid_prefix: String,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +135,7 @@ impl Default for EngineConfig {
             allow_websocket: true,
             allowed_origins: None,
             max_handshake_bytes: 16 << 10,
+            sid_prefix: String::new(),
         }
     }
 }
@@ -133,6 +166,8 @@ struct Inner<H: EngineHandler> {
     live: std::sync::atomic::AtomicUsize,
     /// Set by `close_all`: the engine opens no new session.
     draining: AtomicBool,
+    /// Where requests for other nodes' sessions go; unset, they are answered as unknown sessions.
+    forward: OnceLock<Arc<dyn Forward>>,
 }
 
 impl<H: EngineHandler> Engine<H> {
@@ -145,12 +180,19 @@ impl<H: EngineHandler> Engine<H> {
                 websockets: parking_lot::Mutex::new(HashMap::new()),
                 live: std::sync::atomic::AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
+                forward: OnceLock::new(),
             }),
         }
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Sends requests for sessions of other nodes through `forward` from now on; set once (later calls are
+    /// ignored).
+    pub fn set_forward(&self, forward: Arc<dyn Forward>) {
+        let _ = self.inner.forward.set(forward);
     }
 
     pub fn handler(&self) -> &H {
@@ -241,11 +283,28 @@ impl<H: EngineHandler> Engine<H> {
     }
 }
 
-/// A fresh random session id: 16 random bytes in URL-safe base64.
-pub(crate) fn new_sid() -> Box<str> {
+/// A fresh session id: `prefix` (the node id), then 16 random bytes in URL-safe base64, which keep it
+/// unguessable.
+pub(crate) fn new_sid(prefix: &str) -> Box<str> {
     use base64::Engine as _;
     let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(bytes)
-        .into_boxed_str()
+    let mut sid = String::with_capacity(prefix.len() + 22);
+    sid.push_str(prefix);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut sid);
+    sid.into_boxed_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sids_start_with_the_prefix_and_carry_16_random_bytes() {
+        let a = new_sid("node-id8");
+        let b = new_sid("node-id8");
+        assert_eq!(a.len(), 8 + 22);
+        assert!(a.starts_with("node-id8") && b.starts_with("node-id8"));
+        assert_ne!(a, b);
+        assert_eq!(new_sid("").len(), 22);
+    }
 }

@@ -41,7 +41,12 @@ use super::store::{
 };
 
 /// The pub/sub channel every node announces new entries on; a message is `site␟user`.
-const CHANNEL: &str = "herald:mailbox:announce";
+/// The announcement channel of the nodes on database `db`: pub/sub ignores database numbers, so the name
+/// carries it, and clusters on other databases of the same Redis do not wake each other.
+fn channel(client: &redis::Client) -> String {
+    let db = client.get_connection_info().redis_settings().db();
+    format!("herald:mailbox:announce:{db}")
+}
 /// Separates site and user in an announcement; names may not hold control characters.
 const SEP: char = '\u{1f}';
 /// Announcements waiting for the gateway; beyond this they are dropped, never buffered without limit.
@@ -807,7 +812,7 @@ impl MailboxStore for RedisStore {
     async fn announce(&self, site: &str, user: &str) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         let _receivers: usize = con
-            .publish(CHANNEL, format!("{site}{SEP}{user}"))
+            .publish(channel(&self.client), format!("{site}{SEP}{user}"))
             .await
             .map_err(redis_error)?;
         Ok(())
@@ -826,7 +831,7 @@ type Subscription = (PubSubSink, PubSubStream);
 
 async fn open_subscription(client: &redis::Client) -> redis::RedisResult<Subscription> {
     let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(CHANNEL).await?;
+    pubsub.subscribe(channel(client)).await?;
     Ok(pubsub.split())
 }
 

@@ -327,7 +327,7 @@ impl SocketIo {
             (Some(resumed), _) => resumed.id.as_str().into(),
             (None, Version::V3) if ns.name() == "/" => session.sid().into(),
             (None, Version::V3) => format!("{}#{}", ns.name(), session.sid()).into(),
-            (None, Version::V4) => crate::engine::new_sid().into(),
+            (None, Version::V4) => crate::engine::new_sid("").into(),
         };
         if resumed.is_some() {
             // The client came back before this node saw its old connection go: the old socket leaves first.
