@@ -130,7 +130,7 @@ if [[ $smoke == 1 ]]; then
 else
   scenarios=(
     "cluster-1k-100|cluster --subs 1000 --messages 1000 --rate 100"
-    "cluster-1k-unpaced|cluster --subs 1000 --messages 2000 --publishers 16"
+    "cluster-1k-unpaced|cluster --subs 1000 --messages 1000 --publishers 16"
     "cluster-10k-10|cluster --subs 10000 --messages 100 --rate 10"
     "cluster-poll-direct|cluster-poll --clients 50 --rounds 200"
     "cluster-poll-forwarded|cluster-poll --clients 50 --rounds 200 --forward"
