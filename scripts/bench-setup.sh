@@ -16,7 +16,8 @@ for tool in node npm cargo; do
 done
 
 stamp="$node_dir/node_modules/.package-lock.json"
-if [[ -f "$stamp" && -f "$node_dir/node_modules/socket.io/package.json" && "$stamp" -nt "$node_dir/package.json" ]]; then
+if [[ -f "$stamp" && -f "$node_dir/node_modules/socket.io/package.json" && -f "$node_dir/node_modules/@socket.io/redis-adapter/package.json" \
+  && "$stamp" -nt "$node_dir/package.json" ]]; then
   echo "[bench-setup] node: node_modules is up to date"
 else
   echo "[bench-setup] node: npm install"
@@ -24,12 +25,12 @@ else
 fi
 
 echo "[bench-setup] socketioxide: cargo build --release"
-cargo build --release --quiet --manifest-path "$sio_dir/Cargo.toml"
+cargo build --release --quiet --manifest-path "$sio_dir/Cargo.toml" --target-dir "$sio_dir/target"
 
 version_of() { node -p "require(process.argv[1]).version" "$node_dir/node_modules/$1/package.json"; }
 locked() { awk -v want="$1" '$0 == "name = \"" want "\"" { getline; gsub(/version = |"/, ""); print; exit }' "$sio_dir/Cargo.lock"; }
 
-echo "[bench-setup] node $(node --version | tr -d v): socket.io $(version_of socket.io), engine.io $(version_of engine.io), ws $(version_of ws), jsonwebtoken $(version_of jsonwebtoken)"
+echo "[bench-setup] node $(node --version | tr -d v): socket.io $(version_of socket.io), engine.io $(version_of engine.io), ws $(version_of ws), jsonwebtoken $(version_of jsonwebtoken); cluster: @socket.io/redis-adapter $(version_of @socket.io/redis-adapter), redis $(version_of redis)"
 echo "[bench-setup] socketioxide $(locked socketioxide), engineioxide $(locked engineioxide), axum $(locked axum), tokio $(locked tokio), jsonwebtoken $(locked jsonwebtoken)"
 echo "[bench-setup] node server:         node $node_dir/server.mjs"
 echo "[bench-setup] socketioxide server: $sio_dir/target/release/herald-ref-socketioxide"

@@ -4,6 +4,12 @@
 // verifies with BENCH_JWT_SECRET and joins it to the token's `rooms` before the CONNECT ack;
 // POST /send?site=bench&apiKey=KEY emits {event, args} to the union of `rooms`; GET /healthcheck answers 200.
 // Nothing is logged per connection or message, so logging does not weigh on the CPU figures.
+//
+// With REDIS_URL set it is one node of a cluster (scripts/bench-cluster.sh): the official
+// `@socket.io/redis-adapter` on two `redis` clients (publish and subscribe), so a POST /send on any node reaches
+// the clients of every node through Redis pub/sub. Engine.IO sessions stay on the node that opened them: a
+// polling request for another node's session is answered 400 "Session ID unknown" (socket.io needs sticky
+// sessions for polling).
 
 import { createServer } from "node:http";
 import jwt from "jsonwebtoken";
@@ -33,6 +39,20 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 const secret = env("BENCH_JWT_SECRET");
 const apiKey = env("BENCH_API_KEY");
 
+// The cluster adapter, when there is a Redis; connected before the namespace exists, so it is the namespace's.
+let adapter;
+if (process.env.REDIS_URL) {
+  const { createClient } = await import("redis");
+  const { createAdapter } = await import("@socket.io/redis-adapter");
+  const pubClient = createClient({ url: process.env.REDIS_URL });
+  const subClient = pubClient.duplicate();
+  for (const client of [pubClient, subClient]) {
+    client.on("error", (e) => console.error(`redis: ${e.message}`));
+  }
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  adapter = createAdapter(pubClient, subClient);
+}
+
 const httpServer = createServer(handle);
 // The load generator keeps its HTTP connections open between publishes; never close them for idleness.
 httpServer.keepAliveTimeout = 0;
@@ -44,6 +64,7 @@ const io = new Server(httpServer, {
   pingTimeout: 20000,
   transports: ["polling", "websocket"],
   perMessageDeflate: false,
+  ...(adapter ? { adapter } : {}),
 });
 const bench = io.of(NAMESPACE);
 

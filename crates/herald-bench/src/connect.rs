@@ -20,25 +20,31 @@ pub struct Opened {
     pub latency: Latency,
 }
 
-/// Opens `n` clients, `concurrency` handshakes at a time; client `i` is user `u<i>` with the rooms `rooms(i)`.
-/// Tokens are minted first so that signing them is not timed.
+/// Opens `n` clients, `concurrency` handshakes at a time; client `i` is user `u<i>` with the rooms `rooms(i)`,
+/// connected to node `i % nodes.len()` and recording into that node's `deliveries`. Tokens are minted first so
+/// that signing them is not timed.
 pub async fn open_all(
-    target: &Target,
+    nodes: &[Target],
     n: usize,
     concurrency: usize,
-    deliveries: &Arc<Deliveries>,
+    deliveries: &[Arc<Deliveries>],
     rooms: impl Fn(usize) -> Vec<String>,
 ) -> anyhow::Result<Opened> {
+    anyhow::ensure!(
+        !nodes.is_empty() && nodes.len() == deliveries.len(),
+        "one Deliveries per node"
+    );
     let tokens = (0..n)
-        .map(|i| target.token(&format!("u{i}"), &rooms(i)))
+        .map(|i| nodes[0].token(&format!("u{i}"), &rooms(i)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
     let mut results = stream::iter(tokens.iter().enumerate())
         .map(|(i, token)| async move {
             let began = Instant::now();
-            let client = Client::connect(target, i, token, Arc::clone(deliveries))
+            let node = i % nodes.len();
+            let client = Client::connect(&nodes[node], i, token, Arc::clone(&deliveries[node]))
                 .await
-                .with_context(|| format!("client {i}"));
+                .with_context(|| format!("client {i} (node {})", node + 1));
             (client, began.elapsed())
         })
         .buffer_unordered(concurrency.max(1));
@@ -65,7 +71,14 @@ pub async fn idle(
 ) -> anyhow::Result<Outcome> {
     let deliveries = Arc::new(Deliveries::default());
     let before = procfs::rss_kib(pid)?;
-    let opened = open_all(target, n, concurrency, &deliveries, |_| Vec::new()).await?;
+    let opened = open_all(
+        std::slice::from_ref(target),
+        n,
+        concurrency,
+        std::slice::from_ref(&deliveries),
+        |_| Vec::new(),
+    )
+    .await?;
     tokio::time::sleep(settle).await;
     let after = procfs::rss_kib(pid)?;
     drop(opened.clients);
@@ -98,9 +111,13 @@ pub async fn storm(
     let deliveries = Arc::new(Deliveries::default());
     let cpu_before = procfs::cpu_secs(pid)?;
     let own_before = procfs::own_cpu_secs()?;
-    let opened = open_all(target, n, concurrency, &deliveries, |i| {
-        vec![format!("user_{i}")]
-    })
+    let opened = open_all(
+        std::slice::from_ref(target),
+        n,
+        concurrency,
+        std::slice::from_ref(&deliveries),
+        |i| vec![format!("user_{i}")],
+    )
     .await?;
     let server_cpu = procfs::cpu_secs(pid)? - cpu_before;
     let own_cpu = procfs::own_cpu_secs()? - own_before;

@@ -1,5 +1,9 @@
 //! Publishing to subscribers: one shared room, or one personal room per user. Reports deliveries per second,
 //! loss, order, latency and the CPU each delivered message cost the server and the generator.
+//!
+//! The same run faces a cluster (the `cluster` scenario): subscribers split evenly over the nodes (client `i` on
+//! node `i % nodes`), publishes through node 1 or each node in turn, and the CPU of every node summed. Latency
+//! is also kept per node, so the nodes that only hear a publish through the cluster's bus show apart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use serde_json::json;
 use crate::connect::open_all;
 use crate::procfs;
 use crate::publish::Publisher;
-use crate::stats::Deliveries;
+use crate::stats::{count_over, latency_over, received_over, Deliveries};
 use crate::target::Target;
 use crate::Outcome;
 
@@ -29,6 +33,26 @@ pub struct Plan {
     pub connect_concurrency: usize,
     /// How long to wait for missing deliveries once nothing arrives any more.
     pub drain: Duration,
+    /// Which node each publish goes through (with several nodes).
+    pub via: Via,
+}
+
+/// The node a publish goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// Every publish through node 1: the other nodes hear them through the cluster's bus.
+    First,
+    /// Message `i` through node `i % nodes`.
+    Alternate,
+}
+
+/// The servers of one run and the processes whose CPU is counted.
+pub struct Nodes<'a> {
+    pub targets: &'a [Target],
+    /// One pid per target.
+    pub pids: &'a [u32],
+    /// Processes the nodes share (the cluster's Redis), counted apart from the server CPU.
+    pub shared_pid: Option<u32>,
 }
 
 impl Plan {
@@ -58,9 +82,30 @@ impl Plan {
         };
         room % self.publishers
     }
+
+    fn node_of(&self, message: usize, nodes: usize) -> usize {
+        match self.via {
+            Via::First => 0,
+            Via::Alternate => message % nodes.max(1),
+        }
+    }
 }
 
 pub async fn fanout(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Outcome> {
+    let nodes = Nodes {
+        targets: std::slice::from_ref(target),
+        pids: &[pid],
+        shared_pid: None,
+    };
+    fanout_over(&nodes, plan).await
+}
+
+/// The fan-out run against every node of `nodes` (one server is a cluster of one).
+pub async fn fanout_over(nodes: &Nodes<'_>, plan: Plan) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        !nodes.targets.is_empty() && nodes.targets.len() == nodes.pids.len(),
+        "one pid per node"
+    );
     let plan = Plan {
         publishers: plan.publishers.max(1),
         subs: plan.subs.max(1),
@@ -68,10 +113,13 @@ pub async fn fanout(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Out
     };
     // In one room every subscriber hears every publisher; in personal rooms each hears one.
     let lanes = if plan.personal { 1 } else { plan.publishers };
-    let deliveries = Arc::new(Deliveries::new(lanes));
+    let node_count = nodes.targets.len();
+    let deliveries: Vec<Arc<Deliveries>> = (0..node_count)
+        .map(|_| Arc::new(Deliveries::new(lanes)))
+        .collect();
     let personal = plan.personal;
     let opened = open_all(
-        target,
+        nodes.targets,
         plan.subs,
         plan.connect_concurrency,
         &deliveries,
@@ -84,12 +132,14 @@ pub async fn fanout(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Out
         },
     )
     .await?;
-    let publisher = Arc::new(Publisher::new(target, plan.size)?);
+    let publisher = Arc::new(Publisher::new(nodes.targets, plan.size)?);
     let expected = plan.messages as u64 * plan.per_message();
     let errors = Arc::new(AtomicU64::new(0));
     let plan = Arc::new(plan);
+    let deliveries = Arc::new(deliveries);
 
-    let cpu_before = procfs::cpu_secs(pid)?;
+    let cpu_before = procfs::cpu_secs_each(nodes.pids)?;
+    let shared_before = nodes.shared_pid.map(procfs::cpu_secs).transpose()?;
     let own_before = procfs::own_cpu_secs()?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..plan.publishers)
@@ -101,6 +151,7 @@ pub async fn fanout(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Out
                 Arc::clone(&deliveries),
                 Arc::clone(&errors),
                 started,
+                node_count,
             ))
         })
         .collect();
@@ -110,29 +161,45 @@ pub async fn fanout(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Out
     let publish_secs = started.elapsed().as_secs_f64();
     let finished = wait_for_deliveries(&deliveries, expected, plan.drain).await;
     let elapsed = finished.duration_since(started).as_secs_f64();
-    let server_cpu = procfs::cpu_secs(pid)? - cpu_before;
+    let node_cpu: Vec<f64> = procfs::cpu_secs_each(nodes.pids)?
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let shared_cpu = match (nodes.shared_pid, shared_before) {
+        (Some(pid), Some(before)) => Some(procfs::cpu_secs(pid)? - before),
+        _ => None,
+    };
+    let server_cpu: f64 = node_cpu.iter().sum();
     let own_cpu = procfs::own_cpu_secs()? - own_before;
     drop(opened.clients);
 
-    let received = deliveries.received();
-    let duplicates = deliveries.duplicates.load(Ordering::Relaxed);
+    let received = received_over(&deliveries);
+    let duplicates = count_over(&deliveries, |d| &d.duplicates);
     let lost = expected.saturating_sub(received - duplicates);
-    let out_of_order = deliveries.out_of_order.load(Ordering::Relaxed);
+    let out_of_order = count_over(&deliveries, |d| &d.out_of_order);
+    let disconnects = count_over(&deliveries, |d| &d.disconnects);
     let errors = errors.load(Ordering::Relaxed);
-    let latency = deliveries.latency();
+    let latency = latency_over(&deliveries);
     let delivered = received.max(1) as f64;
     let rate_label = if plan.rate > 0.0 {
         format!("{} msg/s", plan.rate)
     } else {
         "unpaced".into()
     };
-    let human = format!(
-        "fanout: {} subscribers ({}), {} messages of {} bytes, {rate_label}: delivered {received}/{expected} in \
+    let mut human = format!(
+        "{}: {} subscribers ({}{}), {} messages of {} bytes, {rate_label}: delivered {received}/{expected} in \
          {elapsed:.2}s = {:.0} msg/s; lost {lost}, duplicates {duplicates}, out of order {out_of_order}, publish \
          errors {errors}; latency {}; server CPU {server_cpu:.2}s = {:.3} us/msg; generator CPU {own_cpu:.2}s = \
          {:.3} us/msg",
+        if node_count > 1 { "cluster" } else { "fanout" },
         plan.subs,
         if plan.personal { "personal rooms" } else { "one room" },
+        if node_count > 1 {
+            format!(" over {node_count} nodes, publishes via {:?}", plan.via).to_lowercase()
+        } else {
+            String::new()
+        },
         plan.messages,
         plan.size,
         received as f64 / elapsed,
@@ -140,24 +207,57 @@ pub async fn fanout(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Out
         server_cpu * 1e6 / delivered,
         own_cpu * 1e6 / delivered,
     );
-    Ok(Outcome {
-        human,
-        metrics: json!({
+    let mut metrics = json!({
             "expected": expected,
             "delivered": received,
             "lost": lost,
             "duplicates": duplicates,
             "out_of_order": out_of_order,
             "publish_errors": errors,
-            "disconnects": deliveries.disconnects.load(Ordering::Relaxed),
+            "disconnects": disconnects,
             "secs": elapsed,
             "publish_secs": publish_secs,
             "msgs_per_sec": received as f64 / elapsed,
             "latency_us": latency,
             "server_cpu_us_per_msg": server_cpu * 1e6 / delivered,
             "own_cpu_us_per_msg": own_cpu * 1e6 / delivered,
-        }),
-    })
+    });
+    if node_count > 1 {
+        // Per node: the CPU it spent per delivery of the whole run, and what its own clients saw.
+        let per_node: Vec<_> = (0..node_count)
+            .map(|n| {
+                json!({
+                    "delivered": deliveries[n].received(),
+                    "cpu_secs": node_cpu[n],
+                    "cpu_us_per_msg": node_cpu[n] * 1e6 / delivered,
+                    "latency_us": deliveries[n].latency(),
+                })
+            })
+            .collect();
+        for (n, node) in per_node.iter().enumerate() {
+            human.push_str(&format!(
+                "; node {}: {} deliveries, CPU {:.2}s, latency p50 {:.2}ms p99 {:.2}ms",
+                n + 1,
+                node["delivered"],
+                node_cpu[n],
+                deliveries[n].latency().p50 as f64 / 1000.0,
+                deliveries[n].latency().p99 as f64 / 1000.0,
+            ));
+        }
+        metrics["nodes"] = json!(per_node);
+        metrics["via"] = json!(format!("{:?}", plan.via).to_lowercase());
+        // The clients of the nodes other than node 1, which hear node 1's publishes through the bus.
+        metrics["remote_latency_us"] = json!(latency_over(&deliveries[1..]));
+    }
+    if let Some(shared) = shared_cpu {
+        human.push_str(&format!(
+            "; Redis CPU {shared:.2}s = {:.3} us/msg",
+            shared * 1e6 / delivered
+        ));
+        metrics["redis_cpu_us_per_msg"] = json!(shared * 1e6 / delivered);
+        metrics["server_and_redis_cpu_us_per_msg"] = json!((server_cpu + shared) * 1e6 / delivered);
+    }
+    Ok(Outcome { human, metrics })
 }
 
 /// Publisher `k` sends its share of the messages, on schedule (paced) or within the window (unpaced).
@@ -165,9 +265,10 @@ async fn publish_share(
     k: usize,
     plan: Arc<Plan>,
     publisher: Arc<Publisher>,
-    deliveries: Arc<Deliveries>,
+    deliveries: Arc<Vec<Arc<Deliveries>>>,
     errors: Arc<AtomicU64>,
     started: Instant,
+    nodes: usize,
 ) {
     let per_message = plan.per_message();
     for i in (0..plan.messages).filter(|&i| plan.publisher_of(i) == k) {
@@ -176,11 +277,12 @@ async fn publish_share(
             tokio::time::sleep_until(due.into()).await;
         } else {
             let floor = (i + 1).saturating_sub(plan.window) as u64 * per_message;
-            while deliveries.received() < floor {
+            while received_over(&deliveries) < floor {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        if let Err(e) = publisher.send(&plan.room(i), i as u64).await {
+        let node = plan.node_of(i, nodes);
+        if let Err(e) = publisher.send(node, &plan.room(i), i as u64).await {
             if errors.fetch_add(1, Ordering::Relaxed) == 0 {
                 eprintln!("publish error: {e:#}");
             }
@@ -189,12 +291,16 @@ async fn publish_share(
 }
 
 /// Waits until `expected` deliveries arrived, or nothing arrived for `drain`; returns when the last one came.
-async fn wait_for_deliveries(deliveries: &Deliveries, expected: u64, drain: Duration) -> Instant {
-    let mut seen = deliveries.received();
+async fn wait_for_deliveries(
+    deliveries: &[Arc<Deliveries>],
+    expected: u64,
+    drain: Duration,
+) -> Instant {
+    let mut seen = received_over(deliveries);
     let mut last_progress = Instant::now();
     while seen < expected && last_progress.elapsed() < drain {
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let now = deliveries.received();
+        let now = received_over(deliveries);
         if now != seen {
             seen = now;
             last_progress = Instant::now();

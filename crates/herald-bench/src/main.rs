@@ -6,6 +6,7 @@
 mod client;
 mod connect;
 mod fanout;
+mod poll_forward;
 mod polling;
 mod procfs;
 mod publish;
@@ -110,6 +111,56 @@ enum Scenario {
         window: usize,
         #[arg(long, default_value_t = 10)]
         drain_secs: u64,
+    },
+    /// The fan-out run against a cluster: subscribers split evenly over the nodes (client i on node i % N),
+    /// publishes over HTTP through node 1 (or each node in turn); CPU of every node summed per delivery.
+    /// `--addr` and `--pid` are not used: `--nodes` and `--pids` name the nodes.
+    Cluster {
+        /// Every node's address, comma-separated; node 1 first.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<SocketAddr>,
+        /// Every node's pid, in the order of `--nodes`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pids: Vec<u32>,
+        /// The Redis server the nodes share, whose CPU is reported apart.
+        #[arg(long)]
+        redis_pid: Option<u32>,
+        #[arg(long, default_value_t = 1_000)]
+        subs: usize,
+        #[arg(long)]
+        personal: bool,
+        #[arg(long, default_value_t = 2_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Messages per second, over all publishers; 0 publishes as fast as the window allows.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        #[arg(long, default_value_t = 50)]
+        window: usize,
+        /// The node each publish goes through.
+        #[arg(long, value_enum, default_value = "first")]
+        via: fanout::Via,
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
+    },
+    /// The cost of a forwarded polling request: sessions opened on node 1, then every request to node 1
+    /// (direct) or node 2 (`--forward`); POST+GET round trip and server CPU per round.
+    ClusterPoll {
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<SocketAddr>,
+        #[arg(long, value_delimiter = ',', required = true)]
+        pids: Vec<u32>,
+        /// Polling clients at once.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Timed POST+GET rounds per client.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        #[arg(long)]
+        forward: bool,
     },
     /// Minutes of churn against a mailbox site: WebSocket and polling clients that come and go, slow readers,
     /// mailbox devices that ack everything, publishes over the HTTP API. Checks loss, pending entries, RSS and
@@ -233,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
                 window,
                 connect_concurrency: 64,
                 drain: Duration::from_secs(drain_secs),
+                via: fanout::Via::First,
             };
             let variant = format!(
                 "{subs} subs, {}, {}{}{}",
@@ -261,6 +313,98 @@ async fn main() -> anyhow::Result<()> {
                 "fanout",
                 variant,
                 fanout::fanout(&target, pid()?, plan).await?,
+            )
+        }
+        Scenario::Cluster {
+            ref nodes,
+            ref pids,
+            redis_pid,
+            subs,
+            personal,
+            messages,
+            size,
+            rate,
+            publishers,
+            window,
+            via,
+            drain_secs,
+        } => {
+            let targets = node_targets(&args, nodes)?;
+            let plan = fanout::Plan {
+                subs,
+                personal,
+                messages,
+                size,
+                rate,
+                publishers,
+                window,
+                connect_concurrency: 64,
+                drain: Duration::from_secs(drain_secs),
+                via,
+            };
+            let variant = format!(
+                "{subs} subs on {} nodes, {}, {}{}, via {}",
+                nodes.len(),
+                if personal {
+                    "personal rooms"
+                } else {
+                    "one room"
+                },
+                if rate > 0.0 {
+                    format!("{rate} msg/s")
+                } else {
+                    "unpaced".into()
+                },
+                if publishers > 1 {
+                    format!(", {publishers} publishers")
+                } else {
+                    String::new()
+                },
+                match via {
+                    fanout::Via::First => "node 1",
+                    fanout::Via::Alternate => "each node in turn",
+                },
+            );
+            let cluster = fanout::Nodes {
+                targets: &targets,
+                pids,
+                shared_pid: redis_pid,
+            };
+            (
+                "cluster",
+                variant,
+                fanout::fanout_over(&cluster, plan).await?,
+            )
+        }
+        Scenario::ClusterPoll {
+            ref nodes,
+            ref pids,
+            clients,
+            rounds,
+            forward,
+        } => {
+            let targets = node_targets(&args, nodes)?;
+            let cluster = fanout::Nodes {
+                targets: &targets,
+                pids,
+                shared_pid: None,
+            };
+            let plan = poll_forward::Plan {
+                clients,
+                rounds,
+                forward,
+            };
+            (
+                "cluster-poll",
+                format!(
+                    "{clients} polling clients, {}",
+                    if forward {
+                        "handshake on node 1, requests to node 2"
+                    } else {
+                        "every request to node 1"
+                    }
+                ),
+                poll_forward::poll_forward(&cluster, plan).await?,
             )
         }
         Scenario::Soak {
@@ -316,6 +460,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!("[{}] {}", args.server, outcome.human);
+
     let faults = [
         "lost",
         "duplicates",
@@ -328,6 +473,7 @@ async fn main() -> anyhow::Result<()> {
         "rss_drift",
         "slow_survived",
         "sockets_left",
+        "failed_clients",
     ]
     .into_iter()
     .filter(|k| outcome.metrics[*k].as_u64().is_some_and(|n| n > 0))
@@ -350,4 +496,21 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--strict: the run had {}", faults.join(", "));
     }
     Ok(())
+}
+
+/// One `Target` per node address, with the site, key, secret, sources and transport of the command line.
+fn node_targets(args: &Args, nodes: &[SocketAddr]) -> anyhow::Result<Vec<target::Target>> {
+    nodes
+        .iter()
+        .map(|&addr| {
+            target::Target::new(
+                addr,
+                args.site.clone(),
+                args.api_key.clone(),
+                &args.jwt_secret,
+                args.sources,
+                args.transport,
+            )
+        })
+        .collect()
 }

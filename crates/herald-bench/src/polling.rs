@@ -68,7 +68,7 @@ pub async fn connect(
 pub(crate) async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
     let response = http.get(url).send().await.context("polling GET")?;
     if !response.status().is_success() {
-        bail!("polling GET answered {}", response.status());
+        bail!("polling GET answered {}", refusal(response).await);
     }
     response.text().await.context("reading a polling payload")
 }
@@ -83,8 +83,16 @@ pub(crate) async fn post(http: &reqwest::Client, url: &str, body: String) -> any
         .await
         .context("polling POST")?;
     if !response.status().is_success() {
-        bail!("polling POST answered {}", response.status());
+        bail!("polling POST answered {}", refusal(response).await);
     }
     response.bytes().await.context("reading a POST answer")?;
     Ok(())
+}
+
+/// A refused request's status and the start of its body (Engine.IO's JSON error says why).
+async fn refusal(response: reqwest::Response) -> String {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.chars().take(200).collect();
+    format!("{status} {body}")
 }

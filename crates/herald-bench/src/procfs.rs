@@ -29,6 +29,11 @@ pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     cpu_secs_of(&format!("/proc/{pid}/stat"))
 }
 
+/// User plus system CPU seconds of each process, in the order given.
+pub fn cpu_secs_each(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
+    pids.iter().map(|&pid| cpu_secs(pid)).collect()
+}
+
 /// User plus system CPU seconds of this process (the load generator).
 pub fn own_cpu_secs() -> anyhow::Result<f64> {
     cpu_secs_of("/proc/self/stat")

@@ -8,15 +8,18 @@ use crate::target::Target;
 
 pub struct Publisher {
     http: reqwest::Client,
-    url: String,
+    /// `POST /send` of each node; publishes name the node they go through.
+    urls: Vec<String>,
     /// `x`s that bring each socket.io frame to the requested size.
     padding: String,
     event_prefix_len: usize,
 }
 
 impl Publisher {
-    /// `size` is the length of the socket.io frame a subscriber receives, `42/<site>,["m",{...}]`.
-    pub fn new(target: &Target, size: usize) -> anyhow::Result<Self> {
+    /// `size` is the length of the socket.io frame a subscriber receives, `42/<site>,["m",{...}]`. Publishes
+    /// may go through any of `nodes` (one server, or the nodes of a cluster).
+    pub fn new(nodes: &[Target], size: usize) -> anyhow::Result<Self> {
+        let target = nodes.first().context("no server to publish through")?;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
@@ -25,7 +28,7 @@ impl Publisher {
         let event_prefix_len = format!("42{},[\"m\",", target.namespace()).len();
         Ok(Publisher {
             http,
-            url: target.send_url(),
+            urls: nodes.iter().map(Target::send_url).collect(),
             padding: String::new(),
             event_prefix_len,
         }
@@ -39,15 +42,15 @@ impl Publisher {
         self
     }
 
-    /// Sends message `seq` to `room` and waits for the server's answer.
-    pub async fn send(&self, room: &str, seq: u64) -> anyhow::Result<()> {
+    /// Sends message `seq` to `room` through node `node` (of those given to `new`) and waits for its answer.
+    pub async fn send(&self, node: usize, room: &str, seq: u64) -> anyhow::Result<()> {
         let body = format!(
             "{{\"rooms\":[\"{room}\"],\"event\":\"m\",\"args\":[{}]}}",
             payload(seq, now_us(), &self.padding)
         );
         let response = self
             .http
-            .post(&self.url)
+            .post(&self.urls[node % self.urls.len()])
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -81,7 +84,7 @@ mod tests {
             crate::target::Transport::Websocket,
         )
         .expect("target");
-        let publisher = Publisher::new(&target, 100).expect("publisher");
+        let publisher = Publisher::new(&[target], 100).expect("publisher");
         let frame = format!(
             "42/bench,[\"m\",{}]",
             payload(5, 1_234_567_890, &publisher.padding)

@@ -74,11 +74,75 @@ const FANOUT: &[Metric] = &[
     ),
 ];
 
+const CLUSTER: &[Metric] = &[
+    metric("delivered msg/s", "/msgs_per_sec", true),
+    metric(
+        "server CPU per delivery, both nodes (µs)",
+        "/server_cpu_us_per_msg",
+        false,
+    ),
+    metric(
+        "node 1 CPU per delivery (µs)",
+        "/nodes/0/cpu_us_per_msg",
+        false,
+    ),
+    metric(
+        "node 2 CPU per delivery (µs)",
+        "/nodes/1/cpu_us_per_msg",
+        false,
+    ),
+    metric(
+        "Redis CPU per delivery (µs)",
+        "/redis_cpu_us_per_msg",
+        false,
+    ),
+    metric("latency p50 (ms)", "/latency_us/p50", false),
+    metric("latency p99 (ms)", "/latency_us/p99", false),
+    metric("latency p99.9 (ms)", "/latency_us/p999", false),
+    metric(
+        "node 2's clients: latency p99 (ms)",
+        "/remote_latency_us/p99",
+        false,
+    ),
+    count("lost", "/lost"),
+    count("duplicates", "/duplicates"),
+    count("out of order", "/out_of_order"),
+    metric(
+        "generator CPU per delivery (µs)",
+        "/own_cpu_us_per_msg",
+        false,
+    ),
+];
+
+const CLUSTER_POLL: &[Metric] = &[
+    metric("POST+GET round trips/s", "/rounds_per_sec", true),
+    metric("POST+GET p50 (ms)", "/round_trip_us/p50", false),
+    metric("POST+GET p99 (ms)", "/round_trip_us/p99", false),
+    metric(
+        "server CPU per round, both nodes (µs)",
+        "/server_cpu_us_per_round",
+        false,
+    ),
+    metric(
+        "node 1 CPU per round (µs)",
+        "/node_cpu_us_per_round/0",
+        false,
+    ),
+    metric(
+        "node 2 CPU per round (µs)",
+        "/node_cpu_us_per_round/1",
+        false,
+    ),
+    count("clients refused", "/failed_clients"),
+];
+
 fn metrics_of(scenario: &str) -> &'static [Metric] {
     match scenario {
         "idle" => IDLE,
         "storm" => STORM,
         "fanout" => FANOUT,
+        "cluster" => CLUSTER,
+        "cluster-poll" => CLUSTER_POLL,
         _ => &[],
     }
 }

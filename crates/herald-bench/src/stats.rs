@@ -102,6 +102,33 @@ impl Deliveries {
     }
 }
 
+/// Deliveries recorded over several `Deliveries` (one per node of a cluster).
+pub fn received_over(all: &[std::sync::Arc<Deliveries>]) -> u64 {
+    all.iter().map(|d| d.received()).sum()
+}
+
+/// The sum of one counter over several `Deliveries`.
+pub fn count_over(
+    all: &[std::sync::Arc<Deliveries>],
+    counter: impl Fn(&Deliveries) -> &AtomicU64,
+) -> u64 {
+    all.iter().map(|d| counter(d).load(Ordering::Relaxed)).sum()
+}
+
+/// Latency percentiles over several `Deliveries` together.
+pub fn latency_over(all: &[std::sync::Arc<Deliveries>]) -> Latency {
+    let mut merged = micros_histogram();
+    for d in all {
+        let histogram = match d.latency.lock() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        // Both have the same bounds, so adding cannot fail.
+        let _ = merged.add(&histogram);
+    }
+    Latency::of(&merged)
+}
+
 /// Percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Latency {

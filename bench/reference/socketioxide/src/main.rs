@@ -4,6 +4,10 @@
 //! HS256 JWT verifies with `BENCH_JWT_SECRET` and joins it to the token's `rooms` before the CONNECT ack;
 //! `POST /send?site=bench&apiKey=KEY` emits `{event, args}` to the union of `rooms`; `GET /healthcheck` answers 200.
 //! Nothing is logged per connection or message, so logging does not weigh on the CPU figures.
+//!
+//! With `REDIS_URL` set it is one node of a cluster (scripts/bench-cluster.sh): socketioxide-redis's adapter on
+//! the `redis` crate, so a `POST /send` on any node reaches the clients of every node through Redis pub/sub.
+//! Engine.IO sessions stay on the node that opened them (polling needs sticky sessions).
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,9 +21,13 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
 use socketioxide::SocketIo;
+use socketioxide_redis::drivers::redis::redis_client as redis;
+use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
 
 const NAMESPACE: &str = "/bench";
 const SITE: &str = "bench";
@@ -64,9 +72,9 @@ impl fmt::Display for Refusal {
 
 /// Checks the token (auth payload first, then `?token=`) and joins its rooms; the socket is not in the
 /// namespace yet, so a publish that follows the client's CONNECT ack always finds it in its rooms.
-async fn authenticate(
+async fn authenticate<A: Adapter>(
     shared: Arc<Shared>,
-    s: SocketRef,
+    s: SocketRef<A>,
     auth: Option<Auth>,
 ) -> Result<(), Refusal> {
     let token = match auth.and_then(|a| a.token) {
@@ -124,14 +132,22 @@ impl Serialize for Args {
     }
 }
 
-#[derive(Clone)]
-struct AppState {
+struct AppState<A: Adapter> {
     shared: Arc<Shared>,
-    io: SocketIo,
+    io: SocketIo<A>,
 }
 
-async fn send(
-    State(state): State<AppState>,
+impl<A: Adapter> Clone for AppState<A> {
+    fn clone(&self) -> Self {
+        AppState {
+            shared: self.shared.clone(),
+            io: self.io.clone(),
+        }
+    }
+}
+
+async fn send<A: Adapter>(
+    State(state): State<AppState<A>>,
     Query(query): Query<SendQuery>,
     body: Bytes,
 ) -> (StatusCode, &'static str) {
@@ -175,8 +191,23 @@ fn env(name: &str) -> String {
     }
 }
 
+/// Defines `/bench` on `$io`: the token middleware, then nothing (the server ignores client events). A macro
+/// because the local adapter answers at once and the Redis adapter with a future to await.
+macro_rules! bench_namespace {
+    ($io:expr, $shared:expr) => {{
+        let middleware_shared = $shared.clone();
+        $io.ns(
+            NAMESPACE,
+            (async |_: SocketRef<_>| {}).with(move |s: SocketRef<_>, TryData(auth): TryData<Auth>| {
+                let shared = middleware_shared.clone();
+                async move { authenticate(shared, s, auth.ok()).await }
+            }),
+        )
+    }};
+}
+
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = env("PORT").parse().unwrap_or_else(|_| {
         eprintln!("PORT must be a port number");
         std::process::exit(64);
@@ -193,25 +224,48 @@ async fn main() -> std::io::Result<()> {
 
     // socketioxide's defaults otherwise (path, heartbeat 25 s / 20 s, both transports); its outbound queue
     // defaults to 128 packets per socket, raised to herald's outbox limit of 1024 frames.
-    let (layer, io) = SocketIo::builder()
-        .max_buffer_size(OUTBOX_FRAMES)
-        .build_layer();
-    let middleware_shared = shared.clone();
-    io.ns(
-        NAMESPACE,
-        (async |_: SocketRef| {}).with(move |s: SocketRef, TryData(auth): TryData<Auth>| {
-            let shared = middleware_shared.clone();
-            async move { authenticate(shared, s, auth.ok()).await }
-        }),
-    );
+    let builder = SocketIo::builder().max_buffer_size(OUTBOX_FRAMES);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    match std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty()) {
+        None => {
+            let (layer, io) = builder.build_layer();
+            // The local adapter's namespace is ready at once.
+            bench_namespace!(io, shared);
+            serve(layer, io, shared, listener).await
+        }
+        Some(url) => {
+            // The adapter's drivers speak RESP3 (Redis 7+).
+            let url = if url.contains("protocol=") {
+                url
+            } else {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}protocol=resp3")
+            };
+            let client = redis::Client::open(url)?;
+            let adapter = RedisAdapterCtr::new_with_redis(&client).await?;
+            let (layer, io) = builder
+                .with_adapter::<RedisAdapter<_>>(adapter)
+                .build_layer();
+            // The Redis adapter's namespace subscribes to its channels first.
+            bench_namespace!(io, shared).await?;
+            serve(layer, io, shared, listener).await
+        }
+    }
+}
 
+async fn serve<A: Adapter>(
+    layer: SocketIoLayer<A>,
+    io: SocketIo<A>,
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
-        .route("/send", post(send))
+        .route("/send", post(send::<A>))
         .route("/healthcheck", get(async || "OK"))
         .with_state(AppState { shared, io })
         .layer(layer);
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on 127.0.0.1:{}", listener.local_addr()?.port());
-    axum::serve(listener, app).await
+    axum::serve(listener, app).await?;
+    Ok(())
 }
