@@ -469,6 +469,38 @@ async fn a_node_that_dies_leaves_listings_and_a_survivor_reports_its_users_gone(
     })
     .await
     .expect("the dead node's device was marked disconnected");
+
+    // A node that leaves gracefully is out of the view at the survivor's next beat, well before its TTL.
+    let leaving = node(10, &sites, TTL).await;
+    meshed(&[&survivor, &leaving]).await;
+    leaving
+        .gateway
+        .registry
+        .as_ref()
+        .unwrap()
+        .deregister()
+        .await;
+    let left = Instant::now();
+    timeout(Duration::from_millis(TTL), async {
+        while !survivor
+            .gateway
+            .publisher
+            .cluster
+            .directory
+            .peers()
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "a node that left was still a peer after {:?}",
+            left.elapsed()
+        )
+    });
+
     // User 8, on the survivor, was never reported gone.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while let Ok((id, body)) = updates.try_recv() {
