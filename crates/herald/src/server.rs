@@ -263,8 +263,8 @@ async fn connection(
     activity.retire();
 }
 
-/// When a connection last moved a byte.
-struct Activity {
+/// When a connection last moved a byte (also a forwarded WebSocket's tunnel, `cluster/forward.rs`).
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     /// Set once the HTTP part of the connection is over (an upgrade took the stream): no more bookkeeping.
@@ -272,7 +272,7 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -280,14 +280,14 @@ impl Activity {
         }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         if !self.retired.load(Ordering::Relaxed) {
             let now = self.start.elapsed().as_millis() as u64;
             self.last_ms.store(now, Ordering::Relaxed);
         }
     }
 
-    fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
     }
@@ -305,12 +305,12 @@ impl Activity {
 }
 
 /// A stream that notes when bytes move.
-struct Watched {
-    inner: TcpStream,
-    activity: Arc<Activity>,
+pub(crate) struct Watched<T = TcpStream> {
+    pub(crate) inner: T,
+    pub(crate) activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -325,7 +325,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -3,13 +3,9 @@
 //! keep-alive pool per peer; an upgrade becomes a tunnel that copies bytes both ways, so the probe and the
 //! session's whole WebSocket life run end to end with the owner.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -20,11 +16,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Directory, NODE_ID_LEN};
 use crate::engine::{Forward, ForwardError, Forwarded, FORWARDED};
+use crate::server::{Activity, Watched};
 
 /// How a node forwards.
 #[derive(Debug, Clone)]
@@ -321,11 +317,11 @@ async fn tunnel(
         }
     };
     let activity = Arc::new(Activity::new());
-    let mut client = Touched {
+    let mut client = Watched {
         inner: TokioIo::new(client),
         activity: Arc::clone(&activity),
     };
-    let mut owner = Touched {
+    let mut owner = Watched {
         inner: TokioIo::new(owner),
         activity: Arc::clone(&activity),
     };
@@ -345,74 +341,6 @@ async fn tunnel(
                 return;
             },
         }
-    }
-}
-
-/// When a tunnel last moved a byte.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
-
-/// A stream that notes when bytes move.
-struct Touched<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Touched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Touched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -485,7 +413,7 @@ mod tests {
             let stream = futures_util::stream::iter(
                 parts
                     .into_iter()
-                    .map(|p| Ok::<_, io::Error>(Bytes::from_static(p))),
+                    .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))),
             );
             Body::from_stream(stream)
         };
