@@ -18,6 +18,7 @@ pub mod logging;
 pub mod mailbox;
 pub mod publish;
 mod recovery;
+pub mod retained;
 pub mod secret;
 pub mod server;
 pub mod sites;
