@@ -6,6 +6,12 @@
 //! - `devices`: `dev` → `Meta` (next offset, count, bytes, expiry, overflow mark)
 //! - `user_rooms`: `user` → the user's lowercase shared rooms, ␟-separated
 //! - `room_users`: `(site␟room, user)` → `()`, the index shared-room publishes expand through
+//! - `retained`: `(site␟room, event)` → `[at u64][args]`, the retained values (`crate::retained`); one room's
+//!   are one range, in event order
+//! - `retained_usage`: `site` → `[count u64][bytes u64]`, what a site's retained values take, kept in the same
+//!   transaction as the values so the caps are checked against exact totals
+//!
+//! Files written before retained state existed lack the last two tables; `open` creates them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,11 +31,14 @@ use super::store::{
     now_ms, valid_name, AckOutcome, Caps, DeviceKey, DeviceStatus, Entry, MailboxStore, NewEntry,
     Page, Queued, StoreError,
 };
+use crate::retained::{RetainCaps, RetainRequest, Retained, RetainedError, RetainedStore};
 
 const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const USER_ROOMS: TableDefinition<&str, &str> = TableDefinition::new("user_rooms");
 const ROOM_USERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("room_users");
+const RETAINED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("retained");
+const RETAINED_USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained_usage");
 
 const SEP: char = '\u{1f}';
 /// Most writes one transaction commits; bounds the latency of the first writer in a burst.
@@ -155,10 +164,11 @@ impl EmbeddedStore {
         }
     }
 
-    async fn write(&self, op: Op) -> Result<Reply, StoreError> {
+    async fn write(&self, work: impl Into<Work>) -> Result<Reply, StoreError> {
         let (reply, answer) = oneshot::channel();
+        let work = work.into();
         self.writes
-            .send(Job { op, reply })
+            .send(Job { work, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -205,6 +215,8 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(DEVICES).map_err(embedded)?;
     txn.open_table(USER_ROOMS).map_err(embedded)?;
     txn.open_table(ROOM_USERS).map_err(embedded)?;
+    txn.open_table(RETAINED).map_err(embedded)?;
+    txn.open_table(RETAINED_USAGE).map_err(embedded)?;
     txn.commit().map_err(embedded)
 }
 
@@ -340,15 +352,59 @@ enum Op {
     },
 }
 
+/// A write to retained state for the writer thread.
+enum RetainedOp {
+    Retain(OwnedRetain),
+    Clear { site: String, room: String },
+}
+
+/// A `RetainRequest` with its caps, owned so it can cross to the writer thread.
+struct OwnedRetain {
+    site: String,
+    room: String,
+    event: String,
+    args: String,
+    at: u64,
+    if_changed: bool,
+    caps: RetainCaps,
+}
+
+/// Whatever the writer thread applies: both kinds share its transactions, so they share its group commit.
+enum Work {
+    Mailbox(Op),
+    Retained(RetainedOp),
+}
+
+impl From<Op> for Work {
+    fn from(op: Op) -> Self {
+        Work::Mailbox(op)
+    }
+}
+
+impl From<RetainedOp> for Work {
+    fn from(op: RetainedOp) -> Self {
+        Work::Retained(op)
+    }
+}
+
 enum Reply {
     Done,
     Queued(Vec<Queued>),
     Ack(AckOutcome),
     Swept(usize),
+    Retained(RetainOutcome),
+}
+
+/// What a retain did. A refusal is an answer, not a store failure: the transaction goes on for the others.
+enum RetainOutcome {
+    /// Written (or left alone with `if_changed`); whether the kept value changed.
+    Kept { changed: bool },
+    /// Refused by a cap, named as the error shows it.
+    Full { limit: String },
 }
 
 struct Job {
-    op: Op,
+    work: Work,
     reply: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
@@ -365,7 +421,7 @@ fn writer(slot: &DbSlot, mut queue: mpsc::Receiver<Job>) {
         let (results, committed) = match slot.for_writer() {
             Ok(db) => match db.begin_write() {
                 Ok(txn) => {
-                    let results: Vec<_> = jobs.iter().map(|job| apply(&txn, &job.op)).collect();
+                    let results: Vec<_> = jobs.iter().map(|job| apply(&txn, &job.work)).collect();
                     (results, txn.commit().map_err(embedded))
                 }
                 Err(e) => (Vec::new(), Err(embedded(e))),
@@ -404,7 +460,14 @@ struct Tables<'t> {
     room_users: Table<'t, (&'static str, &'static str), ()>,
 }
 
-fn apply(txn: &WriteTransaction, op: &Op) -> Result<Reply, StoreError> {
+fn apply(txn: &WriteTransaction, work: &Work) -> Result<Reply, StoreError> {
+    match work {
+        Work::Mailbox(op) => apply_mailbox(txn, op),
+        Work::Retained(op) => apply_retained(txn, op),
+    }
+}
+
+fn apply_mailbox(txn: &WriteTransaction, op: &Op) -> Result<Reply, StoreError> {
     let mut t = Tables {
         entries: txn.open_table(ENTRIES).map_err(embedded)?,
         devices: txn.open_table(DEVICES).map_err(embedded)?,
@@ -688,6 +751,224 @@ impl Tables<'_> {
     }
 }
 
+/// The retained tables, opened for one write.
+struct RetainedTables<'t> {
+    values: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    usage: Table<'t, &'static str, &'static [u8]>,
+}
+
+fn apply_retained(txn: &WriteTransaction, op: &RetainedOp) -> Result<Reply, StoreError> {
+    let mut t = RetainedTables {
+        values: txn.open_table(RETAINED).map_err(embedded)?,
+        usage: txn.open_table(RETAINED_USAGE).map_err(embedded)?,
+    };
+    match op {
+        RetainedOp::Retain(request) => t.retain(request).map(Reply::Retained),
+        RetainedOp::Clear { site, room } => t.clear(site, room).map(Reply::Swept),
+    }
+}
+
+impl RetainedTables<'_> {
+    fn retain(&mut self, r: &OwnedRetain) -> Result<RetainOutcome, StoreError> {
+        let key = room_key(&r.site, &r.room);
+        let old = self.kept_args(&key, &r.event)?;
+        let same = old.as_deref() == Some(r.args.as_str());
+        if same && r.if_changed {
+            return Ok(RetainOutcome::Kept { changed: false });
+        }
+        let old_size = old
+            .as_deref()
+            .map(|args| retained_size(&r.room, &r.event, args));
+        let size = retained_size(&r.room, &r.event, &r.args);
+        let usage = match admit(self.usage(&r.site)?, old_size, size, r.caps) {
+            Ok(usage) => usage,
+            Err(limit) => return Ok(RetainOutcome::Full { limit }),
+        };
+        let value = encode_retained(r.at, &r.args);
+        self.values
+            .insert((key.as_str(), r.event.as_str()), value.as_slice())
+            .map_err(embedded)?;
+        self.put_usage(&r.site, usage)?;
+        Ok(RetainOutcome::Kept { changed: !same })
+    }
+
+    /// The arguments kept for `(room_key, event)`, if any.
+    fn kept_args(&self, room_key: &str, event: &str) -> Result<Option<String>, StoreError> {
+        match self.values.get((room_key, event)).map_err(embedded)? {
+            Some(raw) => Ok(Some(decode_retained(raw.value())?.1.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    fn usage(&self, site: &str) -> Result<Usage, StoreError> {
+        match self.usage.get(site).map_err(embedded)? {
+            Some(raw) => Usage::decode(raw.value()),
+            None => Ok(Usage::default()),
+        }
+    }
+
+    /// Stores `usage`, or drops the row of a site that keeps nothing, so forgotten sites leave no trace.
+    fn put_usage(&mut self, site: &str, usage: Usage) -> Result<(), StoreError> {
+        if usage.count == 0 {
+            self.usage.remove(site).map_err(embedded)?;
+        } else {
+            self.usage
+                .insert(site, &usage.encode()[..])
+                .map_err(embedded)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every value of `room`; returns how many there were.
+    fn clear(&mut self, site: &str, room: &str) -> Result<usize, StoreError> {
+        let key = room_key(site, room);
+        let end = room_end(&key);
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let removed = self
+            .values
+            .extract_from_if((key.as_str(), "")..(end.as_str(), ""), |_, _| true)
+            .map_err(embedded)?;
+        for row in removed {
+            let (k, v) = row.map_err(embedded)?;
+            // Sized from the raw record, not decoded: a corrupt value must still leave, and free its bytes.
+            let args_len = v.value().len().saturating_sub(AT_LEN);
+            count += 1;
+            bytes += (room.len() + k.value().1.len() + args_len) as u64;
+        }
+        if count > 0 {
+            let usage = self.usage(site)?;
+            let left = Usage {
+                count: usage.count.saturating_sub(count),
+                bytes: usage.bytes.saturating_sub(bytes),
+            };
+            self.put_usage(site, left)?;
+        }
+        Ok(count as usize)
+    }
+}
+
+/// The site's totals once a value of `size` bytes is stored in place of one of `old` bytes (`None`: a new
+/// `(room, event)`), or the cap that refuses it, as the error names it.
+fn admit(usage: Usage, old: Option<u64>, size: u64, caps: RetainCaps) -> Result<Usage, String> {
+    let bytes_cap = || format!("max_retained_bytes {}", caps.max_bytes);
+    let Some(old) = old else {
+        if usage.count >= caps.max_entries {
+            return Err(format!("max_retained {}", caps.max_entries));
+        }
+        let bytes = usage.bytes.saturating_add(size);
+        if bytes > caps.max_bytes {
+            return Err(bytes_cap());
+        }
+        return Ok(Usage {
+            count: usage.count + 1,
+            bytes,
+        });
+    };
+    let bytes = usage.bytes.saturating_sub(old).saturating_add(size);
+    // Only growth is refused: a site left above a lowered cap can still update its values in place.
+    if size > old && bytes > caps.max_bytes {
+        return Err(bytes_cap());
+    }
+    Ok(Usage {
+        count: usage.count,
+        bytes,
+    })
+}
+
+/// A site's retained totals, fixed-size little-endian.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Usage {
+    count: u64,
+    bytes: u64,
+}
+
+impl Usage {
+    fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.count.to_le_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_le_bytes());
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Result<Self, StoreError> {
+        let word = |at: usize| -> Result<u64, StoreError> {
+            raw.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| StoreError::Corrupt("retained usage record too short".into()))
+        };
+        Ok(Usage {
+            count: word(0)?,
+            bytes: word(8)?,
+        })
+    }
+}
+
+/// Bytes of a retained record's `at` prefix.
+const AT_LEN: usize = 8;
+
+/// What a retained value counts against its site's `max_bytes`.
+fn retained_size(room: &str, event: &str, args: &str) -> u64 {
+    (room.len() + event.len() + args.len()) as u64
+}
+
+fn encode_retained(at: u64, args: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(AT_LEN + args.len());
+    out.extend_from_slice(&at.to_le_bytes());
+    out.extend_from_slice(args.as_bytes());
+    out
+}
+
+/// The `at` and arguments of a retained record.
+fn decode_retained(raw: &[u8]) -> Result<(u64, &str), StoreError> {
+    let corrupt = || StoreError::Corrupt("retained record malformed".into());
+    let at = raw
+        .get(..AT_LEN)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(corrupt)?;
+    let args = std::str::from_utf8(&raw[AT_LEN..]).map_err(|_| corrupt())?;
+    Ok((at, args))
+}
+
+fn room_key(site: &str, room: &str) -> String {
+    format!("{site}{SEP}{room}")
+}
+
+/// The first room key past `room_key` and everything it prefixes: no valid name holds U+0000, so
+/// `(room_key, "")..(room_end, "")` is exactly one room's values.
+fn room_end(room_key: &str) -> String {
+    format!("{room_key}\u{0}")
+}
+
+/// The values of each of `rooms` of `site`, room by room, each room's in event order (the key order).
+fn read_retained(
+    txn: &redb::ReadTransaction,
+    site: &str,
+    rooms: &[String],
+) -> Result<Vec<Retained>, StoreError> {
+    let values = txn.open_table(RETAINED).map_err(embedded)?;
+    let mut found = Vec::new();
+    for room in rooms {
+        let key = room_key(site, room);
+        let end = room_end(&key);
+        for row in values
+            .range((key.as_str(), "")..(end.as_str(), ""))
+            .map_err(embedded)?
+        {
+            let (k, v) = row.map_err(embedded)?;
+            let (at, args) = decode_retained(v.value())?;
+            found.push(Retained {
+                room: room.clone(),
+                event: k.value().1.to_string(),
+                args: args.to_string(),
+                at,
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// `site␟user␟` as (`site`, `user`).
 fn split_user(user: &str) -> (&str, &str) {
     let trimmed = user.strip_suffix(SEP).unwrap_or(user);
@@ -879,6 +1160,68 @@ impl MailboxStore for EmbeddedStore {
     }
 }
 
+fn unexpected_reply() -> StoreError {
+    StoreError::Embedded("unexpected writer reply".into())
+}
+
+#[async_trait]
+impl RetainedStore for EmbeddedStore {
+    async fn retain(
+        &self,
+        request: RetainRequest<'_>,
+        caps: RetainCaps,
+    ) -> Result<bool, RetainedError> {
+        for name in [request.site, request.room] {
+            if !valid_name(name) {
+                return Err(StoreError::BadName(name.to_string()).into());
+            }
+        }
+        let op = RetainedOp::Retain(OwnedRetain {
+            site: request.site.to_string(),
+            room: request.room.to_string(),
+            event: request.event.to_string(),
+            args: request.args.to_string(),
+            at: request.at,
+            if_changed: request.if_changed,
+            caps,
+        });
+        match self.write(op).await? {
+            Reply::Retained(RetainOutcome::Kept { changed }) => Ok(changed),
+            Reply::Retained(RetainOutcome::Full { limit }) => Err(RetainedError::Full {
+                site: request.site.to_string(),
+                limit,
+            }),
+            _ => Err(unexpected_reply().into()),
+        }
+    }
+
+    async fn rooms(&self, site: &str, rooms: &[String]) -> Result<Vec<Retained>, RetainedError> {
+        // A name `retain` refuses holds nothing; answering so keeps one odd room from failing a whole join.
+        let rooms: Vec<String> = rooms.iter().filter(|r| valid_name(r)).cloned().collect();
+        if !valid_name(site) || rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let site = site.to_string();
+        Ok(self
+            .read_with(move |txn| read_retained(txn, &site, &rooms))
+            .await?)
+    }
+
+    async fn clear(&self, site: &str, room: &str) -> Result<usize, RetainedError> {
+        if !valid_name(site) || !valid_name(room) {
+            return Ok(0);
+        }
+        let op = RetainedOp::Clear {
+            site: site.to_string(),
+            room: room.to_string(),
+        };
+        match self.write(op).await? {
+            Reply::Swept(count) => Ok(count),
+            _ => Err(unexpected_reply().into()),
+        }
+    }
+}
+
 /// How many entries the store holds in all, for tests and the benchmark.
 pub fn entry_count(store: &EmbeddedStore) -> Result<u64, StoreError> {
     let txn = store.db.get()?.begin_read().map_err(embedded)?;
@@ -889,6 +1232,93 @@ pub fn entry_count(store: &EmbeddedStore) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retained::contract::{listed, request, ROOMY as ROOMY_RETAINED};
+
+    fn temp_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("herald-mbx-{}", rand::random::<u64>()))
+    }
+
+    /// Opens the store at `path`, waiting for a dropped store's writer thread to let go of the file.
+    async fn reopen(path: &Path) -> EmbeddedStore {
+        let started = std::time::Instant::now();
+        loop {
+            match EmbeddedStore::open(path) {
+                Ok(store) => return store,
+                Err(e) if started.elapsed() > Duration::from_secs(10) => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_store_passes_the_retained_contract() {
+        let dir = temp_dir();
+        let store = EmbeddedStore::open(&dir.join("mailbox.redb")).expect("opens");
+        crate::retained::contract::run_all(Arc::new(store)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn retained_values_survive_reopening() {
+        let dir = temp_dir();
+        let path = dir.join("mailbox.redb");
+        let caps = RetainCaps {
+            max_entries: 2,
+            max_bytes: 1 << 20,
+        };
+        {
+            let store = EmbeddedStore::open(&path).expect("opens");
+            for (room, event) in [("lobby", "score"), ("news", "headline")] {
+                let kept = store
+                    .retain(request("s", room, event, "[1]", 5), caps)
+                    .await;
+                assert!(kept.expect("retain"));
+            }
+        }
+        let store = reopen(&path).await;
+        assert_eq!(
+            listed(&store, "s", &["news", "lobby"]).await,
+            vec![
+                ("news".into(), "headline".into(), "[1]".into(), 5),
+                ("lobby".into(), "score".into(), "[1]".into(), 5),
+            ]
+        );
+        // The site's usage survived with its values: the count cap still counts both.
+        let third = store.retain(request("s", "x", "ev", "[]", 6), caps).await;
+        assert!(
+            matches!(third, Err(RetainedError::Full { .. })),
+            "{third:?}"
+        );
+        assert_eq!(store.clear("s", "news").await.expect("clear"), 1);
+        let third = store.retain(request("s", "x", "ev", "[]", 6), caps).await;
+        assert!(third.expect("room again"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_retained_state_opens_and_retains() {
+        let dir = temp_dir();
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("mailbox.redb");
+        {
+            // The four tables herald wrote before retained state, and no more.
+            let db = Database::create(&path).expect("creates");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(ENTRIES).expect("entries");
+            txn.open_table(DEVICES).expect("devices");
+            txn.open_table(USER_ROOMS).expect("user_rooms");
+            txn.open_table(ROOM_USERS).expect("room_users");
+            txn.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(&path).expect("opens");
+        assert!(listed(&store, "s", &["r"]).await.is_empty());
+        let kept = store
+            .retain(request("s", "r", "ev", "[1]", 1), ROOMY_RETAINED)
+            .await;
+        assert!(kept.expect("retain"));
+        assert_eq!(listed(&store, "s", &["r"]).await.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn embedded_store_passes_the_contract() {

@@ -11,9 +11,13 @@
 //!   (`1` once a cap dropped entries, until `reset`)
 //! - `herald:{s}:room:r`: set of users, the index shared-room publishes expand through. It is a hint: a user
 //!   counts only while their own `rooms` set holds the room and they have an unexpired device.
+//! - `herald:{retained:s}:room:R`: hash event → `<at> <args>`, the values retained in room `R` (as published,
+//!   not lowercased; `crate::retained`)
+//! - `herald:{retained:s}:usage`: hash `count`, `bytes`, what the site's retained values take; the retain and
+//!   clear scripts keep it exact, and delete it when the site keeps nothing
 //!
 //! Every key of one user carries the hash tag `{s:u}`, so one user lives in one cluster slot and each Lua
-//! script touches one slot only. Every key a script touches arrives in its KEYS: Rust reads a user's device
+//! script touches one slot only; a site's retained state shares the tag `{retained:s}` for the same reason. Every key a script touches arrives in its KEYS: Rust reads a user's device
 //! names (HKEYS) and passes each device's keys; the append script reports devices that registered meanwhile,
 //! and Rust appends to those in another call. Scripts take the time from Redis (`TIME`), not from the node,
 //! so nodes with skewed clocks agree on what has expired, and expiry fields match the keys' own PEXPIREAT.
@@ -39,6 +43,7 @@ use super::store::{
     valid_name, AckOutcome, Announcements, Caps, DeviceKey, DeviceStatus, Entry, MailboxStore,
     NewEntry, Page, Queued, StoreError,
 };
+use crate::retained::{RetainCaps, RetainRequest, Retained, RetainedError, RetainedStore};
 
 /// The pub/sub channel every node announces new entries on; a message is `site␟user`.
 /// The announcement channel of the nodes on database `db`: pub/sub ignores database numbers, so the name
@@ -313,6 +318,16 @@ impl UserKeys {
 /// The index of `site`'s users in shared `room` (already lowercase).
 fn room_key(site: &str, room: &str) -> String {
     format!("herald:{{{}}}:room:{}", escape(site), escape(room))
+}
+
+/// The hash of the values retained in `site`'s `room`.
+fn retained_room_key(site: &str, room: &str) -> String {
+    format!("herald:{{retained:{}}}:room:{}", escape(site), escape(room))
+}
+
+/// The hash of `site`'s retained totals; in the same slot as its rooms, so one script updates both.
+fn retained_usage_key(site: &str) -> String {
+    format!("herald:{{retained:{}}}:usage", escape(site))
 }
 
 /// `name` with the characters that structure a key escaped, so distinct names give distinct keys.
@@ -629,6 +644,172 @@ fn append_call(
         call.arg(device);
     }
     call
+}
+
+/// Helpers of the retained scripts.
+const RETAINED_PRELUDE: &str = r#"
+-- A kept value is '<at> <args>': the arguments follow the first space.
+local function args_of(value)
+  local space = string.find(value, ' ', 1, true)
+  if space == nil then return '' end
+  return string.sub(value, space + 1)
+end
+"#;
+
+/// What the retain script answers besides 0 (kept, unchanged) and 1 (changed).
+const FULL_BY_COUNT: i64 = -1;
+const FULL_BY_BYTES: i64 = -2;
+
+/// KEYS: room, usage. ARGV: event, args, at, if_changed (`0`/`1`), max entries, max bytes, room length.
+/// Returns 1 when the kept value changed, 0 when not, or a refusal (`FULL_BY_COUNT`, `FULL_BY_BYTES`).
+static RETAIN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        &[
+            RETAINED_PRELUDE,
+            r#"
+local event, args, at = ARGV[1], ARGV[2], ARGV[3]
+local max_entries, max_bytes, room_len = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local old = redis.call('HGET', KEYS[1], event)
+local old_args = nil
+if old then old_args = args_of(old) end
+if old_args == args and ARGV[4] == '1' then return 0 end
+local size = room_len + #event + #args
+local count = tonumber(redis.call('HGET', KEYS[2], 'count') or '0')
+local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+if old_args == nil then
+  if count >= max_entries then return -1 end
+  if bytes + size > max_bytes then return -2 end
+  count, bytes = count + 1, bytes + size
+else
+  local old_size = room_len + #event + #old_args
+  -- Only growth is refused: a site left above a lowered cap can still update its values in place.
+  if size > old_size and bytes - old_size + size > max_bytes then return -2 end
+  bytes = bytes - old_size + size
+end
+redis.call('HSET', KEYS[1], event, at .. ' ' .. args)
+redis.call('HSET', KEYS[2], 'count', int(count), 'bytes', int(bytes))
+if old_args == args then return 0 end
+return 1
+"#,
+        ]
+        .concat(),
+    )
+});
+
+/// KEYS: room, usage. ARGV: room length. Returns how many values the room held.
+static CLEAR_RETAINED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        &[
+            RETAINED_PRELUDE,
+            r#"
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then return 0 end
+local room_len, count, freed = tonumber(ARGV[1]), #all / 2, 0
+for i = 1, #all, 2 do freed = freed + room_len + #all[i] + #args_of(all[i + 1]) end
+redis.call('DEL', KEYS[1])
+local left = redis.call('HINCRBY', KEYS[2], 'count', int(-count))
+redis.call('HINCRBY', KEYS[2], 'bytes', int(-freed))
+-- A site that keeps nothing leaves no key behind.
+if left <= 0 then redis.call('DEL', KEYS[2]) end
+return count
+"#,
+        ]
+        .concat(),
+    )
+});
+
+/// A call of the retain script.
+fn retain_call(request: &RetainRequest<'_>, caps: RetainCaps) -> ScriptInvocation<'static> {
+    let mut call = RETAIN.prepare_invoke();
+    call.key(retained_room_key(request.site, request.room))
+        .key(retained_usage_key(request.site))
+        .arg(request.event)
+        .arg(request.args)
+        .arg(request.at)
+        .arg(u8::from(request.if_changed))
+        .arg(caps.max_entries)
+        .arg(caps.max_bytes)
+        .arg(request.room.len());
+    call
+}
+
+/// The retain script's answer as `retain`'s.
+fn retain_answer(answer: i64, site: &str, caps: RetainCaps) -> Result<bool, RetainedError> {
+    let full = |limit: String| RetainedError::Full {
+        site: site.to_string(),
+        limit,
+    };
+    match answer {
+        0 => Ok(false),
+        1 => Ok(true),
+        FULL_BY_COUNT => Err(full(format!("max_retained {}", caps.max_entries))),
+        FULL_BY_BYTES => Err(full(format!("max_retained_bytes {}", caps.max_bytes))),
+        other => Err(StoreError::Redis(format!("the retain script answered {other}")).into()),
+    }
+}
+
+/// A kept `<at> <args>` value of `room`'s `event`.
+fn parse_retained(room: &str, event: String, value: &str) -> Result<Retained, StoreError> {
+    let corrupt =
+        || StoreError::Corrupt(format!("retained value of '{event}' is not '<at> <args>'"));
+    let (at, args) = value.split_once(' ').ok_or_else(corrupt)?;
+    let at = at.parse().map_err(|_| corrupt())?;
+    Ok(Retained {
+        room: room.to_string(),
+        args: args.to_string(),
+        event,
+        at,
+    })
+}
+
+#[async_trait]
+impl RetainedStore for RedisStore {
+    async fn retain(
+        &self,
+        request: RetainRequest<'_>,
+        caps: RetainCaps,
+    ) -> Result<bool, RetainedError> {
+        checked(request.site)?;
+        checked(request.room)?;
+        let answer: i64 = self.run(&retain_call(&request, caps)).await?;
+        retain_answer(answer, request.site, caps)
+    }
+
+    async fn rooms(&self, site: &str, rooms: &[String]) -> Result<Vec<Retained>, RetainedError> {
+        // A name `retain` refuses holds nothing; answering so keeps one odd room from failing a whole join.
+        let rooms: Vec<&String> = rooms.iter().filter(|r| valid_name(r)).collect();
+        if !valid_name(site) || rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut found = Vec::new();
+        for chunk in rooms.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.hgetall(retained_room_key(site, room));
+            }
+            // A BTreeMap per room: its values come out in event order, as the trait promises.
+            let replies: Vec<BTreeMap<String, String>> =
+                pipe.query_async(&mut con).await.map_err(redis_error)?;
+            for (room, values) in chunk.iter().zip(replies) {
+                for (event, value) in values {
+                    found.push(parse_retained(room, event, &value)?);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn clear(&self, site: &str, room: &str) -> Result<usize, RetainedError> {
+        if !valid_name(site) || !valid_name(room) {
+            return Ok(0);
+        }
+        let mut call = CLEAR_RETAINED.prepare_invoke();
+        call.key(retained_room_key(site, room))
+            .key(retained_usage_key(site))
+            .arg(room.len());
+        Ok(self.run::<usize>(&call).await?)
+    }
 }
 
 #[async_trait]
@@ -964,6 +1145,34 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_store_passes_the_contract() {
         crate::mailbox::contract::run_all(Arc::new(store().await)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_store_passes_the_retained_contract() {
+        crate::retained::contract::run_all(Arc::new(store().await)).await;
+    }
+
+    #[tokio::test]
+    async fn retained_keys_follow_the_layout() {
+        use crate::retained::contract::{request, ROOMY};
+        let store = store().await;
+        let site = crate::retained::contract::fresh_site("layout");
+        let kept = store
+            .retain(request(&site, "Room:1", "ev", "[1]", 7), ROOMY)
+            .await;
+        assert!(kept.expect("retain"));
+        let room_key = format!("herald:{{retained:{site}}}:room:Room%3A1");
+        let usage_key = format!("herald:{{retained:{site}}}:usage");
+        let mut con = store.con.clone();
+        let room: BTreeMap<String, String> = con.hgetall(&room_key).await.expect("room");
+        assert_eq!(room, BTreeMap::from([("ev".into(), "7 [1]".into())]));
+        let usage: BTreeMap<String, u64> = con.hgetall(&usage_key).await.expect("usage");
+        // Room (6) + event (2) + args (3) bytes.
+        let want = BTreeMap::from([("count".into(), 1), ("bytes".into(), 11)]);
+        assert_eq!(usage, want);
+        assert_eq!(store.clear(&site, "Room:1").await.expect("clear"), 1);
+        let left: u64 = con.exists(&[&room_key, &usage_key]).await.expect("exists");
+        assert_eq!(left, 0, "a site that keeps nothing leaves no key");
     }
 
     #[tokio::test]

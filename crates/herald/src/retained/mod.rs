@@ -4,6 +4,9 @@
 
 use async_trait::async_trait;
 
+#[cfg(test)]
+pub(crate) mod contract;
+
 /// One retained value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retained {
