@@ -19,6 +19,11 @@ pub fn webhook_answer(body: &[u8]) -> Result<Identity, AuthError> {
     crate::auth::webhook::parse_answer(body)
 }
 
+/// An event route's answer parser (`{reply, publish, join, leave}`), on a 2xx answer's body.
+pub fn event_answer(body: &[u8]) -> Result<crate::events::answer::RouteAnswer, String> {
+    crate::events::answer::parse(body)
+}
+
 /// What the gateway lets a client have once its site's auth rule has answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {

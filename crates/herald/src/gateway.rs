@@ -19,6 +19,7 @@ use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
+use crate::events::{ClientEvents, EventLimits, SocketHooks};
 use crate::mailbox::embedded::EmbeddedStore;
 use crate::mailbox::redis::RedisStore;
 use crate::mailbox::store::valid_name;
@@ -27,6 +28,7 @@ use crate::mailbox::{
 };
 use crate::publish::Publisher;
 use crate::recovery::{Comeback, SiteRecovery};
+use crate::retained::{RetainCaps, RetainedStore, SiteRetained};
 use crate::secret::Secret;
 use crate::sites::{ClientInfo, RoomFilter, Site, Sites};
 use crate::socketio::{
@@ -86,33 +88,54 @@ fn keeps_mailboxes(site: &SiteConfig) -> bool {
         && site.device_ttl_secs > 0
 }
 
-/// Opens the configured mailbox store and starts the service, when some site keeps mailboxes.
-async fn open_mailbox(config: &Config) -> Result<Option<Arc<Mailbox>>, GatewayError> {
+/// The store under mailboxes and retained state: redb in the data directory, or the cluster's Redis.
+struct Stores {
+    mailbox: Arc<dyn MailboxStore>,
+    retained: Arc<dyn RetainedStore>,
+}
+
+/// Opens the configured store. The embedded one first marks the devices a killed herald left connected as
+/// disconnected: none is connected before we serve.
+async fn open_stores(config: &Config) -> Result<Stores, GatewayError> {
+    let server = &config.server;
+    if let (MailboxStoreKind::Redis, Some(url)) = (server.mailbox_store(), &server.redis_url) {
+        let store = Arc::new(RedisStore::connect(url).await?);
+        return Ok(Stores {
+            mailbox: store.clone(),
+            retained: store,
+        });
+    }
+    let store = Arc::new(EmbeddedStore::open(&server.data_dir.join("mailbox.redb"))?);
+    let ttls: Vec<_> = config
+        .sites
+        .iter()
+        .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
+        .collect();
+    let released = store.release_connected(&ttls).await?;
+    if released > 0 {
+        tracing::info!(
+            devices = released,
+            "marked the devices a previous run left connected as disconnected"
+        );
+    }
+    Ok(Stores {
+        mailbox: store.clone(),
+        retained: store,
+    })
+}
+
+/// Starts the mailbox service, when some site keeps mailboxes.
+async fn open_mailbox(
+    config: &Config,
+    stores: &Stores,
+) -> Result<Option<Arc<Mailbox>>, GatewayError> {
     if !config.sites.iter().any(keeps_mailboxes) {
         return Ok(None);
     }
-    let server = &config.server;
-    let store: Arc<dyn MailboxStore> = match (server.mailbox_store(), &server.redis_url) {
-        (MailboxStoreKind::Redis, Some(url)) => Arc::new(RedisStore::connect(url).await?),
-        _ => {
-            let store = EmbeddedStore::open(&server.data_dir.join("mailbox.redb"))?;
-            // A killed herald left its devices marked connected; none is connected before we serve.
-            let ttls: Vec<_> = config
-                .sites
-                .iter()
-                .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
-                .collect();
-            let released = store.release_connected(&ttls).await?;
-            if released > 0 {
-                tracing::info!(
-                    devices = released,
-                    "marked the devices a previous run left connected as disconnected"
-                );
-            }
-            Arc::new(store)
-        }
-    };
-    Ok(Some(Mailbox::start(store, server.mailbox.clone()).await?))
+    let store = Arc::clone(&stores.mailbox);
+    Ok(Some(
+        Mailbox::start(store, config.server.mailbox.clone()).await?,
+    ))
 }
 
 /// Builds the gateway for `config` (already validated), opening its mailbox store.
@@ -139,7 +162,8 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
-    let mailbox = open_mailbox(config).await?;
+    let stores = open_stores(config).await?;
+    let mailbox = open_mailbox(config, &stores).await?;
     let node = crate::cluster::new_node_id();
     let registry = match &config.server.redis_url {
         Some(url) => Some(
@@ -218,6 +242,8 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         })),
     };
     let mut sites = Vec::with_capacity(config.sites.len());
+    // The sites' event routes publish through the publisher, which needs the sites first.
+    let publisher_slot = Arc::new(OnceLock::new());
     let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
         let auth =
@@ -228,6 +254,14 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         let own_namespace = Arc::new(OnceLock::new());
         let recovery = SiteRecovery::new(site, &cluster).map(Arc::new);
         let site_mailbox = mailbox.clone().filter(|_| keeps_mailboxes(site));
+        let retained = Arc::new(SiteRetained::new(
+            &site.name,
+            Arc::clone(&stores.retained),
+            RetainCaps {
+                max_entries: limits.max_retained,
+                max_bytes: limits.max_retained_bytes,
+            },
+        ));
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
             auth,
@@ -244,6 +278,14 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 })
             }),
             recovery: recovery.clone(),
+            retained: Arc::clone(&retained),
+            events: Arc::new(ClientEvents::new(
+                Arc::new(site.clone()),
+                http.clone(),
+                Arc::clone(&publisher_slot),
+                EventLimits::from_config(limits),
+            )),
+            hooks: SocketHooks::new(Arc::new(site.clone()), http.clone()),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -253,6 +295,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
             namespace,
             mailbox: site_mailbox,
             recovery,
+            retained,
         });
     }
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
@@ -272,6 +315,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         sites: sites.clone(),
         cluster,
     };
+    let _ = publisher_slot.set(publisher.clone());
     publisher.start().await?;
     let emitter = crate::bridges::start(config, &publisher).await?;
     Ok(Gateway {
@@ -343,7 +387,11 @@ impl Gateway {
             .route("/readyz", axum::routing::get(readiness))
             .route(
                 "/limits",
-                axum::routing::get(|| async { axum::Json(crate::limits::snapshot()) }),
+                axum::routing::get(|| async {
+                    let mut counts = crate::limits::snapshot();
+                    counts["unrouted_client_events"] = crate::events::unrouted_count().into();
+                    axum::Json(counts)
+                }),
             )
             .route(
                 "/",
@@ -412,6 +460,12 @@ struct SiteHandler {
     devices: Option<Arc<DeviceCheck>>,
     /// Connection-state recovery, unless the site's window is 0.
     recovery: Option<Arc<SiteRecovery>>,
+    /// What the site's rooms retain, sent to a socket first when it joins them.
+    retained: Arc<SiteRetained>,
+    /// Where the events its clients emit go.
+    events: Arc<ClientEvents>,
+    /// `hooks.connect` and `hooks.disconnect`, when the site has them.
+    hooks: Option<SocketHooks>,
 }
 
 /// The root namespace `/`, which no site serves: it refuses socket.io 3+ clients with the namespaces that exist,
@@ -712,6 +766,7 @@ impl NamespaceHandler for SiteHandler {
                 device_id,
                 user_room,
                 token: auth_request.token.map(Secret::new),
+                ..ClientInfo::default()
             };
             Ok(match (recovery, comeback) {
                 (Some(recovery), Some(comeback)) => {
@@ -726,6 +781,10 @@ impl NamespaceHandler for SiteHandler {
         }))
     }
 
+    fn on_join(&self, _socket: &Arc<Socket>, rooms: &[String]) -> Option<PendingCatchUp> {
+        (!rooms.is_empty()).then(|| self.retained.first_for(rooms.to_vec()))
+    }
+
     fn catch_up(&self, socket: &Arc<Socket>, after: &str) -> PendingCatchUp {
         match &self.recovery {
             Some(recovery) => recovery.catch_up(socket, after),
@@ -736,6 +795,9 @@ impl NamespaceHandler for SiteHandler {
     fn on_connect(&self, socket: &Arc<Socket>) {
         if let Some(recovery) = &self.recovery {
             recovery.remember_later(socket);
+        }
+        if let Some(hooks) = &self.hooks {
+            hooks.connected(socket);
         }
         let Some(info) = socket.data::<ClientInfo>() else {
             return;
@@ -758,6 +820,9 @@ impl NamespaceHandler for SiteHandler {
         if let Some(recovery) = &self.recovery {
             recovery.left(socket, reason);
         }
+        if let Some(hooks) = &self.hooks {
+            hooks.disconnected(socket, reason);
+        }
         let Some(info) = socket.data::<ClientInfo>() else {
             return;
         };
@@ -770,7 +835,6 @@ impl NamespaceHandler for SiteHandler {
     }
 
     fn on_event(&self, socket: &Arc<Socket>, event: IncomingEvent) {
-        // Clients only listen: rooms come from the auth answer or the API, never from a client's request.
-        tracing::debug!(socket = socket.id(), event = %event.name, "ignored a client event");
+        self.events.handle(socket, event);
     }
 }

@@ -7,6 +7,7 @@ pub mod bridges;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod events;
 /// Pure entry points for the fuzz targets in `crates/herald/fuzz`; not an API.
 #[doc(hidden)]
 pub mod fuzzing;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod mailbox;
+pub mod outbound;
 pub mod publish;
 mod recovery;
 pub mod retained;

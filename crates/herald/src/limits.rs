@@ -30,9 +30,17 @@ pub enum Limit {
     Outbox,
     /// `max_payload_bytes`: a client sent too large a message or POST.
     Payload,
+    /// `client_events_per_sec`: a client emitted faster than its budget.
+    ClientEventRate,
+    /// `client_events_in_flight`: a client had too many events waiting for their route.
+    ClientEventsInFlight,
+    /// `max_client_event_bytes`: a client emitted too large an event.
+    ClientEventBytes,
+    /// `max_retained` / `max_retained_bytes`: a site's retained state was full.
+    Retained,
 }
 
-const ALL: [Limit; 12] = [
+const ALL: [Limit; 16] = [
     Limit::HeaderReadTimeout,
     Limit::IdleTimeout,
     Limit::HttpConnections,
@@ -45,6 +53,10 @@ const ALL: [Limit; 12] = [
     Limit::StoreTimeout,
     Limit::Outbox,
     Limit::Payload,
+    Limit::ClientEventRate,
+    Limit::ClientEventsInFlight,
+    Limit::ClientEventBytes,
+    Limit::Retained,
 ];
 
 static COUNTS: [AtomicU64; ALL.len()] = [const { AtomicU64::new(0) }; ALL.len()];
@@ -65,6 +77,10 @@ impl Limit {
             Limit::StoreTimeout => "store_timeout_ms",
             Limit::Outbox => "outbox_frames",
             Limit::Payload => "max_payload_bytes",
+            Limit::ClientEventRate => "client_events_per_sec",
+            Limit::ClientEventsInFlight => "client_events_in_flight",
+            Limit::ClientEventBytes => "max_client_event_bytes",
+            Limit::Retained => "max_retained",
         }
     }
 

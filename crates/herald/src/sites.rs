@@ -17,6 +17,8 @@ pub struct ClientInfo {
     pub user_room: Option<String>,
     /// The client's token, for `updateUserUrl` calls made on its behalf.
     pub token: Option<Secret>,
+    /// What the socket may still emit (`client_events_per_sec`, `client_events_in_flight`).
+    pub events: crate::events::Budget,
 }
 
 /// One site: its configuration, its namespace, and its mailboxes when it keeps them.
@@ -28,6 +30,8 @@ pub struct Site {
     pub mailbox: Option<Arc<Mailbox>>,
     /// Connection-state recovery, unless the site's window is 0.
     pub(crate) recovery: Option<Arc<crate::recovery::SiteRecovery>>,
+    /// The last value of each `(room, event)` published with `retain`.
+    pub retained: Arc<crate::retained::SiteRetained>,
 }
 
 impl Site {
@@ -52,6 +56,12 @@ impl Site {
             .as_deref()
             .filter(|p| !p.is_empty())?;
         room.starts_with(prefix).then_some(room)
+    }
+
+    /// Joins `socket` to `rooms` (the API, the emitter, an event route's answer); it gets what they retain
+    /// before any later live packet. Call [`Site::rooms_changed`] after.
+    pub fn join(&self, socket: &Arc<crate::socketio::Socket>, rooms: &[String]) {
+        self.retained.join(socket, rooms);
     }
 
     /// Records `socket`'s rooms after they changed (the API's join and leave, the emitter's `socketsJoin` and
@@ -87,6 +97,17 @@ impl Site {
             .iter()
             .fold(false, |found, k| k.matches(key) | found)
     }
+}
+
+/// A socket as the API lists it and backends hear of it: `{id, user, deviceId, rooms}`.
+pub fn describe_socket(socket: &crate::socketio::Socket) -> serde_json::Value {
+    let info = socket.data::<ClientInfo>();
+    serde_json::json!({
+        "id": socket.id(),
+        "user": info.and_then(|i| i.user.as_deref()),
+        "deviceId": info.and_then(|i| i.device_id.as_deref()),
+        "rooms": socket.rooms(),
+    })
 }
 
 /// Tells a socket's shared rooms (the ones a publish expands to users) from its id, user rooms and public channel.

@@ -26,6 +26,7 @@ fn shop(auth: AuthConfig) -> SiteConfig {
         max_connections: None,
         // These tests read exact frames: no recovery offsets.
         recovery_window_ms: 0,
+        ..SiteConfig::new(String::new())
     }
 }
 

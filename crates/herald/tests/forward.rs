@@ -67,6 +67,7 @@ fn config() -> Config {
             max_connections: None,
             // No recovery offsets on events: the tests compare packets whole.
             recovery_window_ms: 0,
+            ..SiteConfig::new(String::new())
         }],
         ..Config::default()
     };

@@ -83,6 +83,7 @@ fn site(auth: AuthConfig) -> SiteConfig {
         device_ttl_secs: 60,
         max_connections: None,
         recovery_window_ms: 120_000,
+        ..SiteConfig::new(String::new())
     }
 }
 

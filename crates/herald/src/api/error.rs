@@ -32,6 +32,9 @@ pub enum ApiError {
         reason: &'static str,
     },
     /// The socket asked about is not on this node, and some other nodes did not answer.
+    /// The site keeps as much retained state as its limits allow; clear some rooms or raise the limit.
+    #[error("{0}")]
+    RetainedFull(String),
     #[error("the socket is not on this node and {0} other node(s) did not answer; retry")]
     NodesUnavailable(usize),
     /// The cluster bus failed: the publish may have reached some nodes and not others; retry.
@@ -54,6 +57,7 @@ impl From<crate::publish::PublishError> for ApiError {
                 reason: e.public_reason(),
                 detail: e.to_string(),
             },
+            PublishError::Retained(e) => ApiError::retained(e),
         }
     }
 }
@@ -61,6 +65,15 @@ impl From<crate::publish::PublishError> for ApiError {
 impl ApiError {
     /// A mailbox store failure: a name the store cannot hold is the request's fault (400), anything else is the
     /// store's (503, retry).
+    pub(crate) fn retained(error: crate::retained::RetainedError) -> ApiError {
+        match error {
+            full @ crate::retained::RetainedError::Full { .. } => {
+                ApiError::RetainedFull(full.to_string())
+            }
+            crate::retained::RetainedError::Store(e) => ApiError::store(e),
+        }
+    }
+
     pub(crate) fn store(error: crate::mailbox::StoreError) -> ApiError {
         match error {
             crate::mailbox::StoreError::BadName(_) => ApiError::BadRequest(error.to_string()),
@@ -79,6 +92,7 @@ impl ApiError {
             }
             ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RetainedFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StoreUnavailable { .. }
             | ApiError::BusUnavailable { .. }

@@ -3,6 +3,7 @@
 
 mod error;
 mod extract;
+mod retained;
 mod send;
 mod v1;
 
@@ -45,6 +46,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sites/{site}/sockets", get(v1::list_sockets))
         .route("/api/v1/sites/{site}/sockets/{id}", delete(v1::disconnect))
         .route("/api/v1/sites/{site}/sockets/{id}/rooms", post(v1::rooms))
+        .route(
+            "/api/v1/sites/{site}/rooms/{room}/retained",
+            get(retained::list).delete(retained::clear),
+        )
         .route(
             "/api/v1/sites/{site}/users/{user}/devices",
             get(v1::user_devices),

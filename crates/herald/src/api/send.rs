@@ -91,8 +91,23 @@ fn parse(headers: &HeaderMap, body: &Bytes) -> Result<PublishRequest, ApiError> 
         rooms,
         event,
         args,
+        retain: flag(&value, "retain")?,
+        if_changed: flag(&value, "if_changed")?,
         ..PublishRequest::default()
     })
+}
+
+/// An optional yes/no field: a JSON boolean, or in a form `true`/`1` (`false`/`0`/empty for no).
+fn flag(body: &Value, name: &str) -> Result<bool, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if matches!(s.as_str(), "true" | "1") => Ok(true),
+        Some(Value::String(s)) if matches!(s.as_str(), "false" | "0" | "") => Ok(false),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "{name} must be true or false"
+        ))),
+    }
 }
 
 fn json(body: &Bytes) -> Result<Value, ApiError> {

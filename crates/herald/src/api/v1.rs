@@ -17,12 +17,16 @@ use super::{read_body, ApiState};
 use crate::cluster::peers::{ask_all, escape, PeerRequest, LOCAL_HEADER};
 use crate::mailbox::store::valid_name;
 use crate::publish::PublishRequest;
-use crate::sites::{ClientInfo, Site};
+use crate::sites::{describe_socket, Site};
 use crate::socketio::Socket;
 
 /// The site named in the path, if the request's bearer key is one of its keys. An unknown site answers
 /// exactly as a wrong key does, so site names cannot be enumerated without a key.
-fn authorized(state: &ApiState, headers: &HeaderMap, site: &str) -> Result<Arc<Site>, ApiError> {
+pub(super) fn authorized(
+    state: &ApiState,
+    headers: &HeaderMap,
+    site: &str,
+) -> Result<Arc<Site>, ApiError> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -119,14 +123,9 @@ pub struct ListQuery {
 }
 
 fn describe(socket: &Socket, node: &str) -> Value {
-    let info = socket.data::<ClientInfo>().cloned().unwrap_or_default();
-    json!({
-        "id": socket.id(),
-        "user": info.user,
-        "deviceId": info.device_id,
-        "rooms": socket.rooms(),
-        "node": node,
-    })
+    let mut described = describe_socket(socket);
+    described["node"] = json!(node);
+    described
 }
 
 /// Whether the caller is a peer asking about this node's own sockets only.
@@ -307,9 +306,7 @@ pub async fn rooms(
     for room in &request.leave {
         socket.leave(room);
     }
-    for room in &request.join {
-        socket.join(room);
-    }
+    site.join(&socket, &request.join);
     site.rooms_changed(&socket).await.map_err(ApiError::store)?;
     Ok(Json(json!({ "rooms": socket.rooms() })).into_response())
 }

@@ -389,8 +389,8 @@ async fn publish(publisher: &Publisher, channel: &str, event: EmittedEvent, coun
         event: event.event,
         args: event.args,
         volatile: event.volatile,
-        resync: false,
         binaries: event.binaries,
+        ..PublishRequest::default()
     };
     match publisher.publish(&site, &request, false).await {
         Ok(_) => {
@@ -448,9 +448,7 @@ async fn apply(site: &Site, request: Request) {
         }
         Action::Join(rooms) => {
             for socket in &sockets {
-                for room in &rooms {
-                    socket.join(room);
-                }
+                site.join(socket, &rooms);
                 record(site, socket).await;
             }
         }

@@ -45,6 +45,13 @@ struct CrossroadsSite {
     device_ttl: Option<u64>,
     max_connections: Option<usize>,
     auth: Option<AuthConfig>,
+    /// herald's own: client event routes, per-socket hooks and their signing secret.
+    #[serde(default)]
+    events: std::collections::BTreeMap<String, crate::config::EventRoute>,
+    #[serde(default)]
+    hooks: crate::config::Hooks,
+    #[serde(alias = "signing_secret")]
+    signing_secret: Option<KeyText>,
 }
 
 /// An API key written as a string or, as crossroads' sample does (`apiKey: 54321`), a number.
@@ -150,6 +157,9 @@ impl CrossroadsSite {
             site.device_ttl_secs = ttl;
         }
         site.max_connections = self.max_connections;
+        site.events = self.events;
+        site.hooks = self.hooks;
+        site.signing_secret = self.signing_secret.map(|KeyText(key)| Secret::new(key));
         Ok(site)
     }
 

@@ -96,6 +96,16 @@ pub enum ConfigError {
         scheme = one_line(scheme)
     )]
     BadAuthScheme { site: String, scheme: String },
+    #[error(
+        "site '{site}': events.{event} {problem}",
+        site = one_line(site),
+        event = one_line(event)
+    )]
+    BadEventRoute {
+        site: String,
+        event: String,
+        problem: String,
+    },
     #[error("site '{site}': {field} must be greater than 0", site = one_line(site))]
     SiteZero { site: String, field: &'static str },
     #[error(

@@ -3,6 +3,7 @@
 //! `load.rs`, the environment in `env.rs`, crossroads' `sites.yml` in `crossroads.rs`, the rules in
 //! `validate.rs`, the demo site's generated key in `demo_key.rs` and `check-config`'s output in `render.rs`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -143,6 +144,18 @@ pub struct LimitsConfig {
     /// Most device mailboxes one user keeps on a mailbox site; a new device past it replaces the user's
     /// longest-idle disconnected device, or is refused when every device is connected. Default 32.
     pub max_devices_per_user: usize,
+    /// Most events one socket may emit per second (a burst of as many is allowed); more are refused with an
+    /// error in their ack. Default 50.
+    pub client_events_per_sec: u32,
+    /// Most events of one socket whose route has not answered yet; more are refused. Default 16.
+    pub client_events_in_flight: usize,
+    /// Largest client event (its JSON arguments), in bytes; a larger one is refused with an error in its ack,
+    /// and the client stays connected (`max_payload_bytes` closes it). Default 65536.
+    pub max_client_event_bytes: usize,
+    /// Most `(room, event)` values one site retains. Default 10000.
+    pub max_retained: u64,
+    /// Most bytes (room, event and arguments) one site's retained values take. Default 16 MiB.
+    pub max_retained_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -160,6 +173,11 @@ impl Default for LimitsConfig {
             max_auth_attempts: 8,
             max_concurrent_auth: 64,
             max_devices_per_user: 32,
+            client_events_per_sec: 50,
+            client_events_in_flight: 16,
+            max_client_event_bytes: 64 << 10,
+            max_retained: 10_000,
+            max_retained_bytes: 16 << 20,
         }
     }
 }
@@ -331,6 +349,60 @@ pub struct SiteConfig {
     /// rooms and every live packet it missed (connection-state recovery); 0 turns it off. Default 120000.
     #[serde(default = "default_recovery_window")]
     pub recovery_window_ms: u64,
+    /// Where the events clients emit go, by event name (`"*"`: every other event). An event with no route is
+    /// refused. Default none: every client event is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub events: BTreeMap<String, EventRoute>,
+    /// Per-socket webhooks, not debounced. Default none.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    /// Signs every event-route and hook call with `X-Herald-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    /// Default none (unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<Secret>,
+}
+
+/// Where one client event goes: exactly one of `url`, `retained`, `relay`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRoute {
+    /// A webhook that gets the event as JSON; its answer is the ack (`reply`) and may publish, join and leave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `emit(event, room, retainedEvent, ack)` is answered with the arguments retained for that room and event,
+    /// when the socket is in the room.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retained: bool,
+    /// `emit(event, room, ...args)` reaches the other sockets in `room` with the same event and arguments, when
+    /// the socket is in the room.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
+    /// Milliseconds the webhook may take; past it the ack gets an error. Default 5000.
+    #[serde(default = "default_event_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_event_timeout() -> u64 {
+    5000
+}
+
+/// Per-socket webhooks: each gets `{"site", "socket": {"id", "user", "deviceId", "rooms"}}` (and `"reason"` on
+/// disconnect), retried with backoff, never holding up a connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Called after a socket joined the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// Called after a socket left the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<String>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.connect.is_none() && self.disconnect.is_none()
+    }
 }
 
 fn default_recovery_window() -> u64 {
@@ -354,6 +426,9 @@ impl SiteConfig {
             device_ttl_secs: default_device_ttl(),
             max_connections: None,
             recovery_window_ms: default_recovery_window(),
+            events: BTreeMap::new(),
+            hooks: Hooks::default(),
+            signing_secret: None,
         }
     }
 }
@@ -364,16 +439,24 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             sites: vec![SiteConfig {
-                name: DEMO_SITE.into(),
-                api_keys: Vec::new(),
-                auth: AuthConfig::Public,
-                user_room_prefix: None,
                 public_channel: Some("public".into()),
-                update_user_url: None,
-                device_ttl_secs: default_device_ttl(),
-                max_connections: None,
-                recovery_window_ms: default_recovery_window(),
+                events: demo_events(),
+                ..SiteConfig::new(DEMO_SITE.into())
             }],
         }
     }
+}
+
+/// The demo site's routes: `chat` is relayed to the other sockets of a room, and `get` reads a retained value.
+fn demo_events() -> BTreeMap<String, EventRoute> {
+    let route = |retained, relay| EventRoute {
+        retained,
+        relay,
+        timeout_ms: default_event_timeout(),
+        ..EventRoute::default()
+    };
+    BTreeMap::from([
+        ("chat".to_string(), route(false, true)),
+        ("get".to_string(), route(true, false)),
+    ])
 }

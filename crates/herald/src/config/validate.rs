@@ -112,6 +112,23 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
         ),
         ("server.shutdown_grace_ms", server.shutdown_grace_ms),
         (
+            "server.limits.client_events_per_sec",
+            u64::from(limits.client_events_per_sec),
+        ),
+        (
+            "server.limits.client_events_in_flight",
+            limits.client_events_in_flight as u64,
+        ),
+        (
+            "server.limits.max_client_event_bytes",
+            limits.max_client_event_bytes as u64,
+        ),
+        ("server.limits.max_retained", limits.max_retained),
+        (
+            "server.limits.max_retained_bytes",
+            limits.max_retained_bytes,
+        ),
+        (
             "server.cluster.recovery_max_packets",
             server.cluster.recovery_max_packets as u64,
         ),
@@ -202,11 +219,61 @@ fn validate_site(site: &SiteConfig) -> Result<(), ConfigError> {
             field: "max_connections",
         });
     }
+    validate_two_way(site)?;
     match &site.auth {
         AuthConfig::Public => Ok(()),
         AuthConfig::Webhook(webhook) => validate_webhook(&site.name, webhook),
         AuthConfig::Jwt(jwt) => validate_jwt(&site.name, jwt),
     }
+}
+
+/// A site's event routes, hooks and signing secret.
+fn validate_two_way(site: &SiteConfig) -> Result<(), ConfigError> {
+    let bad_route = |event: &str, problem: &str| ConfigError::BadEventRoute {
+        site: site.name.clone(),
+        event: event.to_string(),
+        problem: problem.to_string(),
+    };
+    for (event, route) in &site.events {
+        if event.is_empty() || crate::socketio::RESERVED_EVENTS.contains(&event.as_str()) {
+            return Err(bad_route(event, "is reserved by socket.io or empty"));
+        }
+        let kinds = usize::from(route.url.is_some())
+            + usize::from(route.retained)
+            + usize::from(route.relay);
+        if kinds != 1 {
+            return Err(bad_route(
+                event,
+                "needs exactly one of url, retained: true, relay: true",
+            ));
+        }
+        if let Some(url) = &route.url {
+            check_http_url(&site.name, "an event route's url", url)?;
+        }
+        if route.timeout_ms == 0 {
+            return Err(bad_route(event, "timeout_ms must be greater than 0"));
+        }
+    }
+    let hooks = [
+        ("the connect hook", &site.hooks.connect),
+        ("the disconnect hook", &site.hooks.disconnect),
+    ];
+    for (what, url) in hooks {
+        if let Some(url) = url {
+            check_http_url(&site.name, what, url)?;
+        }
+    }
+    if site
+        .signing_secret
+        .as_ref()
+        .is_some_and(|s| s.expose().is_empty())
+    {
+        return Err(ConfigError::EmptySiteField {
+            site: site.name.clone(),
+            field: "signing_secret",
+        });
+    }
+    Ok(())
 }
 
 fn validate_webhook(site: &str, webhook: &WebhookConfig) -> Result<(), ConfigError> {

@@ -12,10 +12,6 @@ use tokio::task::AbortHandle;
 
 use crate::secret::Secret;
 
-/// Attempts per update: the first and four retries, 0.5 s to 4 s apart.
-const ATTEMPTS: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-
 /// Where and how one site reports presence.
 #[derive(Debug, Clone)]
 pub struct PresenceTarget {
@@ -144,40 +140,17 @@ impl Presence {
 async fn put(http: reqwest::Client, target: PresenceTarget, user: PresenceUser, field: &str) {
     let url = target.url.replace(":id", &user.id);
     let body = json!({ "id": user.id, "user": { field: iso8601_now() } });
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=ATTEMPTS {
-        let mut request = http.put(&url).json(&body);
-        if let Some(token) = &user.token {
-            request = request.header(
+    crate::outbound::with_retry(&user.site, "updateUserUrl", || {
+        let request = http.put(&url).json(&body);
+        match &user.token {
+            Some(token) => request.header(
                 reqwest::header::AUTHORIZATION,
                 format!("{} {}", target.scheme, token.expose()),
-            );
+            ),
+            None => request,
         }
-        match request.send().await {
-            Ok(response) if response.status().is_success() => return,
-            Ok(response) if !retryable(response.status()) => {
-                tracing::warn!(site = %user.site, status = %response.status(), field, "updateUserUrl refused the update");
-                return;
-            }
-            Ok(response) => {
-                tracing::info!(site = %user.site, status = %response.status(), attempt, "updateUserUrl failed; retrying");
-            }
-            Err(e) => {
-                tracing::info!(site = %user.site, error = %e.without_url(), attempt, "updateUserUrl unreachable; retrying");
-            }
-        }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
-        }
-    }
-    tracing::warn!(site = %user.site, field, "gave up on an updateUserUrl update");
-}
-
-fn retryable(status: reqwest::StatusCode) -> bool {
-    status.is_server_error()
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    })
+    .await;
 }
 
 /// Now as JavaScript's `Date#toJSON` writes it, `2026-11-22T03:04:05.678Z`, which crossroads sent.

@@ -29,10 +29,13 @@ pub enum PublishError {
     /// The cluster bus failed; other nodes may not have it.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// Retained state could not be kept; nothing was published.
+    #[error(transparent)]
+    Retained(#[from] crate::retained::RetainedError),
 }
 
 /// A publish through herald's own API.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// Rooms to reach (a socket id counts as a room holding that socket).
@@ -56,6 +59,15 @@ pub struct PublishRequest {
     /// crossroads' `resync`: an ack that skips an older pending entry of this event clears it and emits `_resync`.
     #[serde(default)]
     pub resync: bool,
+    /// Keep `args` as the last value of `(room, event)` in each room, for sockets that join later.
+    #[serde(default)]
+    pub retain: bool,
+    /// With `retain`: skip the rooms whose retained value already equals `args`.
+    #[serde(default)]
+    pub if_changed: bool,
+    /// Live only, never to mailboxes (a client's relayed event), whatever the site keeps.
+    #[serde(skip)]
+    pub live_only: bool,
     /// Binary attachments that `args` point to with socket.io placeholders (the emitter's binary arguments);
     /// never from JSON. Delivered live only: a mailbox stores JSON.
     #[serde(skip)]
@@ -84,6 +96,28 @@ impl PublishRequest {
                 "all cannot be combined with rooms or sockets".into(),
             ));
         }
+        self.validate_retain()
+    }
+
+    fn validate_retain(&self) -> Result<(), PublishError> {
+        let bad = |message: &str| Err(PublishError::BadRequest(message.into()));
+        if self.if_changed && !self.retain {
+            return bad("if_changed needs retain");
+        }
+        if !self.retain {
+            return Ok(());
+        }
+        if self.all || !self.sockets.is_empty() || self.rooms.is_empty() {
+            return bad("retain needs rooms, and only rooms: a retained value belongs to a room");
+        }
+        if !self.binaries.is_empty() {
+            return bad("binary arguments cannot be retained");
+        }
+        if !valid_name(&self.event) || self.rooms.iter().any(|r| !valid_name(r)) {
+            return bad(
+                "a retained event or room name is at most 256 bytes, without control characters",
+            );
+        }
         Ok(())
     }
 }
@@ -100,6 +134,10 @@ pub struct Outcome {
     pub queued: usize,
     /// Of those, entries handed straight to a device connected to this node.
     pub online: usize,
+    /// With `retain`: whether the retained value of some room changed. With `if_changed`, nothing was sent
+    /// when it is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
 }
 
 /// The publish pipeline of this node. Cheap to clone.
@@ -139,12 +177,44 @@ impl Publisher {
         resync: bool,
     ) -> Result<Outcome, PublishError> {
         request.validate()?;
+        let mut outcome = Outcome::default();
+        let narrowed;
+        let request = if request.retain {
+            // Kept before it is sent: a socket that joins meanwhile reads the old value and then gets this
+            // one live, or reads this one.
+            let changed = site
+                .retained
+                .keep(
+                    &request.rooms,
+                    &request.event,
+                    &request.args,
+                    request.if_changed,
+                )
+                .await?;
+            outcome.changed = Some(!changed.is_empty());
+            if request.if_changed && changed.len() < request.rooms.len() {
+                if changed.is_empty() {
+                    return Ok(outcome);
+                }
+                narrowed = PublishRequest {
+                    rooms: changed,
+                    ..request.clone()
+                };
+                &narrowed
+            } else {
+                request
+            }
+        } else {
+            request
+        };
         // Volatile messages are for whoever is connected now: never stored. Binary ones cannot be.
         let (mailboxed, mut live): (Vec<&String>, Vec<&String>) =
             request.rooms.iter().partition(|room| {
-                !request.volatile && request.binaries.is_empty() && site.is_mailboxed(room)
+                !request.volatile
+                    && !request.live_only
+                    && request.binaries.is_empty()
+                    && site.is_mailboxed(room)
             });
-        let mut outcome = Outcome::default();
         if !mailboxed.is_empty() {
             let reached = to_mailboxes(site, request, &mailboxed, resync).await?;
             outcome.queued = reached.queued;
@@ -236,7 +306,7 @@ pub fn missed_by(rooms: &[String], packets: &[Broadcast]) -> Vec<Missed> {
         .filter_map(|b| {
             let offset = b.offset.as_ref()?;
             Some(Missed {
-                offset: Arc::clone(offset),
+                offset: Some(Arc::clone(offset)),
                 frames: frames(b, Some(offset)),
             })
         })
@@ -333,7 +403,7 @@ mod tests {
         ];
         let rooms = vec!["sock".to_string(), "news".to_string()];
         let missed = missed_by(&rooms, &packets);
-        let offsets: Vec<&str> = missed.iter().map(|m| &*m.offset).collect();
+        let offsets: Vec<&str> = missed.iter().filter_map(|m| m.offset.as_deref()).collect();
         assert_eq!(offsets, ["1-0", "2-0", "5-0"]);
         assert_eq!(
             missed[0].frames,

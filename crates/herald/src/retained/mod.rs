@@ -6,6 +6,9 @@ use async_trait::async_trait;
 
 #[cfg(test)]
 pub(crate) mod contract;
+mod site;
+
+pub use site::SiteRetained;
 
 /// One retained value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -130,6 +130,13 @@ pub trait NamespaceHandler: Send + Sync + 'static {
         Box::pin(async { Vec::new() })
     }
 
+    /// What a socket that has just joined `rooms` gets before any live packet (retained state), for a socket
+    /// that is not resumed. Called before the socket joins; the future runs after. `None`: nothing, and live
+    /// packets flow at once. The default has none.
+    fn on_join(&self, _socket: &Arc<Socket>, _rooms: &[String]) -> Option<PendingCatchUp> {
+        None
+    }
+
     /// A client emitted an event.
     fn on_event(&self, _socket: &Arc<Socket>, _event: IncomingEvent) {}
 

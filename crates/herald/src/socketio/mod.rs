@@ -345,11 +345,26 @@ impl SocketIo {
             Arc::clone(session),
             accepted.data,
             pid,
-            resumed.is_some(),
         ));
         if !session.conn.attach(&socket) {
             return;
         }
+        // What must reach the client before any live packet: a resumed socket's missed packets (live packets
+        // wait while what was logged since the first read is read), else what its rooms retain. Asked before the
+        // socket is reachable, read once it has joined.
+        let first = match &resumed {
+            Some(resumed) => {
+                let catch_up = ns.handler.catch_up(&socket, &resumed.after);
+                let missed = resumed.missed.clone();
+                Some(Box::pin(async move {
+                    let mut missed = missed;
+                    missed.extend(catch_up.await);
+                    missed
+                }) as PendingCatchUp)
+            }
+            None => ns.handler.on_join(&socket, &accepted.rooms),
+        };
+        let hold = first.as_ref().map(|_| socket.hold());
         match ns.add(&socket) {
             namespace::Added::Yes => {}
             // The session closed meanwhile and its close already took the socket out.
@@ -385,14 +400,11 @@ impl SocketIo {
             Version::V3 => frames::simple::<Value>(PacketType::Connect, ns.name(), None),
         };
         let _ = session.send(reply);
-        if let Some(resumed) = resumed {
-            // Live packets wait (the socket holds them) while what was logged since the first read is read.
-            let catch_up = ns.handler.catch_up(&socket, &resumed.after);
+        if let (Some(first), Some(hold)) = (first, hold) {
             let socket = Arc::clone(&socket);
             tokio::spawn(async move {
-                let mut missed = resumed.missed;
-                missed.extend(catch_up.await);
-                socket.release(missed);
+                let first = first.await;
+                socket.release(hold, first);
             });
         }
         ns.handler.on_connect(&socket);

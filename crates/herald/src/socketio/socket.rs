@@ -39,26 +39,77 @@ pub struct Socket {
     /// Connection-state recovery: the private id the client was given (`pid`); such a socket gets each logged
     /// packet with its offset as the last argument.
     pid: Option<Box<str>>,
-    /// Set while a resumed socket's missed packets are being read: live packets wait in `held` so that they
-    /// follow the missed ones.
+    /// Set while something must reach the client before live packets (a resumed socket's missed packets, the
+    /// retained state of rooms it just joined): live packets wait in `held` meanwhile.
     holding: AtomicBool,
-    held: Mutex<Vec<Held>>,
+    held: Mutex<HoldQueue>,
 }
 
-/// Most live packets a resumed socket holds while it catches up.
+/// Most live packets a socket holds while what must come first is read.
 const MAX_HELD: usize = 1024;
 
-/// A live packet held back while a resumed socket catches up.
-pub(crate) struct Held {
-    pub(crate) offset: Option<Arc<str>>,
-    pub(crate) frames: Vec<OutFrame>,
+/// What a holding socket keeps back, in the order it must reach the client.
+#[derive(Default)]
+pub(crate) struct HoldQueue {
+    /// Holds not released yet.
+    open: usize,
+    next_slot: u64,
+    /// Live packets held.
+    live: usize,
+    items: Vec<HeldItem>,
 }
 
-/// A packet from a site's recovery log, ready for one socket.
+enum HeldItem {
+    /// Where the packets of an open hold go when it is released.
+    Slot(u64),
+    /// A released hold's packets.
+    First(Vec<Missed>),
+    /// A live packet.
+    Live {
+        offset: Option<Arc<str>>,
+        frames: Vec<OutFrame>,
+    },
+}
+
+impl HoldQueue {
+    /// Every held frame in order, a packet that also arrived live sent once (where it arrived live).
+    fn drain(&mut self) -> Vec<OutFrame> {
+        let items = std::mem::take(&mut self.items);
+        self.live = 0;
+        let mut frames = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                HeldItem::Slot(_) => {}
+                HeldItem::Live { frames: f, .. } => frames.extend(f.iter().cloned()),
+                HeldItem::First(packets) => {
+                    for packet in packets {
+                        let live_too = packet.offset.as_ref().is_some_and(|offset| {
+                            items[i + 1..].iter().any(|later| {
+                                matches!(later, HeldItem::Live { offset: Some(o), .. } if o == offset)
+                            })
+                        });
+                        if !live_too {
+                            frames.extend(packet.frames.iter().cloned());
+                        }
+                    }
+                }
+            }
+        }
+        frames
+    }
+}
+
+/// An open hold on a socket's live packets: [`Socket::release`] ends it.
+#[derive(Debug)]
+#[must_use = "a hold that is never released holds the socket's packets until it closes"]
+pub struct Hold(u64);
+
+/// A packet that must reach one socket before the live ones held meanwhile: from a site's recovery log (with
+/// its offset), or retained state (without).
 #[derive(Debug, Clone)]
 pub struct Missed {
-    /// Its offset in the log.
-    pub offset: Arc<str>,
+    /// Its offset in the log, when it comes from one.
+    pub offset: Option<Arc<str>>,
     /// Its frames, the offset already the last argument.
     pub frames: Vec<OutFrame>,
 }
@@ -80,7 +131,6 @@ impl Socket {
         session: Arc<Session<Conn>>,
         data: Option<SocketData>,
         pid: Option<Box<str>>,
-        holding: bool,
     ) -> Self {
         Socket {
             id,
@@ -92,8 +142,8 @@ impl Socket {
             data,
             connected: AtomicBool::new(true),
             pid,
-            holding: AtomicBool::new(holding),
-            held: Mutex::new(Vec::new()),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(HoldQueue::default()),
         }
     }
 
@@ -102,7 +152,7 @@ impl Socket {
         self.pid.as_deref()
     }
 
-    /// Queues a broadcast's frames, or holds them while the socket catches up. `Err` when the outbox is full.
+    /// Queues a broadcast's frames, or holds them while something must come first. `Err` when the outbox is full.
     pub(crate) fn deliver(
         &self,
         offset: Option<&Arc<str>>,
@@ -111,15 +161,16 @@ impl Socket {
     ) -> bool {
         if self.holding.load(Ordering::Acquire) {
             let mut held = self.held.lock();
-            // Checked again under the lock `release` takes, so nothing is held after the release.
-            if self.holding.load(Ordering::Acquire) {
-                // Bounded like an outbox: a catch-up that takes too long closes the client, which comes back.
-                if held.len() >= MAX_HELD {
+            // Checked again under the lock `release` takes, so nothing is held after the last release.
+            if held.open > 0 {
+                // Bounded like an outbox: a read that takes too long closes the client, which comes back.
+                if held.live >= MAX_HELD {
                     drop(held);
                     self.session.close(crate::engine::CloseReason::OutboxFull);
                     return false;
                 }
-                held.push(Held {
+                held.live += 1;
+                held.items.push(HeldItem::Live {
                     offset: offset.cloned(),
                     frames: frames.to_vec(),
                 });
@@ -133,26 +184,38 @@ impl Socket {
         }
     }
 
-    /// Sends the packets a resumed socket missed, oldest first, then the live ones held meanwhile (those the
-    /// missed list already holds are sent once), and delivers live from then on.
-    pub(crate) fn release(&self, missed: Vec<Missed>) {
+    /// Holds live packets from now until the hold is released with what must reach the client before them.
+    /// Holds nest: packets flow again when the last one is released.
+    pub fn hold(&self) -> Hold {
         let mut held = self.held.lock();
-        let mut frames: Vec<OutFrame> = Vec::new();
-        for packet in &missed {
-            let live_too = held
-                .iter()
-                .any(|h| h.offset.as_deref() == Some(&*packet.offset));
-            if !live_too {
-                frames.extend(packet.frames.iter().cloned());
-            }
+        held.open += 1;
+        held.next_slot += 1;
+        let slot = held.next_slot;
+        held.items.push(HeldItem::Slot(slot));
+        self.holding.store(true, Ordering::Release);
+        Hold(slot)
+    }
+
+    /// Ends `hold`: `first` goes before the live packets held since it began (a packet of `first` that also
+    /// arrived live is sent once), and when no other hold is open everything held is sent.
+    pub fn release(&self, hold: Hold, first: Vec<Missed>) {
+        let mut held = self.held.lock();
+        if let Some(item) = held
+            .items
+            .iter_mut()
+            .find(|item| matches!(item, HeldItem::Slot(s) if *s == hold.0))
+        {
+            *item = HeldItem::First(first);
         }
-        for packet in held.drain(..) {
-            frames.extend(packet.frames);
+        held.open = held.open.saturating_sub(1);
+        if held.open > 0 {
+            return;
         }
+        let frames = held.drain();
         self.holding.store(false, Ordering::Release);
         drop(held);
         if self.session.send_all(frames).is_err() {
-            tracing::debug!(socket = %self.id, "a resumed socket's outbox filled with its missed packets");
+            tracing::debug!(socket = %self.id, "a socket's outbox filled with what it had to get first");
         }
     }
 
