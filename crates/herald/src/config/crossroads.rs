@@ -269,7 +269,7 @@ mod tests {
                 "shop:\n  authurl: http://x/\n",
                 "sites.yml: site 'shop': unknown field `authurl`, expected one of `authUrl`, `authScheme`, \
                  `apiKey`, `apiKeys`, `userRoomPrefix`, `updateUserUrl`, `publicChannel`, `deviceTtl`, \
-                 `maxConnections`, `auth`",
+                 `maxConnections`, `auth`, `events`, `hooks`, `signingSecret`, `signing_secret`",
             ),
             (
                 "shop:\n  authUrl: http://x/\n  auth: {kind: public}\n",

@@ -496,6 +496,70 @@ mod tests {
     }
 
     #[test]
+    fn event_routes_hooks_and_the_signing_secret() {
+        use crate::config::EventRoute;
+        let route = |url: Option<&str>, retained: bool, relay: bool| EventRoute {
+            url: url.map(str::to_string),
+            retained,
+            relay,
+            timeout_ms: 5000,
+        };
+        let good = route(Some("https://backend/events"), false, false);
+        check_site(
+            |s| {
+                s.events.insert("*".into(), good.clone());
+                s.events.insert("get".into(), route(None, true, false));
+                s.events.insert("chat".into(), route(None, false, true));
+            },
+            Ok(()),
+        );
+        for (event, bad, problem) in [
+            (
+                "both",
+                route(Some("http://b/"), true, false),
+                "needs exactly one of url, retained: true, relay: true",
+            ),
+            (
+                "none",
+                route(None, false, false),
+                "needs exactly one of url, retained: true, relay: true",
+            ),
+            ("connect", good.clone(), "is reserved by socket.io or empty"),
+            (
+                "slow",
+                EventRoute {
+                    timeout_ms: 0,
+                    ..good.clone()
+                },
+                "timeout_ms must be greater than 0",
+            ),
+        ] {
+            let expected = format!("site 'shop': events.{event} {problem}");
+            check_site(
+                |s| drop(s.events.insert(event.into(), bad.clone())),
+                Err(&expected),
+            );
+        }
+        check_site(
+            |s| {
+                drop(
+                    s.events
+                        .insert("x".into(), route(Some("ftp://b/"), false, false)),
+                )
+            },
+            Err("site 'shop': an event route's url must be an http:// or https:// URL with a host"),
+        );
+        check_site(
+            |s| s.hooks.disconnect = Some("nope".into()),
+            Err("site 'shop': the disconnect hook must be an http:// or https:// URL with a host"),
+        );
+        check_site(
+            |s| s.signing_secret = Some(Secret::new("")),
+            Err("site 'shop': signing_secret is empty"),
+        );
+    }
+
+    #[test]
     fn site_fields() {
         check_site(
             |s| s.user_room_prefix = Some(String::new()),
