@@ -254,14 +254,17 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         let own_namespace = Arc::new(OnceLock::new());
         let recovery = SiteRecovery::new(site, &cluster).map(Arc::new);
         let site_mailbox = mailbox.clone().filter(|_| keeps_mailboxes(site));
-        let retained = Arc::new(SiteRetained::new(
-            &site.name,
-            Arc::clone(&stores.retained),
-            RetainCaps {
-                max_entries: limits.max_retained,
-                max_bytes: limits.max_retained_bytes,
-            },
-        ));
+        let caps = RetainCaps {
+            max_entries: limits.max_retained,
+            max_bytes: limits.max_retained_bytes,
+        };
+        let retained = SiteRetained::open(&site.name, Arc::clone(&stores.retained), caps)
+            .await
+            .map_err(|e| match e {
+                crate::retained::RetainedError::Store(e) => GatewayError::Mailbox(e),
+                full => GatewayError::Mailbox(StoreError::Embedded(full.to_string())),
+            })?;
+        let retained = Arc::new(retained);
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
             auth,
@@ -782,7 +785,7 @@ impl NamespaceHandler for SiteHandler {
     }
 
     fn on_join(&self, _socket: &Arc<Socket>, rooms: &[String]) -> Option<PendingCatchUp> {
-        (!rooms.is_empty()).then(|| self.retained.first_for(rooms.to_vec()))
+        self.retained.first_for(rooms.to_vec())
     }
 
     fn catch_up(&self, socket: &Arc<Socket>, after: &str) -> PendingCatchUp {

@@ -1220,6 +1220,20 @@ impl RetainedStore for EmbeddedStore {
             _ => Err(unexpected_reply().into()),
         }
     }
+
+    async fn retains_nothing(&self, site: &str) -> Result<Option<bool>, RetainedError> {
+        let site = site.to_string();
+        let count = self
+            .read_with(move |txn| {
+                let usage = txn.open_table(RETAINED_USAGE).map_err(embedded)?;
+                match usage.get(site.as_str()).map_err(embedded)? {
+                    Some(raw) => Ok(Usage::decode(raw.value())?.count),
+                    None => Ok(0),
+                }
+            })
+            .await?;
+        Ok(Some(count == 0))
+    }
 }
 
 /// How many entries the store holds in all, for tests and the benchmark.

@@ -73,4 +73,10 @@ pub trait RetainedStore: Send + Sync + std::fmt::Debug {
 
     /// Forgets every value retained in `room`; answers how many there were.
     async fn clear(&self, site: &str, room: &str) -> Result<usize, RetainedError>;
+
+    /// Whether `site` retains nothing, for a store only this process writes (the embedded one): then a socket
+    /// that joins needs no read until something is retained. `None` when other processes may write (Redis).
+    async fn retains_nothing(&self, _site: &str) -> Result<Option<bool>, RetainedError> {
+        Ok(None)
+    }
 }

@@ -1,6 +1,7 @@
 //! One site's retained state over the store: kept by publishes, handed to sockets that join a room before any
 //! later live packet, read and cleared through the API and the `retained: true` event route.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use herald_protocol::engineio::OutFrame;
@@ -17,16 +18,26 @@ pub struct SiteRetained {
     nsp: String,
     store: Arc<dyn RetainedStore>,
     caps: RetainCaps,
+    /// Set while the site is known to retain nothing (a store only this process writes): joins read nothing.
+    /// Cleared by the first retain, never set again (a clear may leave other rooms' values).
+    empty: AtomicBool,
 }
 
 impl SiteRetained {
-    pub fn new(site: &str, store: Arc<dyn RetainedStore>, caps: RetainCaps) -> Self {
-        SiteRetained {
+    /// The site's retained state, asking the store whether it is known to hold none.
+    pub async fn open(
+        site: &str,
+        store: Arc<dyn RetainedStore>,
+        caps: RetainCaps,
+    ) -> Result<Self, RetainedError> {
+        let empty = store.retains_nothing(site).await?.unwrap_or(false);
+        Ok(SiteRetained {
             site: site.to_string(),
             nsp: format!("/{site}"),
             store,
             caps,
-        }
+            empty: AtomicBool::new(empty),
+        })
     }
 
     /// Keeps `args` as the value of `(room, event)` in each of `rooms`; answers the rooms whose value changed.
@@ -41,6 +52,8 @@ impl SiteRetained {
         // serde_json writes object keys sorted: equal arguments are equal text.
         let args = serde_json::to_string(args).unwrap_or_else(|_| "[]".into());
         let at = crate::mailbox::store::now_ms();
+        // Cleared before the write: a join that reads after it must not skip the read.
+        self.empty.store(false, Ordering::Release);
         let mut changed = Vec::with_capacity(rooms.len());
         for room in rooms {
             let request = RetainRequest {
@@ -83,11 +96,14 @@ impl SiteRetained {
         self.store.clear(&self.site, room).await
     }
 
-    /// The retained events of `rooms`, ready to send, read when the future runs. A store that fails sends
-    /// nothing: the socket stays connected and gets live packets.
-    pub fn first_for(self: &Arc<Self>, rooms: Vec<String>) -> PendingCatchUp {
+    /// The retained events of `rooms`, ready to send, read when the future runs; `None` when the site is known
+    /// to retain nothing. A store that fails sends nothing: the socket stays connected and gets live packets.
+    pub fn first_for(self: &Arc<Self>, rooms: Vec<String>) -> Option<PendingCatchUp> {
+        if rooms.is_empty() || self.empty.load(Ordering::Acquire) {
+            return None;
+        }
         let this = Arc::clone(self);
-        Box::pin(async move {
+        Some(Box::pin(async move {
             match this.store.rooms(&this.site, &rooms).await {
                 Ok(values) => values.iter().filter_map(|v| this.frames(v)).collect(),
                 Err(e) => {
@@ -95,20 +111,22 @@ impl SiteRetained {
                     Vec::new()
                 }
             }
-        })
+        }))
     }
 
     /// Joins `socket` to `rooms` and sends it what they retain before any live packet that reaches it from
     /// then on.
     pub fn join(self: &Arc<Self>, socket: &Arc<Socket>, rooms: &[String]) {
-        if rooms.is_empty() {
-            return;
-        }
-        let hold = socket.hold();
+        // Held before the join, so nothing published after it overtakes the values read.
+        let hold = self
+            .first_for(rooms.to_vec())
+            .map(|first| (socket.hold(), first));
         for room in rooms {
             socket.join(room);
         }
-        let first = self.first_for(rooms.to_vec());
+        let Some((hold, first)) = hold else {
+            return;
+        };
         let socket = Arc::clone(socket);
         tokio::spawn(async move {
             let first = first.await;

@@ -408,6 +408,11 @@ impl SocketIo {
             });
         }
         ns.handler.on_connect(&socket);
+        // The client may have left while `on_connect` ran (its CONNECT answer was already out): the handler
+        // hears of the leaving now, after the connect, never before it.
+        if let Some(reason) = socket.announced() {
+            ns.handler.on_disconnect(&socket, reason);
+        }
     }
 }
 

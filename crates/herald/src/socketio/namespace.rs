@@ -260,7 +260,7 @@ impl Namespace {
         };
         socket.acks.lock().clear();
         // A socket whose connect lost the race with its session's close was never added nor announced.
-        if was_added {
+        if was_added && socket.leaving(reason) {
             self.handler.on_disconnect(socket, reason);
         }
     }

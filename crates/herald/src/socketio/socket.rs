@@ -43,6 +43,19 @@ pub struct Socket {
     /// retained state of rooms it just joined): live packets wait in `held` meanwhile.
     holding: AtomicBool,
     held: Mutex<HoldQueue>,
+    /// Orders the handler's calls: `on_disconnect` runs only after `on_connect` returned.
+    lifecycle: Mutex<Lifecycle>,
+}
+
+/// Where a socket is in the handler's eyes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    /// Added to its namespace; `on_connect` has not returned yet.
+    Connecting,
+    /// `on_connect` returned.
+    Announced,
+    /// It left before `on_connect` returned, for this reason: the connect's end announces the leaving.
+    LeftEarly(&'static str),
 }
 
 /// Most live packets a socket holds while what must come first is read.
@@ -144,6 +157,7 @@ impl Socket {
             pid,
             holding: AtomicBool::new(false),
             held: Mutex::new(HoldQueue::default()),
+            lifecycle: Mutex::new(Lifecycle::Connecting),
         }
     }
 
@@ -216,6 +230,31 @@ impl Socket {
         drop(held);
         if self.session.send_all(frames).is_err() {
             tracing::debug!(socket = %self.id, "a socket's outbox filled with what it had to get first");
+        }
+    }
+
+    /// `on_connect` returned. Answers the reason when the socket left meanwhile: the caller announces it.
+    pub(crate) fn announced(&self) -> Option<&'static str> {
+        let mut state = self.lifecycle.lock();
+        match *state {
+            Lifecycle::LeftEarly(reason) => Some(reason),
+            _ => {
+                *state = Lifecycle::Announced;
+                None
+            }
+        }
+    }
+
+    /// The socket left its namespace: true when its connect was announced, so the caller announces this;
+    /// else the connect's end will.
+    pub(crate) fn leaving(&self, reason: &'static str) -> bool {
+        let mut state = self.lifecycle.lock();
+        match *state {
+            Lifecycle::Announced => true,
+            _ => {
+                *state = Lifecycle::LeftEarly(reason);
+                false
+            }
         }
     }
 
