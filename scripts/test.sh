@@ -11,6 +11,7 @@
 #   (services: scripts/services.sh makes sure Redis answers on 127.0.0.1:6379, starting it if needed)
 #   --no-cargo         skip cargo build/test and deny (re-run only the e2e tests against the existing binary)
 #   env HERALD_BIN     binary the e2e tests spawn (default ${CARGO_TARGET_DIR:-target}/debug/herald-conformance)
+#   env HERALD_GATEWAY_BIN  the `herald` gateway binary the JS and Python gateway tests spawn (default: beside HERALD_BIN)
 #   env HERALD_E2E_TIMEOUT  seconds allowed for each e2e runner (default 900)
 #
 # Idempotent and fast on re-runs: `npm ci` runs only when tests/js/node_modules is missing or
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --no-cargo) RUN_CARGO=0 ;;
     --only) ONLY="${2:-}"; shift ;;
     --only=*) ONLY="${1#--only=}" ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -39,6 +40,10 @@ E2E_TIMEOUT="${HERALD_E2E_TIMEOUT:-900}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export HERALD_BIN="${HERALD_BIN:-$TARGET_DIR/debug/herald-conformance}"
 case "$HERALD_BIN" in /*) ;; *) HERALD_BIN="$ROOT/$HERALD_BIN" ;; esac
+# tests/js/gateway-helpers.mjs (gatewayBin) and tests/python/test_two_way.py spawn the `herald` binary
+# itself, which `cargo build --workspace` builds beside herald-conformance.
+export HERALD_GATEWAY_BIN="${HERALD_GATEWAY_BIN:-$(dirname "$HERALD_BIN")/herald}"
+case "$HERALD_GATEWAY_BIN" in /*) ;; *) HERALD_GATEWAY_BIN="$ROOT/$HERALD_GATEWAY_BIN" ;; esac
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
@@ -127,6 +132,11 @@ check_bin() {
   if [ ! -x "$HERALD_BIN" ]; then
     echo "[test.sh] herald-conformance binary not found or not executable: $HERALD_BIN" >&2
     echo "[test.sh] (is crates/herald-conformance a [[bin]] of the workspace? set HERALD_BIN to override)" >&2
+    return 1
+  fi
+  if [ ! -x "$HERALD_GATEWAY_BIN" ]; then
+    echo "[test.sh] herald binary not found or not executable: $HERALD_GATEWAY_BIN" >&2
+    echo "[test.sh] (cargo build -p herald builds it; set HERALD_GATEWAY_BIN to override)" >&2
     return 1
   fi
 }
