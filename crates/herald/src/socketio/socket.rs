@@ -383,3 +383,68 @@ impl Socket {
         self.ns.remove(self, "server namespace disconnect");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(queue: &mut HoldQueue, text: &'static str, offset: Option<&str>) {
+        queue.live += 1;
+        queue.items.push(HeldItem::Live {
+            offset: offset.map(Arc::from),
+            frames: vec![OutFrame::text(text)],
+        });
+    }
+
+    fn first(text: &'static str, offset: Option<&str>) -> Missed {
+        Missed {
+            offset: offset.map(Arc::from),
+            frames: vec![OutFrame::text(text)],
+        }
+    }
+
+    fn slot(queue: &mut HoldQueue, id: u64) {
+        queue.items.push(HeldItem::Slot(id));
+    }
+
+    fn fill(queue: &mut HoldQueue, id: u64, packets: Vec<Missed>) {
+        for item in &mut queue.items {
+            if matches!(item, HeldItem::Slot(s) if *s == id) {
+                *item = HeldItem::First(packets);
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn what_a_hold_was_given_goes_before_the_live_packets_held_since_it_began() {
+        let mut queue = HoldQueue::default();
+        slot(&mut queue, 1);
+        live(&mut queue, "live-a", None);
+        slot(&mut queue, 2);
+        live(&mut queue, "live-b", None);
+        // The second hold is released first: its packets still go after live-a, where its slot is.
+        fill(&mut queue, 2, vec![first("retained-2", None)]);
+        fill(&mut queue, 1, vec![first("retained-1", None)]);
+        let order = queue.drain();
+        assert_eq!(
+            order,
+            ["retained-1", "live-a", "retained-2", "live-b"].map(OutFrame::text)
+        );
+        assert_eq!((queue.live, queue.items.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_missed_packet_that_also_arrived_live_is_sent_once_where_it_arrived() {
+        let mut queue = HoldQueue::default();
+        slot(&mut queue, 1);
+        live(&mut queue, "p2", Some("2-0"));
+        live(&mut queue, "p3", Some("3-0"));
+        fill(
+            &mut queue,
+            1,
+            vec![first("p1", Some("1-0")), first("p2", Some("2-0"))],
+        );
+        assert_eq!(queue.drain(), ["p1", "p2", "p3"].map(OutFrame::text));
+    }
+}
