@@ -6,6 +6,8 @@
 
 import { describe, it, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import path from "node:path";
 import { io } from "socket.io-client";
 import ioV2 from "socket.io-client-v2";
 import { api, startGateway } from "./gateway-helpers.mjs";
@@ -368,6 +370,32 @@ describe("retained state through a restart", { timeout: 60_000 }, () => {
       clients.closeAll();
       await gw.stop();
       await backend.close();
+    }
+  });
+});
+
+describe("the embedded default's demo site", { timeout: 60_000 }, () => {
+  it("relays chat and answers get, the round trips its page shows", async () => {
+    const gw = await startGateway({ configYaml: "server: {}\n" });
+    try {
+      const key = readFileSync(path.join(gw.dir, "data", "demo-api-key"), "utf8").trim();
+      const page = await fetch(`${gw.url}/`).then((r) => r.text());
+      assert.match(page, /emit\("chat"/, "the page offers the relay");
+      const [one, two] = [connect(gw, "demo"), connect(gw, "demo")];
+      await Promise.all([waitConnected(one), waitConnected(two)]);
+      const chats = record(two, "chat");
+      assert.deepEqual(await emitAck(one, "chat", "public", "hi"), [{ ok: true }]);
+      await until(() => chats.length === 1);
+      assert.deepEqual(chats[0], ["public", "hi"]);
+      const res = await api(gw.url, "POST", "/api/v1/sites/demo/publish", {
+        key,
+        body: { rooms: ["public"], event: "news", args: [{ hello: "world" }], retain: true },
+      });
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.deepEqual(await emitAck(one, "get", "public", "news"), [{ hello: "world" }]);
+    } finally {
+      clients.closeAll();
+      await gw.stop();
     }
   });
 });
