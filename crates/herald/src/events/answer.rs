@@ -70,7 +70,12 @@ pub fn parse(body: &[u8]) -> Result<RouteAnswer, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(RouteAnswer::default());
     }
-    let wire: Wire = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    // serde reads a struct from an array too (`[]` would ask for nothing): only an object is an answer.
+    if !value.is_object() {
+        return Err("the answer must be a JSON object".into());
+    }
+    let wire = Wire::deserialize(value).map_err(|e| e.to_string())?;
     if let Some(bad) = wire.join.iter().find(|r| !valid_name(r)) {
         return Err(format!(
             "cannot join '{}': a room name is at most 256 bytes, without control characters",
@@ -139,7 +144,9 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_do() {
         for (body, says) in [
-            (r#"[1]"#, "invalid type"),
+            (r#"[1]"#, "must be a JSON object"),
+            ("[\n]", "must be a JSON object"),
+            ("null", "must be a JSON object"),
             (r#"{"reply": 1}"#, "invalid type"),
             (r#"{"replies": []}"#, "unknown field"),
             (
