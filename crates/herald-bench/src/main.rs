@@ -1,7 +1,9 @@
 //! `herald-bench`: a load generator for socket.io servers. It opens many socket.io clients (WebSocket, spread
 //! over source addresses 127.0.0.x), gets them into rooms with a site token, publishes through the HTTP API
 //! and measures what the server pays (RSS and CPU from `/proc/<pid>`) and what clients see (rate, loss, order,
-//! latency). Every server it is pointed at must offer the same site: see `target.rs` and bench/reference.
+//! latency). The `events` scenario goes the other way: clients emit with an ack and the server routes each event
+//! to a webhook backend this process runs (`events.rs`). Every server it is pointed at must offer the same site:
+//! see `target.rs` and bench/reference.
 
 mod backend;
 mod client;
