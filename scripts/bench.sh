@@ -2,9 +2,10 @@
 # Reproduces BENCHMARKS.md's comparison in one sitting: herald, Node socket.io and socketioxide run the same
 # scenarios, alternating server by server within each round so a noisy machine affects all of them alike.
 #
-#   bash scripts/bench.sh                   # everything, 2 rounds (~25 min on 2 cores)
+#   bash scripts/bench.sh                   # everything, 2 rounds (~30 min on 2 cores)
 #   bash scripts/bench.sh --rounds 3 --servers "herald node"
 #   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word (mailbox: herald's mailbox bench)
+#   bash scripts/bench.sh --only events --servers "herald node" --rounds 3   # client events routed to a webhook
 #   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
 #
 # Results: target/bench/results.jsonl (one JSON line per run) and target/bench/report.md (the tables), under
@@ -43,10 +44,14 @@ port=${BENCH_PORT:-3790}
 export BENCH_API_KEY=bench-api-key-0123456789 BENCH_JWT_SECRET=bench-jwt-secret-0123456789abcdef
 
 server_pid=""
+# start_server SERVER SCENARIO: the `events` scenarios need the `bid` route to herald-bench's backend on
+# 127.0.0.1:3791 (bench/herald-events.yml; EVENTS_URL for Node).
 start_server() {
+  local herald_config=bench/herald.yml events_url=""
+  if [[ $2 == events* ]]; then herald_config=bench/herald-events.yml events_url=http://127.0.0.1:3791/events/bid; fi
   case "$1" in
-    herald) "${server_cpu[@]}" "$profile_dir/herald" --config bench/herald.yml --port "$port" >"$out/server.log" 2>&1 & ;;
-    node) PORT=$port "${server_cpu[@]}" node bench/reference/node/server.mjs >"$out/server.log" 2>&1 & ;;
+    herald) "${server_cpu[@]}" "$profile_dir/herald" --config "$herald_config" --port "$port" >"$out/server.log" 2>&1 & ;;
+    node) EVENTS_URL=$events_url PORT=$port "${server_cpu[@]}" node bench/reference/node/server.mjs >"$out/server.log" 2>&1 & ;;
     socketioxide) PORT=$port "${server_cpu[@]}" bench/reference/socketioxide/target/release/herald-ref-socketioxide \
         >"$out/server.log" 2>&1 & ;;
     *) echo "unknown server $1" >&2; exit 64 ;;
@@ -73,6 +78,7 @@ if [[ $smoke == 1 ]]; then
     "fanout-room|fanout --subs 100 --messages 200 --publishers 4"
     "fanout-room-paced|fanout --subs 100 --messages 100 --rate 200"
     "fanout-personal|fanout --subs 200 --personal --messages 2000 --rate 2000 --publishers 4"
+    "events|events --clients 20 --secs 2 --warmup 0.5 --drain-secs 3"
   )
   strict=(--strict)
 else
@@ -88,6 +94,8 @@ else
     "fanout-10k-10|fanout --subs 10000 --messages 100 --rate 10"
     "fanout-1k-polling|--transport polling fanout --subs 1000 --messages 500 --rate 50"
     "fanout-personal-10k|fanout --subs 10000 --personal --messages 100000 --rate 10000 --publishers 32"
+    "events-closed-loop|events --clients 100 --secs 10"
+    "events-paced|events --clients 100 --rate 2000 --secs 10"
   )
   strict=()
 fi
@@ -97,8 +105,10 @@ for entry in "${scenarios[@]}"; do
   if [[ -n $only && $name != *"$only"* ]]; then continue; fi
   for round in $(seq 1 "$rounds"); do
     for server in $servers; do
+      # Only herald and the Node reference route client events to a webhook (bench/reference/README.md).
+      if [[ $name == events* && $server == socketioxide ]]; then continue; fi
       echo "== $name, round $round, $server" >&2
-      start_server "$server"
+      start_server "$server" "$name"
       # shellcheck disable=SC2086 # $args is a word list on purpose
       "${gen_cpu[@]}" "$profile_dir/herald-bench" --addr "127.0.0.1:$port" --pid "$server_pid" --server "$server" \
         --json "$results" "${strict[@]}" $args

@@ -10,8 +10,13 @@
 // the clients of every node through Redis pub/sub. Engine.IO sessions stay on the node that opened them: a
 // polling request for another node's session is answered 400 "Session ID unknown" (socket.io needs sticky
 // sessions for polling).
+//
+// With EVENTS_URL set, the client event `bid` is routed as herald routes it with bench/herald-events.yml (the
+// `events` benchmark): each emit is POSTed to EVENTS_URL as {"site", "event", "args", "socket": {"id", "user",
+// "deviceId", "rooms"}} with the client's token as `Authorization: Bearer`, on a keep-alive agent, and the ack
+// gets the answer's `reply` spread, or {"error": reason} as herald acks a failed route.
 
-import { createServer } from "node:http";
+import { Agent, createServer, request as httpRequest } from "node:http";
 import jwt from "jsonwebtoken";
 import { Server } from "socket.io";
 
@@ -38,6 +43,9 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 }
 const secret = env("BENCH_JWT_SECRET");
 const apiKey = env("BENCH_API_KEY");
+const eventsUrl = process.env.EVENTS_URL ? new URL(process.env.EVENTS_URL) : null;
+// herald's default timeout_ms of an event route.
+const EVENT_TIMEOUT_MS = 5000;
 
 // The cluster adapter, when there is a Redis; connected before the namespace exists, so it is the namespace's.
 let adapter;
@@ -86,8 +94,61 @@ bench.use((socket, next) => {
     return next(new Error("invalid token"));
   }
   socket.join(rooms);
+  // What an event route sends along, as herald does.
+  socket.data.user = typeof claims.sub === "string" ? claims.sub : null;
+  socket.data.token = token;
   next();
 });
+
+if (eventsUrl) {
+  // Connections to the backend are kept open and reused, as herald's pool does; no limit on how many.
+  const agent = new Agent({ keepAlive: true });
+  bench.on("connection", (socket) => {
+    socket.on("bid", (...args) => {
+      const ack = typeof args.at(-1) === "function" ? args.pop() : () => {};
+      route(agent, socket, "bid", args).then(
+        (reply) => ack(...reply),
+        (e) => ack({ error: e.message }),
+      );
+    });
+  });
+}
+
+// POSTs one client event to EVENTS_URL; resolves to the answer's `reply` (the ack's arguments).
+function route(agent, socket, event, args) {
+  const body = JSON.stringify({
+    site: SITE,
+    event,
+    args,
+    socket: { id: socket.id, user: socket.data.user, deviceId: null, rooms: [...socket.rooms] },
+  });
+  const headers = {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+    authorization: `Bearer ${socket.data.token}`,
+  };
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(eventsUrl, { method: "POST", agent, headers, timeout: EVENT_TIMEOUT_MS }, (res) => {
+      const chunks = [];
+      res.on("data", (chunk) => chunks.push(chunk));
+      res.on("error", reject);
+      res.on("end", () => {
+        if (res.statusCode < 200 || res.statusCode > 299) {
+          return reject(new Error(`the backend answered ${res.statusCode}`));
+        }
+        try {
+          const answer = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+          resolve(Array.isArray(answer?.reply) ? answer.reply : []);
+        } catch {
+          reject(new Error("the backend's answer is not valid"));
+        }
+      });
+    });
+    req.on("timeout", () => req.destroy(new Error(`the backend did not answer within ${EVENT_TIMEOUT_MS} ms`)));
+    req.on("error", (e) => reject(e.message.startsWith("the backend") ? e : new Error("the backend is unreachable")));
+    req.end(body);
+  });
+}
 
 function reply(res, status, text) {
   res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(text) });

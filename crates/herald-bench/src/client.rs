@@ -41,26 +41,33 @@ impl Client {
             let task = crate::polling::connect(target, i, token, deliveries).await?;
             return Ok(Client { task });
         }
-        let mut ws = open(target.addr, target.source(i)).await?;
-        expect_prefix(&mut ws, "0{").await?;
-        let namespace = target.namespace();
-        let auth = serde_json::json!({ "token": token });
-        ws.send(Message::text(format!("40{namespace},{auth}")))
-            .await?;
-        let text = loop {
-            // Some servers ping right after the handshake, before answering CONNECT.
-            match next_text(&mut ws).await? {
-                ping if ping == "2" => ws.send(Message::text("3")).await?,
-                text => break text,
-            }
-        };
-        if !text.starts_with(&format!("40{namespace},")) {
-            bail!("namespace {namespace} refused the client: {text}");
-        }
-        let prefix = format!("42{namespace},[\"m\",");
+        let ws = join(target, i, token).await?;
+        let prefix = format!("42{},[\"m\",", target.namespace());
         let task = tokio::spawn(listen(ws, prefix, deliveries));
         Ok(Client { task })
     }
+}
+
+/// Opens a WebSocket as connection number `i` and joins the site's namespace with `token`; returns once the
+/// namespace CONNECT is acknowledged.
+pub(crate) async fn join(target: &Target, i: usize, token: &str) -> anyhow::Result<Ws> {
+    let mut ws = open(target.addr, target.source(i)).await?;
+    expect_prefix(&mut ws, "0{").await?;
+    let namespace = target.namespace();
+    let auth = serde_json::json!({ "token": token });
+    ws.send(Message::text(format!("40{namespace},{auth}")))
+        .await?;
+    let text = loop {
+        // Some servers ping right after the handshake, before answering CONNECT.
+        match next_text(&mut ws).await? {
+            ping if ping == "2" => ws.send(Message::text("3")).await?,
+            text => break text,
+        }
+    };
+    if !text.starts_with(&format!("40{namespace},")) {
+        bail!("namespace {namespace} refused the client: {text}");
+    }
+    Ok(ws)
 }
 
 pub(crate) async fn open(server: SocketAddr, source: SocketAddr) -> anyhow::Result<Ws> {

@@ -1,10 +1,16 @@
 //! `herald-bench`: a load generator for socket.io servers. It opens many socket.io clients (WebSocket, spread
 //! over source addresses 127.0.0.x), gets them into rooms with a site token, publishes through the HTTP API
 //! and measures what the server pays (RSS and CPU from `/proc/<pid>`) and what clients see (rate, loss, order,
-//! latency). Every server it is pointed at must offer the same site: see `target.rs` and bench/reference.
+//! latency). The `events` scenario goes the other way: clients emit with an ack and the server routes each event
+//! to a webhook backend this process runs (`events.rs`). Every server it is pointed at must offer the same site:
+//! see `target.rs` and bench/reference.
 
+mod backend;
 mod client;
 mod connect;
+mod direct;
+mod emitter;
+mod events;
 mod fanout;
 mod poll_forward;
 mod polling;
@@ -13,6 +19,7 @@ mod publish;
 mod report;
 mod soak;
 mod stats;
+mod tally;
 mod target;
 
 use std::io::Write;
@@ -214,6 +221,32 @@ enum Scenario {
         #[arg(long)]
         gdb_trim: bool,
     },
+    /// Client events routed to a webhook: N clients emit `bid` with an ack, the server POSTs each to a backend
+    /// this process runs (answering `{"reply": [args[0]]}`); then the same callers POST straight to the backend
+    /// at the same rate. Acked events/s, ack latency, the latency routing adds, server CPU per event.
+    Events {
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Events per second over all clients; 0 sends as fast as the window allows.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Events each client may have waiting for their ack (1 unpaced: a closed loop).
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Measured seconds of each phase (routed, then direct).
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Seconds of each phase before measuring starts.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Where the backend listens; the server's route for the event must point at it.
+        #[arg(long, default_value = "127.0.0.1:3791")]
+        backend: SocketAddr,
+        #[arg(long, default_value = "bid")]
+        event: String,
+        #[arg(long, default_value_t = 5)]
+        drain_secs: u64,
+    },
     /// Prints BENCHMARKS.md tables from a file of JSON lines.
     Report { file: PathBuf },
 }
@@ -407,6 +440,33 @@ async fn main() -> anyhow::Result<()> {
                 poll_forward::poll_forward(&cluster, plan).await?,
             )
         }
+        Scenario::Events {
+            clients,
+            rate,
+            window,
+            secs,
+            warmup,
+            backend,
+            ref event,
+            drain_secs,
+        } => {
+            let plan = events::Plan {
+                clients,
+                rate,
+                window,
+                warmup: Duration::from_secs_f64(warmup),
+                secs: Duration::from_secs_f64(secs),
+                drain: Duration::from_secs(drain_secs),
+                backend,
+                event: event.clone(),
+            };
+            let variant = format!("{clients} clients, {}", events::pace(&plan));
+            (
+                "events",
+                variant,
+                events::events(&target, pid()?, plan).await?,
+            )
+        }
         Scenario::Soak {
             clients,
             devices,
@@ -474,6 +534,10 @@ async fn main() -> anyhow::Result<()> {
         "slow_survived",
         "sockets_left",
         "failed_clients",
+        "ack_errors",
+        "mismatched",
+        "direct_errors",
+        "backend_bad_calls",
     ]
     .into_iter()
     .filter(|k| outcome.metrics[*k].as_u64().is_some_and(|n| n > 0))

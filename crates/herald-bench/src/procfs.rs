@@ -80,3 +80,17 @@ pub fn run_delay_secs(pid: u32) -> anyhow::Result<f64> {
     }
     Ok(nanos as f64 / 1e9)
 }
+
+/// User plus system CPU seconds of thread `tid` of this process.
+pub fn thread_cpu_secs(tid: u32) -> anyhow::Result<f64> {
+    cpu_secs_of(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// The id of the calling thread (`/proc/thread-self` links to `<pid>/task/<tid>`).
+pub fn current_tid() -> anyhow::Result<u32> {
+    let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+    link.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.parse().ok())
+        .context("/proc/thread-self does not end in a thread id")
+}

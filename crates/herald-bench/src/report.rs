@@ -42,6 +42,16 @@ const fn count(label: &'static str, pointer: &'static str) -> Metric {
     }
 }
 
+/// A figure shown without an edge: it describes the run, not the server.
+const fn info(label: &'static str, pointer: &'static str) -> Metric {
+    Metric {
+        label,
+        pointer,
+        higher_is_better: false,
+        ratio: false,
+    }
+}
+
 const IDLE: &[Metric] = &[metric("KiB RSS per connection", "/kib_per_conn", false)];
 
 const STORM: &[Metric] = &[
@@ -136,6 +146,27 @@ const CLUSTER_POLL: &[Metric] = &[
     count("clients refused", "/failed_clients"),
 ];
 
+const EVENTS: &[Metric] = &[
+    metric("acked events/s", "/events_per_sec", true),
+    metric("ack latency p50 (ms)", "/latency_us/p50", false),
+    metric("ack latency p99 (ms)", "/latency_us/p99", false),
+    metric("ack latency p99.9 (ms)", "/latency_us/p999", false),
+    info("direct HTTP calls/s", "/direct_per_sec"),
+    info("direct HTTP p50 (ms)", "/direct_latency_us/p50"),
+    info("direct HTTP p99 (ms)", "/direct_latency_us/p99"),
+    metric("added p50 (ms)", "/added_us/p50", false),
+    metric("added p99 (ms)", "/added_us/p99", false),
+    metric(
+        "server CPU per event (µs)",
+        "/server_cpu_us_per_event",
+        false,
+    ),
+    count("lost", "/lost"),
+    count("ack errors", "/ack_errors"),
+    info("generator CPU per event (µs)", "/own_cpu_us_per_event"),
+    info("backend CPU per event (µs)", "/backend_cpu_us_per_event"),
+];
+
 fn metrics_of(scenario: &str) -> &'static [Metric] {
     match scenario {
         "idle" => IDLE,
@@ -143,6 +174,7 @@ fn metrics_of(scenario: &str) -> &'static [Metric] {
         "fanout" => FANOUT,
         "cluster" => CLUSTER,
         "cluster-poll" => CLUSTER_POLL,
+        "events" => EVENTS,
         _ => &[],
     }
 }
