@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 
 use crate::auth::{AuthConfig, JwtConfig, WebhookConfig};
 use crate::config::error::KeysFound;
-use crate::config::{Config, ConfigError, MailboxStoreKind, ServerConfig, SiteConfig, DEMO_SITE};
+use crate::config::{
+    BridgeConfig, BridgeKind, Config, ConfigError, MailboxStoreKind, ServerConfig, SiteConfig,
+    DEMO_SITE,
+};
 
 /// The JWT algorithms a site may name. `none` is not one of them.
 pub const JWT_ALGORITHMS: &[&str] = &[
@@ -22,6 +25,13 @@ pub const JWT_ALGORITHMS: &[&str] = &[
 /// - limits, heartbeat times and the webhook timeout are greater than 0; the engine path starts and ends with `/`.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_server(&config.server)?;
+    for (index, bridge) in config.bridges.iter().enumerate() {
+        validate_bridge(config, bridge).map_err(|problem| ConfigError::BadBridge {
+            index,
+            label: bridge.label(),
+            problem,
+        })?;
+    }
     let mut seen = BTreeSet::new();
     for site in &config.sites {
         if !seen.insert(site.name.as_str()) {
@@ -225,6 +235,50 @@ fn validate_site(site: &SiteConfig) -> Result<(), ConfigError> {
         AuthConfig::Webhook(webhook) => validate_webhook(&site.name, webhook),
         AuthConfig::Jwt(jwt) => validate_jwt(&site.name, jwt),
     }
+}
+
+/// One bridge: its site exists, its URL is of its kind, it names what it consumes in its kind's one field, and
+/// its room and event templates can be filled.
+fn validate_bridge(config: &Config, bridge: &BridgeConfig) -> Result<(), String> {
+    if !config.sites.iter().any(|s| s.name == bridge.site) {
+        return Err(format!("no site is named '{}'", bridge.site));
+    }
+    let schemes: &[&str] = match bridge.kind {
+        BridgeKind::Amqp => &["amqp", "amqps"],
+        BridgeKind::Mqtt => &["mqtt", "mqtts", "tcp"],
+        BridgeKind::Nats => &["nats", "tls"],
+        BridgeKind::Redis => &["redis", "rediss"],
+        BridgeKind::Postgres => &["postgres", "postgresql"],
+    };
+    let scheme = bridge.url.split("://").next().unwrap_or_default();
+    if !bridge.url.contains("://") || !schemes.contains(&scheme) {
+        return Err(format!(
+            "url must start with {}://",
+            schemes.join(":// or ")
+        ));
+    }
+    let field = bridge.kind.source_field();
+    if bridge.sources_set() != [field] || bridge.source().is_some_and(str::is_empty) {
+        return Err(format!(
+            "needs {field} (and no other of queue, topic, subject, channel)"
+        ));
+    }
+    match (&bridge.room, &bridge.event) {
+        (Some(room), Some(event)) => {
+            for template in [room, event] {
+                crate::bridges::inbound::Template::parse(template)?;
+            }
+        }
+        (None, None) if bridge.retain || bridge.if_changed => {
+            return Err("retain and if_changed need room and event".into());
+        }
+        (None, None) => {}
+        _ => return Err("room and event go together: set both, or neither".into()),
+    }
+    if bridge.if_changed && !bridge.retain {
+        return Err("if_changed needs retain".into());
+    }
+    Ok(())
 }
 
 /// A site's event routes, hooks and signing secret.
@@ -442,6 +496,7 @@ mod tests {
         Config {
             server: ServerConfig::default(),
             sites,
+            bridges: Vec::new(),
         }
     }
 
