@@ -12,7 +12,8 @@ pub enum BridgeKind {
     Amqp,
     /// MQTT 3.1.1: a topic filter at QoS 1, PUBACKed once published.
     Mqtt,
-    /// NATS core: a subject (queue group `herald`, so a cluster gets each message once).
+    /// NATS core: a subject (queue group `herald`, so a cluster gets each message once); at most once, as NATS
+    /// core delivers.
     Nats,
     /// Redis pub/sub: a channel (on the cluster's bridge leader only).
     Redis,
@@ -59,7 +60,8 @@ pub struct BridgeConfig {
     /// NATS: the subject (`*` and `>` allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// Redis and Postgres: the channel.
+    /// Redis and Postgres: the channel (Redis: a `*` makes it a `PSUBSCRIBE` pattern; Postgres: the exact,
+    /// case-sensitive name `pg_notify` takes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
     /// The site every message publishes to.
