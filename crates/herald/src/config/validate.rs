@@ -243,11 +243,12 @@ fn validate_bridge(config: &Config, bridge: &BridgeConfig) -> Result<(), String>
     if !config.sites.iter().any(|s| s.name == bridge.site) {
         return Err(format!("no site is named '{}'", bridge.site));
     }
+    // TLS to brokers comes with issue 13: a URL that asks for it would never connect.
     let schemes: &[&str] = match bridge.kind {
-        BridgeKind::Amqp => &["amqp", "amqps"],
-        BridgeKind::Mqtt => &["mqtt", "mqtts", "tcp"],
-        BridgeKind::Nats => &["nats", "tls"],
-        BridgeKind::Redis => &["redis", "rediss"],
+        BridgeKind::Amqp => &["amqp"],
+        BridgeKind::Mqtt => &["mqtt", "tcp"],
+        BridgeKind::Nats => &["nats"],
+        BridgeKind::Redis => &["redis"],
         BridgeKind::Postgres => &["postgres", "postgresql"],
     };
     let scheme = bridge.url.split("://").next().unwrap_or_default();
@@ -256,6 +257,16 @@ fn validate_bridge(config: &Config, bridge: &BridgeConfig) -> Result<(), String>
             "url must start with {}://",
             schemes.join(":// or ")
         ));
+    }
+    let wants_tls = [
+        "sslmode=require",
+        "sslmode=verify-ca",
+        "sslmode=verify-full",
+    ];
+    if bridge.kind == BridgeKind::Postgres && wants_tls.iter().any(|m| bridge.url.contains(m)) {
+        return Err(
+            "TLS to Postgres is not supported yet (sslmode=require, verify-ca, verify-full)".into(),
+        );
     }
     let field = bridge.kind.source_field();
     if bridge.sources_set() != [field] || bridge.source().is_some_and(str::is_empty) {
@@ -548,6 +559,102 @@ mod tests {
         let mut demo = site("demo");
         demo.api_keys.clear();
         check(with_sites(vec![demo]), Ok(()));
+    }
+
+    #[test]
+    fn bridges() {
+        let bridge = |kind: BridgeKind, url: &str| BridgeConfig {
+            kind,
+            url: url.into(),
+            queue: None,
+            topic: None,
+            subject: None,
+            channel: None,
+            site: "shop".into(),
+            room: None,
+            event: None,
+            retain: false,
+            if_changed: false,
+        };
+        let check_bridge = |b: BridgeConfig, expected: Result<(), &str>| {
+            let mut config = with_sites(vec![site("shop")]);
+            config.bridges.push(b);
+            check(config, expected);
+        };
+        let mqtt = BridgeConfig {
+            topic: Some("pomodoro/+/state".into()),
+            ..bridge(BridgeKind::Mqtt, "mqtt://127.0.0.1:1883")
+        };
+        check_bridge(mqtt.clone(), Ok(()));
+        check_bridge(
+            BridgeConfig {
+                room: Some("pomodoro_{1}".into()),
+                event: Some("state".into()),
+                retain: true,
+                if_changed: true,
+                ..mqtt.clone()
+            },
+            Ok(()),
+        );
+        let label = "bridges[0] (mqtt pomodoro/+/state → shop)";
+        for (broken, problem) in [
+            (
+                BridgeConfig {
+                    site: "nope".into(),
+                    ..mqtt.clone()
+                },
+                "no site is named 'nope'",
+            ),
+            (
+                BridgeConfig {
+                    url: "mqtts://b".into(),
+                    ..mqtt.clone()
+                },
+                "url must start with mqtt:// or tcp://",
+            ),
+            (
+                BridgeConfig {
+                    room: Some("r".into()),
+                    ..mqtt.clone()
+                },
+                "room and event go together: set both, or neither",
+            ),
+            (
+                BridgeConfig {
+                    retain: true,
+                    ..mqtt.clone()
+                },
+                "retain and if_changed need room and event",
+            ),
+            (
+                BridgeConfig {
+                    room: Some("r_{x}".into()),
+                    event: Some("e".into()),
+                    ..mqtt.clone()
+                },
+                "'r_{x}': {...} must hold a level number, like {1}",
+            ),
+            (
+                BridgeConfig {
+                    channel: Some("c".into()),
+                    ..mqtt.clone()
+                },
+                "needs topic (and no other of queue, topic, subject, channel)",
+            ),
+        ] {
+            let site = broken.site.clone();
+            let label = label.replace("→ shop", &format!("→ {site}"));
+            let expected = format!("{label}: {problem}");
+            check_bridge(broken, Err(&expected));
+        }
+        let postgres = BridgeConfig {
+            channel: Some("c".into()),
+            ..bridge(BridgeKind::Postgres, "postgres://h/db?sslmode=require")
+        };
+        check_bridge(
+            postgres,
+            Err("bridges[0] (postgres c → shop): TLS to Postgres is not supported yet (sslmode=require, verify-ca, verify-full)"),
+        );
     }
 
     #[test]
