@@ -3,13 +3,16 @@
 //! `inbound` (a message to a publish, and what to tell the broker) and `status` (their state for
 //! `/api/v1/status`).
 
+pub mod amqp;
+pub mod backoff;
 pub mod emitter;
 pub mod inbound;
+pub mod mqtt;
 pub mod status;
 
 use std::sync::Arc;
 
-use crate::config::{BridgeConfig, Config};
+use crate::config::{BridgeConfig, BridgeKind, Config};
 use crate::publish::Publisher;
 
 /// What a broker bridge needs to know of its node: whether it shares the broker with other nodes (then it
@@ -45,12 +48,18 @@ pub fn start_inbound(
 
 /// Runs one bridge of its kind.
 fn spawn(bridge: BridgeConfig, inbound: inbound::Inbound, context: BridgeContext) {
-    // BRANCH PLACEHOLDER: each kind's module replaces its arm; this never lands on main.
-    let _ = context;
-    inbound.status.set(
-        status::State::Down,
-        Some(format!("{} bridges are not built yet", bridge.kind.name())),
-    );
+    match bridge.kind {
+        BridgeKind::Amqp => amqp::spawn(bridge, inbound, context),
+        BridgeKind::Mqtt => mqtt::spawn(bridge, inbound, context),
+        _ => {
+            // BRANCH PLACEHOLDER: each kind's module replaces its arm; this never lands on main.
+            let _ = context;
+            inbound.status.set(
+                status::State::Down,
+                Some(format!("{} bridges are not built yet", bridge.kind.name())),
+            );
+        }
+    }
 }
 
 /// Starts the bridges `config` turns on: the socket.io emitter when Redis is configured and `cluster.emitter`
