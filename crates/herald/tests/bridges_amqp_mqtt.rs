@@ -1,7 +1,8 @@
 //! The AMQP and MQTT bridges end to end, against the real brokers: RabbitMQ at 127.0.0.1:5672 (guest/guest) and
-//! Mosquitto 2 at 127.0.0.1:1883 (`bash scripts/services.sh rabbitmq mosquitto` starts them); the cluster test
-//! also needs Redis at 127.0.0.1:6379 and owns its database 14. Each test uses queue and topic names of its own,
-//! so runs do not see each other's messages.
+//! Mosquitto 2 at 127.0.0.1:1883 (`bash scripts/services.sh rabbitmq mosquitto` starts them); the cluster and
+//! retry tests also need Redis at 127.0.0.1:6379 and use its database 14. Each test uses queue and topic names
+//! of its own, so runs do not see each other's messages. Relays the tests can cut stand between herald and a
+//! service to make it fail: the broker (reconnection) or Redis (the store, so publishes answer Retry).
 
 mod common;
 
@@ -82,14 +83,18 @@ async fn start(site_name: &str, bridge: BridgeConfig) -> (SocketAddr, Gateway) {
 }
 
 async fn wait_up(gateway: &Gateway) {
+    wait_state(gateway, State::Up).await;
+}
+
+async fn wait_state(gateway: &Gateway, state: State) {
     let status = &gateway.bridges[0];
     timeout(WAIT, async {
-        while status.state() != State::Up {
+        while status.state() != state {
             sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("the bridge is not up: {}", status.describe()));
+    .unwrap_or_else(|_| panic!("the bridge is not {state:?}: {}", status.describe()));
 }
 
 /// Waits until the bridge's counters are `published` and `rejected`; answers its status.
@@ -504,6 +509,11 @@ async fn mqtt_raw_mode_takes_the_room_from_the_topic_and_retains() {
 
 /// A gateway of a cluster on Redis database 14, with `bridge`.
 async fn cluster_node(bridge: BridgeConfig) -> (SocketAddr, Gateway) {
+    cluster_node_on("redis://127.0.0.1:6379/14", bridge).await
+}
+
+/// A gateway of a cluster on the Redis at `redis_url` (its retained store too), with `bridge`.
+async fn cluster_node_on(redis_url: &str, bridge: BridgeConfig) -> (SocketAddr, Gateway) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
@@ -513,7 +523,7 @@ async fn cluster_node(bridge: BridgeConfig) -> (SocketAddr, Gateway) {
         bridges: vec![bridge],
         ..Config::default()
     };
-    config.server.redis_url = Some("redis://127.0.0.1:6379/14".into());
+    config.server.redis_url = Some(redis_url.into());
     config.server.cluster.node_url = Some(format!("http://{addr}"));
     config.server.data_dir =
         std::env::temp_dir().join(format!("herald-test-{}", rand::random::<u64>()));
@@ -567,4 +577,170 @@ async fn mqtt_cluster_nodes_share_the_subscription() {
         count(&a),
         count(&b)
     );
+}
+
+// ---------------------------------------------------------------------------------------------- retries
+
+/// A TCP relay to a local service that the test can cut: while cut, it closes every connection and each new
+/// one, so herald's client fails at once, and connects again once the relay is restored.
+struct Relay {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    /// A relay to 127.0.0.1:`port`.
+    async fn start(port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let watch = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = watch.subscribe();
+                if *cut.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut redis) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut redis) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut }
+    }
+
+    /// The relay's address as `scheme://[credentials@]host:port` followed by `rest`.
+    fn url(&self, scheme_and_credentials: &str, rest: &str) -> String {
+        format!("{scheme_and_credentials}{}{rest}", self.addr)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// Waits until the bridge has retried at least once.
+async fn wait_retried(gateway: &Gateway) {
+    let status = &gateway.bridges[0];
+    timeout(WAIT, async {
+        while status.describe()["retried"] == 0 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no retry: {}", status.describe()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_retries_in_order_while_the_store_is_down() {
+    let relay = Relay::start(6379).await;
+    let queue = unique("herald-test-amqp-retry");
+    let config = raw(bridge(BridgeKind::Amqp, &queue, "shop"), "scores", "score");
+    let (addr, gateway) = cluster_node_on(&relay.url("redis://", "/14"), config).await;
+    let (_connection, channel) = rabbit().await;
+
+    relay.set_cut(true);
+    for n in 1..=3 {
+        amqp_publish(&channel, "", &queue, format!("{n}").as_bytes()).await;
+    }
+    wait_retried(&gateway).await;
+    assert_eq!(gateway.bridges[0].describe()["published"], 0);
+    relay.set_cut(false);
+
+    // Requeued, not lost, and taken again in the queue's order: the last one is what the room keeps.
+    let status = wait_counts(&gateway, 3, 0).await;
+    assert_eq!(status["state"], "up");
+    assert_eq!(
+        retained(addr, "shop", "scores").await,
+        [json!({"event": "score", "args": [3]})]
+    );
+    assert_eq!(ready(&channel, &queue).await, 0);
+    delete(&channel, &[&queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_retries_in_order_while_the_store_is_down() {
+    let relay = Relay::start(6379).await;
+    let topic = format!("{}/score", unique("herald-test"));
+    let config = raw(bridge(BridgeKind::Mqtt, &topic, "shop"), "scores", "score");
+    let (addr, gateway) = cluster_node_on(&relay.url("redis://", "/14"), config).await;
+    let publisher = mosquitto().await;
+
+    relay.set_cut(true);
+    for n in 1..=3 {
+        mqtt_publish(&publisher, &topic, format!("{n}").as_bytes()).await;
+    }
+    wait_retried(&gateway).await;
+    assert_eq!(gateway.bridges[0].describe()["published"], 0);
+    relay.set_cut(false);
+
+    wait_counts(&gateway, 3, 0).await;
+    assert_eq!(
+        retained(addr, "shop", "scores").await,
+        [json!({"event": "score", "args": [3]})]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------- reconnection
+
+/// Cuts the bridge's connection to the broker behind `relay`: it goes down without saying the URL or the
+/// password, comes back up once the broker is reachable again, and then carries `publish`'s message to the
+/// room `lobby` of `shop`.
+async fn reconnects<F, Fut>(relay: &Relay, config: BridgeConfig, publish: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (addr, gateway) = start("shop", config).await;
+    let (mut client, _) = join(addr, "shop").await;
+    relay.set_cut(true);
+    wait_state(&gateway, State::Down).await;
+    let error = gateway.bridges[0].describe()["last_error"].to_string();
+    assert!(
+        !error.contains("hunter2") && !error.contains("://"),
+        "{error}"
+    );
+    sleep(Duration::from_millis(700)).await;
+    relay.set_cut(false);
+    wait_up(&gateway).await;
+    publish().await;
+    assert_eq!(client.next_text().await, r#"42/shop,["back",1]"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_reconnects_after_losing_the_broker() {
+    let relay = Relay::start(5672).await;
+    let queue = unique("herald-test-amqp-reconnect");
+    let mut config = bridge(BridgeKind::Amqp, &queue, "shop");
+    config.url = relay.url("amqp://guest:guest@", "/%2f");
+    let (_connection, channel) = rabbit().await;
+    let body = json!({"rooms": ["lobby"], "event": "back", "args": [1]}).to_string();
+    reconnects(&relay, config, || {
+        amqp_publish(&channel, "", &queue, body.as_bytes())
+    })
+    .await;
+    delete(&channel, &[&queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_reconnects_and_subscribes_again_after_losing_the_broker() {
+    let relay = Relay::start(1883).await;
+    let topic = format!("{}/in", unique("herald-test"));
+    let mut config = bridge(BridgeKind::Mqtt, &topic, "shop");
+    config.url = relay.url("mqtt://herald:hunter2@", "");
+    let publisher = mosquitto().await;
+    let body = json!({"rooms": ["lobby"], "event": "back", "args": [1]}).to_string();
+    reconnects(&relay, config, || {
+        mqtt_publish(&publisher, &topic, body.as_bytes())
+    })
+    .await;
 }

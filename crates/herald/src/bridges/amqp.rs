@@ -13,6 +13,8 @@
 //! consumer. A message herald could not take (its store failed) stays with the broker, so another node or a
 //! later attempt publishes it; one sent while herald was down waits in the durable queue.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -21,7 +23,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
-use std::time::Duration;
 
 use super::backoff::{redact, Backoff};
 use super::inbound::{Handled, Inbound};

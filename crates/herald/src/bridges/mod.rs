@@ -1,7 +1,7 @@
 //! Bridges: other publishers' protocols that herald speaks, each feeding the one publish pipeline
-//! (`publish::Publisher`). `emitter` is the socket.io Redis emitter's; the broker bridges of `bridges:` share
-//! `inbound` (a message to a publish, and what to tell the broker) and `status` (their state for
-//! `/api/v1/status`).
+//! (`publish::Publisher`). `emitter` is the socket.io Redis emitter's; the broker bridges of `bridges:` (`amqp`,
+//! `mqtt`) share `inbound` (a message to a publish, and what to tell the broker), `status` (their state for
+//! `/api/v1/status`) and `backoff` (waits between attempts, errors without the URL).
 
 pub mod amqp;
 pub mod backoff;
