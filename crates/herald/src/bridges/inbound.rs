@@ -112,6 +112,11 @@ impl Inbound {
         })
     }
 
+    /// The largest body published; a larger one is rejected.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// The publish a message asks for; `tokens` are its topic levels or subject tokens.
     pub fn request(&self, body: &[u8], tokens: &[&str]) -> Result<PublishRequest, String> {
         if body.len() > self.max_bytes {

@@ -21,8 +21,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use sha2::{Digest, Sha256};
 
+use super::backoff::{redact, Backoff};
 use super::status::{BridgeStatus, State};
-use super::{redact, Backoff, BridgeContext};
+use super::BridgeContext;
 use crate::config::BridgeConfig;
 
 /// How long the key lives without a renewal.
@@ -279,7 +280,7 @@ impl BridgeLeader {
         context: &BridgeContext,
         status: &BridgeStatus,
     ) -> BridgeLeader {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
             match Self::new(bridge, context).await {
                 Ok(leader) => return leader,

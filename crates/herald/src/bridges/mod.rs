@@ -1,19 +1,22 @@
 //! Bridges: other publishers' protocols that herald speaks, each feeding the one publish pipeline
-//! (`publish::Publisher`). `emitter` is the socket.io Redis emitter's; the broker bridges of `bridges:` share
-//! `inbound` (a message to a publish, and what to tell the broker) and `status` (their state for
-//! `/api/v1/status`), and `lease` elects the one node of a cluster that publishes what every node hears (the
-//! emitter's broadcasts, a Redis or Postgres bridge's messages).
+//! (`publish::Publisher`). `emitter` is the socket.io Redis emitter's. The broker bridges of `bridges:` (`amqp`,
+//! `mqtt`, `nats`, `redis`, `postgres`) share `inbound` (a message to a publish, and what to tell the broker),
+//! `status` (their state for `/api/v1/status`) and `backoff` (waits between attempts, errors without the URL);
+//! `lease` elects the one node of a cluster that publishes what every node hears (the emitter's broadcasts, a
+//! Redis or Postgres bridge's messages).
 
+pub mod amqp;
+pub mod backoff;
 pub mod emitter;
 pub mod inbound;
 pub mod lease;
+pub mod mqtt;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{BridgeConfig, BridgeKind, Config};
 use crate::publish::Publisher;
@@ -52,6 +55,8 @@ pub fn start_inbound(
 /// Runs one bridge of its kind.
 fn spawn(bridge: BridgeConfig, inbound: inbound::Inbound, context: BridgeContext) {
     match bridge.kind {
+        BridgeKind::Amqp => amqp::spawn(bridge, inbound, context),
+        BridgeKind::Mqtt => mqtt::spawn(bridge, inbound, context),
         BridgeKind::Nats => {
             tokio::spawn(nats::run(bridge, inbound, context));
         }
@@ -61,68 +66,7 @@ fn spawn(bridge: BridgeConfig, inbound: inbound::Inbound, context: BridgeContext
         BridgeKind::Postgres => {
             tokio::spawn(postgres::run(bridge, inbound, context));
         }
-        _ => {
-            // BRANCH PLACEHOLDER: each kind's module replaces its arm; this never lands on main.
-            let _ = context;
-            inbound.status.set(
-                status::State::Down,
-                Some(format!("{} bridges are not built yet", bridge.kind.name())),
-            );
-        }
     }
-}
-
-/// The wait before a bridge's next attempt to connect: 0.5 s, doubling up to 10 s, back to 0.5 s once a
-/// connection works, so a broker that restarts is found again quickly and one that stays down is not hammered.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(10);
-
-    pub(crate) fn new() -> Self {
-        Backoff { next: Self::MIN }
-    }
-
-    /// The connection worked: the next failure retries quickly again.
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-
-    /// The wait before the next attempt, and doubles the one after.
-    pub(crate) fn step(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        wait
-    }
-
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.step()).await;
-    }
-}
-
-/// `text` (an error from a broker's client) without `url` or the password in it: errors may quote either, and
-/// bridges log and show their errors.
-pub(crate) fn redact(text: &str, url: &str) -> String {
-    let mut text = text.replace(url, "<url>");
-    if let Some(password) = password(url) {
-        text = text.replace(password, "<password>");
-    }
-    text
-}
-
-/// The password of `url`'s `user:password@`, if any.
-fn password(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo
-        .split_once(':')
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty())
 }
 
 /// Starts the bridges `config` turns on: the socket.io emitter when Redis is configured and `cluster.emitter`
@@ -142,34 +86,4 @@ pub async fn start(
     emitter::Emitter::start(publisher.clone(), url, settings)
         .await
         .map(Some)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_ten_seconds_and_resets() {
-        let mut backoff = Backoff::new();
-        let waits: Vec<u64> = (0..7).map(|_| backoff.step().as_millis() as u64).collect();
-        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 10000, 10000]);
-        backoff.reset();
-        assert_eq!(backoff.step(), Duration::from_millis(500));
-    }
-
-    #[test]
-    fn errors_lose_urls_and_passwords() {
-        let url = "redis://user:s3cret@host:6379/0";
-        assert_eq!(
-            redact(
-                "cannot reach redis://user:s3cret@host:6379/0 (auth s3cret)",
-                url
-            ),
-            "cannot reach <url> (auth <password>)"
-        );
-        assert_eq!(redact("refused", "nats://host:4222"), "refused");
-        assert_eq!(password("postgres://postgres@127.0.0.1/db"), None);
-        assert_eq!(password("amqp://guest:guest@h/"), Some("guest"));
-        assert_eq!(password("nats://u:@h"), None);
-    }
 }

@@ -21,9 +21,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::backoff::{redact, Backoff};
 use super::inbound::{Handled, Inbound};
 use super::status::{BridgeStatus, State};
-use super::{redact, Backoff, BridgeContext};
+use super::BridgeContext;
 use crate::config::BridgeConfig;
 
 /// Every herald node subscribes in this queue group, so NATS hands each message to one of them.
@@ -43,7 +44,7 @@ pub enum NatsError {
 /// bridge starts over.
 pub async fn run(bridge: BridgeConfig, inbound: Inbound, context: BridgeContext) {
     let subject = bridge.subject.clone().unwrap_or_default();
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     loop {
         match subscribe(&bridge.url, &subject, &inbound.status, &context).await {
             Ok((client, subscriber)) => {

@@ -20,10 +20,11 @@ use std::time::Duration;
 use futures_util::{stream, Stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::backoff::{redact, Backoff};
 use super::inbound::Inbound;
 use super::lease::{BridgeLeader, RENEW_EVERY};
 use super::status::State;
-use super::{redact, Backoff, BridgeContext};
+use super::BridgeContext;
 use crate::config::BridgeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,7 +63,7 @@ pub async fn run(bridge: BridgeConfig, inbound: Inbound, context: BridgeContext)
     };
     let listen = listen_statement(bridge.channel.as_deref().unwrap_or_default());
     let leader = BridgeLeader::join(&bridge, &context, status).await;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     loop {
         let stopped = session(&config, &listen, &inbound, &leader, &mut backoff).await;
         // A node that may miss notifications must not lead.

@@ -18,10 +18,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 
+use super::backoff::{redact, Backoff};
 use super::inbound::Inbound;
 use super::lease::{BridgeLeader, RENEW_EVERY};
 use super::status::State;
-use super::{redact, Backoff, BridgeContext};
+use super::BridgeContext;
 use crate::config::BridgeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,7 +64,7 @@ pub async fn run(bridge: BridgeConfig, inbound: Inbound, context: BridgeContext)
     };
     let channel = bridge.channel.clone().unwrap_or_default();
     let leader = BridgeLeader::join(&bridge, &context, status).await;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     loop {
         let stopped = match subscribe(&client, &channel).await {
             Ok(subscription) => {

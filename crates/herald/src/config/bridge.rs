@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub enum BridgeKind {
     /// RabbitMQ (AMQP 0-9-1): a queue, declared when missing; acked once published.
     Amqp,
-    /// MQTT 3.1.1: a topic filter at QoS 1, PUBACKed once published.
+    /// MQTT 3.1.1: a topic filter at QoS 1, PUBACKed once published (or rejected).
     Mqtt,
     /// NATS core: a subject (queue group `herald`, so a cluster gets each message once); at most once, as NATS
     /// core delivers.
@@ -67,8 +67,8 @@ pub struct BridgeConfig {
     /// The site every message publishes to.
     pub site: String,
     /// With `event`: each message's body (JSON when it parses, else a string) is the one argument of `event` in
-    /// this room. `{N}` is the Nth level of the MQTT topic (the Nth token of the NATS subject), from 0. Without
-    /// both, a body is the v1 publish JSON.
+    /// this room. `{N}` is the Nth level of the MQTT topic (the Nth token of the NATS subject, the Nth word of the
+    /// AMQP routing key), from 0. Without both, a body is the v1 publish JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
