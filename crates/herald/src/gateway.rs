@@ -64,6 +64,8 @@ pub struct Gateway {
     pub registry: Option<Arc<Registry>>,
     /// The socket.io Redis emitter bridge, when it runs.
     pub emitter: Option<crate::bridges::emitter::Emitter>,
+    /// The broker bridges' states.
+    pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
     ready: Arc<AtomicBool>,
 }
 
@@ -321,6 +323,15 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     let _ = publisher_slot.set(publisher.clone());
     publisher.start().await?;
     let emitter = crate::bridges::start(config, &publisher).await?;
+    let bridge_context = crate::bridges::BridgeContext {
+        node: Arc::clone(&publisher.cluster.node),
+        redis_url: config.server.redis_url.clone(),
+    };
+    let bridges = Arc::new(crate::bridges::start_inbound(
+        config,
+        &publisher,
+        &bridge_context,
+    ));
     Ok(Gateway {
         io,
         engine,
@@ -329,6 +340,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         max_publish_bytes: config.server.limits.max_publish_bytes,
         registry,
         emitter,
+        bridges,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -372,6 +384,7 @@ impl Gateway {
             sites: self.sites.clone(),
             publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
+            bridges: Arc::clone(&self.bridges),
         });
         let ready = Arc::clone(&self.ready);
         let readiness = move || {

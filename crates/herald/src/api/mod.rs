@@ -5,6 +5,7 @@ mod error;
 mod extract;
 mod retained;
 mod send;
+mod status;
 mod v1;
 
 use axum::http::{header, HeaderMap};
@@ -30,6 +31,8 @@ pub struct ApiState {
     pub publisher: Publisher,
     /// Largest request body, in bytes.
     pub max_publish_bytes: usize,
+    /// The broker bridges' states, for `/api/v1/status`.
+    pub bridges: std::sync::Arc<Vec<std::sync::Arc<crate::bridges::status::BridgeStatus>>>,
 }
 
 /// The publish and admin routes.
@@ -41,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route("/api/v1/status", get(status::status))
         .route("/api/v1/sites/{site}/publish", post(v1::publish))
         .route("/api/v1/sites/{site}/batch", post(v1::batch))
         .route("/api/v1/sites/{site}/sockets", get(v1::list_sockets))

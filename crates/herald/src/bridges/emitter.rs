@@ -9,12 +9,11 @@
 //!     ─► every node applies it to its own sockets (join, leave, disconnect)
 //! ```
 //!
-//! Exactly once: every node is subscribed, and only the node holding the leader lease (`lease.rs`) hands a
+//! Exactly once: every node is subscribed, and only the node holding the leader lease (`bridges/lease.rs`) hands a
 //! broadcast to the publish pipeline, which carries it to the others over the cluster bus. Requests act on
 //! sockets, which live on one node each, so every node applies them to its own.
 
 pub mod decode;
-pub mod lease;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,7 +24,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use tokio::sync::mpsc;
 
 use self::decode::{Action, Channel, DecodeError, EmittedEvent, Request, Selector};
-use self::lease::Lease;
+use super::lease::Lease;
 use crate::engine::CloseReason;
 use crate::mailbox::store::valid_name;
 use crate::publish::{PublishRequest, Publisher};

@@ -140,6 +140,12 @@ pub enum ConfigError {
         expected: &'static str,
     },
 
+    #[error("bridges[{index}] ({label}): {problem}", label = one_line(label), problem = one_line(problem))]
+    BadBridge {
+        index: usize,
+        label: String,
+        problem: String,
+    },
     #[error("{field} must be greater than 0")]
     ServerZero { field: &'static str },
     #[error("server.mailbox.store is redis but no redis_url (REDIS_URL) is set")]

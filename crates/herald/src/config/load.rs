@@ -139,6 +139,7 @@ impl Merged {
             None => Config {
                 server: ServerConfig::default(),
                 sites: Vec::new(),
+                bridges: Vec::new(),
             },
         };
         let server_label = sources.server_file.as_deref().map(label);
@@ -223,6 +224,7 @@ fn parse_server_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Ok(Config {
             server: ServerConfig::default(),
             sites: Vec::new(),
+            bridges: Vec::new(),
         });
     }
     serde_yaml_ng::from_str(text).map_err(parse_error)

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::AuthConfig;
 use crate::secret::Secret;
 
+mod bridge;
 mod crossroads;
 mod demo_key;
 mod env;
@@ -23,6 +24,7 @@ mod validate;
 #[cfg(test)]
 mod test_support;
 
+pub use bridge::{BridgeConfig, BridgeKind};
 pub use demo_key::{ensure_demo_key, DEMO_KEY_FILE};
 pub use env::{DEFAULT_ENV_SITE, ENVIRONMENT};
 pub use error::{ConfigError, KeysFound};
@@ -44,6 +46,9 @@ pub struct Config {
     /// The sites (tenants); each is the socket.io namespace `/<name>`.
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
+    /// Brokers whose messages herald publishes (RabbitMQ, MQTT, NATS, Redis, Postgres). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// Process-wide settings.
@@ -443,6 +448,7 @@ impl Default for Config {
                 events: demo_events(),
                 ..SiteConfig::new(DEMO_SITE.into())
             }],
+            bridges: Vec::new(),
         }
     }
 }

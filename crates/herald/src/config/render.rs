@@ -14,8 +14,16 @@ pub fn render_masked(config: &Config) -> String {
 
 fn mask_urls(config: &mut Config) {
     mask_option(&mut config.server.redis_url);
+    for bridge in &mut config.bridges {
+        bridge.url = mask_password(&bridge.url);
+    }
     for site in &mut config.sites {
         mask_option(&mut site.update_user_url);
+        mask_option(&mut site.hooks.connect);
+        mask_option(&mut site.hooks.disconnect);
+        for route in site.events.values_mut() {
+            mask_option(&mut route.url);
+        }
         match &mut site.auth {
             AuthConfig::Public => {}
             AuthConfig::Webhook(webhook) => webhook.url = mask_password(&webhook.url),
@@ -118,6 +126,29 @@ mod tests {
         hooked.auth =
             AuthConfig::Webhook(webhook("https://u:hook-pass-2@a.test/rooms".into(), None));
         hooked.update_user_url = Some("https://u:upd-pass-3@a.test/users/:id".into());
+        hooked.hooks.connect = Some("https://u:hook-pass-4@a.test/hooks".into());
+        hooked.signing_secret = Some(Secret::new("signing-secret-5"));
+        hooked.events.insert(
+            "bid".into(),
+            crate::config::EventRoute {
+                url: Some("https://u:route-pass-6@a.test/bid".into()),
+                timeout_ms: 5000,
+                ..Default::default()
+            },
+        );
+        config.bridges.push(crate::config::BridgeConfig {
+            kind: crate::config::BridgeKind::Amqp,
+            url: "amqp://guest:bridge-pass-7@r:5672/%2f".into(),
+            queue: Some("q".into()),
+            topic: None,
+            subject: None,
+            channel: None,
+            site: "shop".into(),
+            room: None,
+            event: None,
+            retain: false,
+            if_changed: false,
+        });
         let mut signed = SiteConfig::new("app".into());
         signed.api_keys = vec![Secret::new("app-key-0123456789")];
         signed.auth = AuthConfig::Jwt(JwtConfig {
@@ -140,6 +171,10 @@ mod tests {
             "jwt-secret-0123456789",
             "redis-pass-1",
             "hook-pass-2",
+            "hook-pass-4",
+            "signing-secret-5",
+            "route-pass-6",
+            "bridge-pass-7",
             "upd-pass-3",
         ] {
             assert!(!yaml.contains(secret), "{secret} in:\n{yaml}");

@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 
 use crate::auth::{AuthConfig, JwtConfig, WebhookConfig};
 use crate::config::error::KeysFound;
-use crate::config::{Config, ConfigError, MailboxStoreKind, ServerConfig, SiteConfig, DEMO_SITE};
+use crate::config::{
+    BridgeConfig, BridgeKind, Config, ConfigError, MailboxStoreKind, ServerConfig, SiteConfig,
+    DEMO_SITE,
+};
 
 /// The JWT algorithms a site may name. `none` is not one of them.
 pub const JWT_ALGORITHMS: &[&str] = &[
@@ -22,6 +25,13 @@ pub const JWT_ALGORITHMS: &[&str] = &[
 /// - limits, heartbeat times and the webhook timeout are greater than 0; the engine path starts and ends with `/`.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_server(&config.server)?;
+    for (index, bridge) in config.bridges.iter().enumerate() {
+        validate_bridge(config, bridge).map_err(|problem| ConfigError::BadBridge {
+            index,
+            label: bridge.label(),
+            problem,
+        })?;
+    }
     let mut seen = BTreeSet::new();
     for site in &config.sites {
         if !seen.insert(site.name.as_str()) {
@@ -225,6 +235,61 @@ fn validate_site(site: &SiteConfig) -> Result<(), ConfigError> {
         AuthConfig::Webhook(webhook) => validate_webhook(&site.name, webhook),
         AuthConfig::Jwt(jwt) => validate_jwt(&site.name, jwt),
     }
+}
+
+/// One bridge: its site exists, its URL is of its kind, it names what it consumes in its kind's one field, and
+/// its room and event templates can be filled.
+fn validate_bridge(config: &Config, bridge: &BridgeConfig) -> Result<(), String> {
+    if !config.sites.iter().any(|s| s.name == bridge.site) {
+        return Err(format!("no site is named '{}'", bridge.site));
+    }
+    // TLS to brokers comes with issue 13: a URL that asks for it would never connect.
+    let schemes: &[&str] = match bridge.kind {
+        BridgeKind::Amqp => &["amqp"],
+        BridgeKind::Mqtt => &["mqtt", "tcp"],
+        BridgeKind::Nats => &["nats"],
+        BridgeKind::Redis => &["redis"],
+        BridgeKind::Postgres => &["postgres", "postgresql"],
+    };
+    let scheme = bridge.url.split("://").next().unwrap_or_default();
+    if !bridge.url.contains("://") || !schemes.contains(&scheme) {
+        return Err(format!(
+            "url must start with {}://",
+            schemes.join(":// or ")
+        ));
+    }
+    let wants_tls = [
+        "sslmode=require",
+        "sslmode=verify-ca",
+        "sslmode=verify-full",
+    ];
+    if bridge.kind == BridgeKind::Postgres && wants_tls.iter().any(|m| bridge.url.contains(m)) {
+        return Err(
+            "TLS to Postgres is not supported yet (sslmode=require, verify-ca, verify-full)".into(),
+        );
+    }
+    let field = bridge.kind.source_field();
+    if bridge.sources_set() != [field] || bridge.source().is_some_and(str::is_empty) {
+        return Err(format!(
+            "needs {field} (and no other of queue, topic, subject, channel)"
+        ));
+    }
+    match (&bridge.room, &bridge.event) {
+        (Some(room), Some(event)) => {
+            for template in [room, event] {
+                crate::bridges::inbound::Template::parse(template)?;
+            }
+        }
+        (None, None) if bridge.retain || bridge.if_changed => {
+            return Err("retain and if_changed need room and event".into());
+        }
+        (None, None) => {}
+        _ => return Err("room and event go together: set both, or neither".into()),
+    }
+    if bridge.if_changed && !bridge.retain {
+        return Err("if_changed needs retain".into());
+    }
+    Ok(())
 }
 
 /// A site's event routes, hooks and signing secret.
@@ -442,6 +507,7 @@ mod tests {
         Config {
             server: ServerConfig::default(),
             sites,
+            bridges: Vec::new(),
         }
     }
 
@@ -493,6 +559,102 @@ mod tests {
         let mut demo = site("demo");
         demo.api_keys.clear();
         check(with_sites(vec![demo]), Ok(()));
+    }
+
+    #[test]
+    fn bridges() {
+        let bridge = |kind: BridgeKind, url: &str| BridgeConfig {
+            kind,
+            url: url.into(),
+            queue: None,
+            topic: None,
+            subject: None,
+            channel: None,
+            site: "shop".into(),
+            room: None,
+            event: None,
+            retain: false,
+            if_changed: false,
+        };
+        let check_bridge = |b: BridgeConfig, expected: Result<(), &str>| {
+            let mut config = with_sites(vec![site("shop")]);
+            config.bridges.push(b);
+            check(config, expected);
+        };
+        let mqtt = BridgeConfig {
+            topic: Some("pomodoro/+/state".into()),
+            ..bridge(BridgeKind::Mqtt, "mqtt://127.0.0.1:1883")
+        };
+        check_bridge(mqtt.clone(), Ok(()));
+        check_bridge(
+            BridgeConfig {
+                room: Some("pomodoro_{1}".into()),
+                event: Some("state".into()),
+                retain: true,
+                if_changed: true,
+                ..mqtt.clone()
+            },
+            Ok(()),
+        );
+        let label = "bridges[0] (mqtt pomodoro/+/state → shop)";
+        for (broken, problem) in [
+            (
+                BridgeConfig {
+                    site: "nope".into(),
+                    ..mqtt.clone()
+                },
+                "no site is named 'nope'",
+            ),
+            (
+                BridgeConfig {
+                    url: "mqtts://b".into(),
+                    ..mqtt.clone()
+                },
+                "url must start with mqtt:// or tcp://",
+            ),
+            (
+                BridgeConfig {
+                    room: Some("r".into()),
+                    ..mqtt.clone()
+                },
+                "room and event go together: set both, or neither",
+            ),
+            (
+                BridgeConfig {
+                    retain: true,
+                    ..mqtt.clone()
+                },
+                "retain and if_changed need room and event",
+            ),
+            (
+                BridgeConfig {
+                    room: Some("r_{x}".into()),
+                    event: Some("e".into()),
+                    ..mqtt.clone()
+                },
+                "'r_{x}': {...} must hold a level number, like {1}",
+            ),
+            (
+                BridgeConfig {
+                    channel: Some("c".into()),
+                    ..mqtt.clone()
+                },
+                "needs topic (and no other of queue, topic, subject, channel)",
+            ),
+        ] {
+            let site = broken.site.clone();
+            let label = label.replace("→ shop", &format!("→ {site}"));
+            let expected = format!("{label}: {problem}");
+            check_bridge(broken, Err(&expected));
+        }
+        let postgres = BridgeConfig {
+            channel: Some("c".into()),
+            ..bridge(BridgeKind::Postgres, "postgres://h/db?sslmode=require")
+        };
+        check_bridge(
+            postgres,
+            Err("bridges[0] (postgres c → shop): TLS to Postgres is not supported yet (sslmode=require, verify-ca, verify-full)"),
+        );
     }
 
     #[test]
