@@ -8,7 +8,7 @@
 #   (deny: `cargo deny check licenses bans sources` against deny.toml, root workspace only; installs
 #    cargo-deny with `cargo install --locked cargo-deny` when missing; no advisories: no database here)
 #   (bench-smoke: scripts/bench.sh --smoke, herald-bench's scenarios at tiny sizes, failing on any lost message)
-#   (services: scripts/services.sh makes sure Redis answers on 127.0.0.1:6379, starting it if needed)
+#   (services: scripts/services.sh makes sure Redis, RabbitMQ, Mosquitto, NATS and PostgreSQL answer, starting any that is not)
 #   --no-cargo         skip cargo build/test and deny (re-run only the e2e tests against the existing binary)
 #   env HERALD_BIN     binary the e2e tests spawn (default ${CARGO_TARGET_DIR:-target}/debug/herald-conformance)
 #   env HERALD_GATEWAY_BIN  the `herald` gateway binary the JS and Python gateway tests spawn (default: beside HERALD_BIN)
