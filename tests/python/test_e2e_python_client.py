@@ -6,15 +6,15 @@ falling back to target/release) on a free port, or HERALD_URL points at an alrea
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import socketio
+
+from helpers import Recorder, can_connect, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = os.environ.get("HERALD_HOST", "127.0.0.1")
@@ -35,19 +35,6 @@ def _herald_bin() -> Path:
     return debug
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _can_connect(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
 
 @pytest.fixture(scope="module")
 def server_url():
@@ -59,7 +46,7 @@ def server_url():
         pytest.fail(f"herald-conformance not found at {binary}; run `cargo build --workspace` or set HERALD_BIN")
     last_output = ""
     for _attempt in range(3):
-        port = _free_port()
+        port = free_port()
         log = open(f"/tmp/herald-pytest-{os.getpid()}-{port}.log", "w+b")
         proc = subprocess.Popen(
             [str(binary), "--port", str(port), "--suite", "e2e"],
@@ -69,9 +56,9 @@ def server_url():
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and proc.poll() is None and not _can_connect(port):
+        while time.monotonic() < deadline and proc.poll() is None and not can_connect(port):
             time.sleep(0.05)
-        if proc.poll() is None and _can_connect(port):
+        if proc.poll() is None and can_connect(port):
             try:
                 yield f"http://{HOST}:{port}"
             finally:
@@ -94,25 +81,6 @@ def server_url():
         if "in use" not in last_output.lower():
             break
     pytest.fail(f"herald-conformance did not start (exit code {proc.returncode}). Output:\n{last_output}")
-
-
-class Recorder:
-    """Collects the args of one event; lets a test wait for N of them."""
-
-    def __init__(self):
-        self.items = []
-        self.cond = threading.Condition()
-
-    def __call__(self, *args):
-        with self.cond:
-            self.items.append(list(args))
-            self.cond.notify_all()
-
-    def wait_for(self, n=1, timeout=STEP_TIMEOUT):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: len(self.items) >= n, timeout=timeout)
-        assert ok, f"expected {n} event(s), got {self.items}"
-        return self.items
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import hmac
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -27,6 +26,8 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
+
+from helpers import Recorder, can_connect, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -55,19 +56,6 @@ def _gateway_bin() -> Path:
         return (REPO_ROOT / env).resolve() if not os.path.isabs(env) else Path(env)
     return _conformance_bin().parent / "herald"
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _can_connect(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def sign(raw: bytes, secret: str = SIGNING_SECRET) -> str:
@@ -239,7 +227,7 @@ def gateway_url(backend):
     last_output = ""
     try:
         for _attempt in range(3):
-            port = _free_port()
+            port = free_port()
             log = open(tmp / f"herald-{port}.log", "w+b")
             proc = subprocess.Popen(
                 [str(binary), "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data")],
@@ -250,9 +238,9 @@ def gateway_url(backend):
                 stderr=subprocess.STDOUT,
             )
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and proc.poll() is None and not _can_connect(port):
+            while time.monotonic() < deadline and proc.poll() is None and not can_connect(port):
                 time.sleep(0.05)
-            if proc.poll() is None and _can_connect(port):
+            if proc.poll() is None and can_connect(port):
                 try:
                     yield f"http://{HOST}:{port}"
                 finally:
@@ -282,25 +270,6 @@ def gateway_url(backend):
 
 
 # ---- clients -------------------------------------------------------------------------------------
-
-
-class Recorder:
-    """Collects the args of one event; lets a test wait for N of them."""
-
-    def __init__(self):
-        self.items = []
-        self.cond = threading.Condition()
-
-    def __call__(self, *args):
-        with self.cond:
-            self.items.append(list(args))
-            self.cond.notify_all()
-
-    def wait_for(self, n=1, timeout=STEP_TIMEOUT):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: len(self.items) >= n, timeout=timeout)
-        assert ok, f"expected {n} event(s), got {self.items}"
-        return self.items
 
 
 @pytest.fixture

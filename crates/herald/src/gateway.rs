@@ -45,6 +45,8 @@ pub enum GatewayError {
     Http(String),
     #[error("cannot open the mailbox store: {0}")]
     Mailbox(#[from] StoreError),
+    #[error("cannot read retained state: {0}")]
+    Retained(#[from] crate::retained::RetainedError),
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::BusError),
     #[error(transparent)]
@@ -260,13 +262,8 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
             max_entries: limits.max_retained,
             max_bytes: limits.max_retained_bytes,
         };
-        let retained = SiteRetained::open(&site.name, Arc::clone(&stores.retained), caps)
-            .await
-            .map_err(|e| match e {
-                crate::retained::RetainedError::Store(e) => GatewayError::Mailbox(e),
-                full => GatewayError::Mailbox(StoreError::Embedded(full.to_string())),
-            })?;
-        let retained = Arc::new(retained);
+        let retained =
+            Arc::new(SiteRetained::open(&site.name, Arc::clone(&stores.retained), caps).await?);
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
             auth,

@@ -61,24 +61,7 @@ fn without_node(mut listing: Value) -> Value {
 }
 
 async fn api(addr: SocketAddr, method: &str, path: &str, key: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {key}");
-    let body = body.to_string();
-    let response = http(
-        addr,
-        method,
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-    .await;
-    let text = response.text();
-    (
-        response.status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    common::api_json(addr, method, path, key, body).await
 }
 
 #[tokio::test]

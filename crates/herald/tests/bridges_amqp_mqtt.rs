@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{http, WsClient};
+use common::WsClient;
 use herald::bridges::status::State;
 use herald::config::{BridgeConfig, BridgeKind, Config, SiteConfig};
 use herald::gateway::Gateway;
@@ -133,25 +133,7 @@ async fn join(addr: SocketAddr, site: &str) -> (WsClient, String) {
 
 /// `method path` on the API with the site key; the status and the JSON answer.
 async fn api(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {KEY}");
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let response = http(
-        addr,
-        method,
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-    .await;
-    let answer = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-    (response.status, answer)
+    common::api_json(addr, method, path, KEY, body).await
 }
 
 /// Moves socket `id` of `site` into `room`.

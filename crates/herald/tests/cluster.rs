@@ -129,28 +129,7 @@ async fn join(addr: SocketAddr, site: &str, user: &str, rooms: &[&str]) -> (WsCl
 }
 
 async fn api(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {KEY}");
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let response = http(
-        addr,
-        method,
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-    .await;
-    let text = response.text();
-    (
-        response.status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    common::api_json(addr, method, path, KEY, body).await
 }
 
 async fn publish(addr: SocketAddr, site: &str, body: Value) {

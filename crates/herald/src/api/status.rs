@@ -1,11 +1,12 @@
 //! `GET /api/v1/status`: this node and the broker bridges of the sites the caller's API key publishes to.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::v1::bearer;
 use super::ApiState;
 
 /// `{"node", "bridges": [{bridge, site, state, last_error, published, rejected, retried}]}`, the bridges of the
@@ -14,12 +15,7 @@ pub async fn status(
     State(state): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(ApiError::MissingKey)?;
+    let key = bearer(&headers).ok_or(ApiError::MissingKey)?;
     let sites: Vec<&str> = state
         .sites
         .iter()

@@ -27,13 +27,9 @@ pub(super) fn authorized(
     headers: &HeaderMap,
     site: &str,
 ) -> Result<Arc<Site>, ApiError> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::MissingKey)?;
+    let key = bearer(headers).ok_or(ApiError::MissingKey)?;
     match state.sites.get(site) {
-        Some(found) if found.accepts_key(key.trim()) => Ok(Arc::clone(found)),
+        Some(found) if found.accepts_key(key) => Ok(Arc::clone(found)),
         _ => Err(ApiError::InvalidKey(site.to_string())),
     }
 }
@@ -134,13 +130,17 @@ fn local_only(headers: &HeaderMap) -> bool {
 }
 
 /// The bearer key of an authorized request, to pass on to peers.
-fn api_key(headers: &HeaderMap) -> &str {
+/// The key of `Authorization: Bearer <key>`, trimmed.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .unwrap_or_default()
+}
+
+fn api_key(headers: &HeaderMap) -> &str {
+    bearer(headers).unwrap_or_default()
 }
 
 /// The sockets of the site (or of one room) on every live node, sorted by id, each with its node. A node that

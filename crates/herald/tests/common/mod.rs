@@ -246,6 +246,31 @@ impl Response {
     }
 }
 
+/// `method path` on the publish API with `Authorization: Bearer <key>` and `body` as JSON (none when null);
+/// the status and the answer, as JSON when it is, else as a string.
+pub async fn api_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {key}");
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let response = http(addr, method, path, &headers, body.as_bytes()).await;
+    let text = response.text();
+    let answer = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (response.status, answer)
+}
+
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
 pub async fn http(
     addr: SocketAddr,
