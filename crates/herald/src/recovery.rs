@@ -173,6 +173,32 @@ impl SiteRecovery {
         });
     }
 
+    /// What was logged after `after` that reaches `socket`, a plain client continuing its stream; when the log
+    /// no longer reaches back to `after` (or cannot be read), what `otherwise` gives (its rooms' retained state).
+    pub(crate) fn continue_from(
+        self: &Arc<Self>,
+        socket: &Socket,
+        after: &str,
+        otherwise: Box<dyn FnOnce() -> Option<PendingCatchUp> + Send>,
+    ) -> PendingCatchUp {
+        let this = Arc::clone(self);
+        let rooms = socket.rooms();
+        let after = after.to_string();
+        Box::pin(async move {
+            match this.cluster.bus.since(&this.site, &after).await {
+                Ok(Some(logged)) => return missed_by(&rooms, &logged),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(site = %this.site, error = %e, "cannot read the recovery log; a plain client gets retained state")
+                }
+            }
+            match otherwise() {
+                Some(retained) => retained.await,
+                None => Vec::new(),
+            }
+        })
+    }
+
     /// What was logged after `after` that reaches `socket`.
     pub(crate) fn catch_up(self: &Arc<Self>, socket: &Socket, after: &str) -> PendingCatchUp {
         let this = Arc::clone(self);
