@@ -839,9 +839,9 @@ impl NamespaceHandler for SiteHandler {
         match &self.recovery {
             // A plain client whose id the log no longer reaches gets its rooms' retained state instead.
             Some(recovery) if socket.session().conn.plain().is_some() => {
-                let rooms = socket.rooms().split_off(1);
                 let retained = Arc::clone(&self.retained);
-                let otherwise = Box::new(move || retained.first_for(rooms));
+                let joined = Arc::clone(socket);
+                let otherwise = Box::new(move || retained.first_for(joined.rooms().split_off(1)));
                 recovery.continue_from(socket, after, otherwise)
             }
             Some(recovery) => recovery.catch_up(socket, after),

@@ -177,16 +177,17 @@ impl SiteRecovery {
     /// no longer reaches back to `after` (or cannot be read), what `otherwise` gives (its rooms' retained state).
     pub(crate) fn continue_from(
         self: &Arc<Self>,
-        socket: &Socket,
+        socket: &Arc<Socket>,
         after: &str,
         otherwise: Box<dyn FnOnce() -> Option<PendingCatchUp> + Send>,
     ) -> PendingCatchUp {
         let this = Arc::clone(self);
-        let rooms = socket.rooms();
+        let socket = Arc::clone(socket);
         let after = after.to_string();
         Box::pin(async move {
             match this.cluster.bus.since(&this.site, &after).await {
-                Ok(Some(logged)) => return missed_by(&rooms, &logged),
+                // The rooms as they are now: the socket joins them after this was asked, before it is read.
+                Ok(Some(logged)) => return missed_by(&socket.rooms(), &logged),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(site = %this.site, error = %e, "cannot read the recovery log; a plain client gets retained state")
@@ -200,13 +201,14 @@ impl SiteRecovery {
     }
 
     /// What was logged after `after` that reaches `socket`.
-    pub(crate) fn catch_up(self: &Arc<Self>, socket: &Socket, after: &str) -> PendingCatchUp {
+    pub(crate) fn catch_up(self: &Arc<Self>, socket: &Arc<Socket>, after: &str) -> PendingCatchUp {
         let this = Arc::clone(self);
-        let rooms = socket.rooms();
+        let socket = Arc::clone(socket);
         let after = after.to_string();
         Box::pin(async move {
             match this.cluster.bus.since(&this.site, &after).await {
-                Ok(Some(logged)) => missed_by(&rooms, &logged),
+                // The rooms as they are now: the socket joins them after this was asked, before it is read.
+                Ok(Some(logged)) => missed_by(&socket.rooms(), &logged),
                 Ok(None) => Vec::new(),
                 Err(e) => {
                     tracing::warn!(site = %this.site, error = %e, "cannot read the recovery log to catch up");
