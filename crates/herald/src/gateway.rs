@@ -340,7 +340,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         registry,
         emitter,
         bridges,
-        sse_ping: Duration::from_millis(config.server.engine.sse_ping_ms.max(1)),
+        sse_ping: Duration::from_millis(config.server.engine.sse_ping_ms),
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
