@@ -25,6 +25,7 @@ impl NamespaceHandler for E2e {
             recovery: None,
             rooms: vec![],
             data: Some(Box::new(auth)),
+            ..Default::default()
         }))
     }
 

@@ -13,7 +13,12 @@ struct Echo;
 impl EngineHandler for Echo {
     type Conn = ();
 
-    fn new_conn(&self, _request: &http::request::Parts, _version: herald_protocol_frames::Version) {
+    fn new_conn(
+        &self,
+        _request: &http::request::Parts,
+        _version: herald_protocol_frames::Version,
+        _transport: herald::engine::Transport,
+    ) {
     }
 
     fn on_open(&self, _session: &Arc<Session<()>>) {}
@@ -42,6 +47,7 @@ impl NamespaceHandler for SuiteNamespace {
             recovery: None,
             rooms: vec![],
             data: Some(Box::new(auth)),
+            ..Default::default()
         }))
     }
 

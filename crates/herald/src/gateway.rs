@@ -68,6 +68,8 @@ pub struct Gateway {
     pub emitter: Option<crate::bridges::emitter::Emitter>,
     /// The broker bridges' states.
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
+    /// Time between an event stream's keep-alive comments.
+    sse_ping: Duration,
     ready: Arc<AtomicBool>,
 }
 
@@ -338,6 +340,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         registry,
         emitter,
         bridges,
+        sse_ping: Duration::from_millis(config.server.engine.sse_ping_ms),
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -394,9 +397,16 @@ impl Gateway {
                 }
             }
         };
+        let plain = crate::plain::router(crate::plain::PlainState {
+            engine: self.engine.clone(),
+            io: self.io.clone(),
+            sites: self.sites.clone(),
+            sse_ping: self.sse_ping,
+        });
         self.engine
             .router()
             .merge(api)
+            .merge(plain)
             .route("/readyz", axum::routing::get(readiness))
             .route(
                 "/limits",
@@ -681,6 +691,27 @@ async fn resume_or_fresh(
         rooms,
         data: Some(Box::new(info)),
         recovery: Some(recovery),
+        after: None,
+    }
+}
+
+/// Where a plain client (plain WebSocket, event stream) continues from, by the id of the last event it got
+/// (`Last-Event-ID`, or `lastEventId` in the query): a recovery offset (`<ms>-<seq>`) on a recovering site, or
+/// the number of a mailbox entry, which acks the entries up to it.
+struct PlainResume {
+    after: Option<String>,
+    acked_through: Option<u64>,
+}
+
+impl PlainResume {
+    fn of(request: &ConnectRequest, recovers: bool) -> Self {
+        let last = credential(request, "lastEventId")
+            .filter(|_| request.plain.is_some())
+            .filter(|id| id.len() <= 64);
+        PlainResume {
+            after: last.clone().filter(|id| recovers && id.contains('-')),
+            acked_through: last.and_then(|id| id.parse().ok()),
+        }
     }
 }
 
@@ -737,10 +768,13 @@ impl NamespaceHandler for SiteHandler {
         let comeback = recovery
             .as_ref()
             .and_then(|_| Comeback::from_auth(request.auth.as_ref()));
+        let resume = PlainResume::of(&request, self.recovery.is_some());
+        let after = resume.after.clone();
         if public_only {
             let rooms: Vec<String> = site.public_channel.iter().cloned().collect();
             let info = ClientInfo {
                 device_id,
+                acked_through: resume.acked_through,
                 ..ClientInfo::default()
             };
             let Some((recovery, comeback)) = recovery.zip(comeback) else {
@@ -748,6 +782,7 @@ impl NamespaceHandler for SiteHandler {
                     rooms,
                     data: Some(Box::new(info)),
                     recovery: self.recovery.as_ref().map(|_| SiteRecovery::fresh()),
+                    after,
                 }));
             };
             return Decision::Later(Box::pin(async move {
@@ -779,6 +814,7 @@ impl NamespaceHandler for SiteHandler {
                 device_id,
                 user_room,
                 token: auth_request.token.map(Secret::new),
+                acked_through: resume.acked_through,
                 ..ClientInfo::default()
             };
             Ok(match (recovery, comeback) {
@@ -789,6 +825,7 @@ impl NamespaceHandler for SiteHandler {
                     rooms,
                     data: Some(Box::new(info)),
                     recovery: recovery.map(|_| SiteRecovery::fresh()),
+                    after,
                 },
             })
         }))
@@ -800,6 +837,13 @@ impl NamespaceHandler for SiteHandler {
 
     fn catch_up(&self, socket: &Arc<Socket>, after: &str) -> PendingCatchUp {
         match &self.recovery {
+            // A plain client whose id the log no longer reaches gets its rooms' retained state instead.
+            Some(recovery) if socket.session().conn.plain().is_some() => {
+                let retained = Arc::clone(&self.retained);
+                let joined = Arc::clone(socket);
+                let otherwise = Box::new(move || retained.first_for(joined.rooms().split_off(1)));
+                recovery.continue_from(socket, after, otherwise)
+            }
             Some(recovery) => recovery.catch_up(socket, after),
             None => Box::pin(async { Vec::new() }),
         }

@@ -18,6 +18,7 @@ pub mod listener;
 pub mod logging;
 pub mod mailbox;
 pub mod outbound;
+pub mod plain;
 pub mod publish;
 mod recovery;
 pub mod retained;

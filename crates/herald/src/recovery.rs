@@ -173,14 +173,42 @@ impl SiteRecovery {
         });
     }
 
-    /// What was logged after `after` that reaches `socket`.
-    pub(crate) fn catch_up(self: &Arc<Self>, socket: &Socket, after: &str) -> PendingCatchUp {
+    /// What was logged after `after` that reaches `socket`, a plain client continuing its stream; when the log
+    /// no longer reaches back to `after` (or cannot be read), what `otherwise` gives (its rooms' retained state).
+    pub(crate) fn continue_from(
+        self: &Arc<Self>,
+        socket: &Arc<Socket>,
+        after: &str,
+        otherwise: Box<dyn FnOnce() -> Option<PendingCatchUp> + Send>,
+    ) -> PendingCatchUp {
         let this = Arc::clone(self);
-        let rooms = socket.rooms();
+        let socket = Arc::clone(socket);
         let after = after.to_string();
         Box::pin(async move {
             match this.cluster.bus.since(&this.site, &after).await {
-                Ok(Some(logged)) => missed_by(&rooms, &logged),
+                // The rooms as they are now: the socket joins them after this was asked, before it is read.
+                Ok(Some(logged)) => return missed_by(&socket.rooms(), &logged),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(site = %this.site, error = %e, "cannot read the recovery log; a plain client gets retained state")
+                }
+            }
+            match otherwise() {
+                Some(retained) => retained.await,
+                None => Vec::new(),
+            }
+        })
+    }
+
+    /// What was logged after `after` that reaches `socket`.
+    pub(crate) fn catch_up(self: &Arc<Self>, socket: &Arc<Socket>, after: &str) -> PendingCatchUp {
+        let this = Arc::clone(self);
+        let socket = Arc::clone(socket);
+        let after = after.to_string();
+        Box::pin(async move {
+            match this.cluster.bus.since(&this.site, &after).await {
+                // The rooms as they are now: the socket joins them after this was asked, before it is read.
+                Ok(Some(logged)) => missed_by(&socket.rooms(), &logged),
                 Ok(None) => Vec::new(),
                 Err(e) => {
                     tracing::warn!(site = %this.site, error = %e, "cannot read the recovery log to catch up");

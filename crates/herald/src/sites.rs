@@ -19,6 +19,8 @@ pub struct ClientInfo {
     pub token: Option<Secret>,
     /// What the socket may still emit (`client_events_per_sec`, `client_events_in_flight`).
     pub events: crate::events::Budget,
+    /// The mailbox entry a plain client's `Last-Event-ID` names: entries up to it count as acked.
+    pub acked_through: Option<u64>,
 }
 
 /// One site: its configuration, its namespace, and its mailboxes when it keeps them.

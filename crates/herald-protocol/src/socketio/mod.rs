@@ -5,4 +5,4 @@ mod binary;
 mod packet;
 
 pub use binary::{check_placeholders, placeholder};
-pub use packet::{decode, encode, Event, Header, Packet, PacketType};
+pub use packet::{decode, encode, split, Event, Header, Packet, PacketType, RawPacket};

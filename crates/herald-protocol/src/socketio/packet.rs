@@ -76,9 +76,25 @@ impl Packet<'_> {
     }
 }
 
-/// Decodes one Socket.IO packet from an Engine.IO text message, accepting at most `max_attachments` binary
-/// attachments.
-pub fn decode(text: &str, max_attachments: usize) -> Result<Packet<'_>, DecodeError> {
+/// A Socket.IO packet split into its header and its data, the data still JSON text: for code that passes the
+/// data on rather than reading it (a packet re-framed for another protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPacket<'a> {
+    pub kind: PacketType,
+    /// The namespace, `/` when the packet names none.
+    pub nsp: &'a str,
+    /// The query string a revision-4 CONNECT appends to its namespace.
+    pub query: Option<&'a str>,
+    /// How many binary attachments follow (binary types only).
+    pub attachments: usize,
+    pub id: Option<u64>,
+    /// The data as JSON text, unparsed.
+    pub data: Option<&'a str>,
+}
+
+/// Splits one Socket.IO packet into its header and its data, without parsing the data. At most
+/// `max_attachments` binary attachments are accepted.
+pub fn split(text: &str, max_attachments: usize) -> Result<RawPacket<'_>, DecodeError> {
     let bytes = text.as_bytes();
     let first = *bytes.first().ok_or(DecodeError::Empty)?;
     let kind = PacketType::from_byte(first)
@@ -133,21 +149,34 @@ pub fn decode(text: &str, max_attachments: usize) -> Result<Packet<'_>, DecodeEr
     };
     at = digits_end;
 
-    let data = if at < text.len() {
-        Some(
-            serde_json::from_str::<Value>(&text[at..])
-                .map_err(|e| DecodeError::InvalidJson(e.to_string()))?,
-        )
-    } else {
-        None
-    };
-    check_shape(kind, data.as_ref())?;
-    Ok(Packet {
+    Ok(RawPacket {
         kind,
         nsp,
         query,
         attachments,
         id,
+        data: (at < text.len()).then(|| &text[at..]),
+    })
+}
+
+/// Decodes one Socket.IO packet from an Engine.IO text message, accepting at most `max_attachments` binary
+/// attachments.
+pub fn decode(text: &str, max_attachments: usize) -> Result<Packet<'_>, DecodeError> {
+    let raw = split(text, max_attachments)?;
+    let data = match raw.data {
+        Some(json) => Some(
+            serde_json::from_str::<Value>(json)
+                .map_err(|e| DecodeError::InvalidJson(e.to_string()))?,
+        ),
+        None => None,
+    };
+    check_shape(raw.kind, data.as_ref())?;
+    Ok(Packet {
+        kind: raw.kind,
+        nsp: raw.nsp,
+        query: raw.query,
+        attachments: raw.attachments,
+        id: raw.id,
         data,
     })
 }

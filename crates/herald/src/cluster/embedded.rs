@@ -21,8 +21,10 @@ pub(crate) fn parse_offset(offset: &str) -> Option<(u64, u64)> {
 struct Log {
     packets: VecDeque<((u64, u64), Broadcast)>,
     last: (u64, u64),
-    /// The newest offset dropped for room rather than age: a client behind it may have missed packets that
-    /// are gone, so it cannot recover.
+    /// The first offset this process logged: an older one is from before it, and cannot be trusted.
+    born: Option<(u64, u64)>,
+    /// The newest offset dropped, for room or for age: a client behind it may have missed packets that are
+    /// gone, so it cannot recover.
     lost_through: Option<(u64, u64)>,
 }
 
@@ -60,9 +62,12 @@ impl Bus for EmbeddedBus {
             (log.last.0, log.last.1 + 1)
         };
         log.last = id;
+        log.born.get_or_insert(id);
         let horizon = now.saturating_sub(window.as_millis() as u64);
         while log.packets.front().is_some_and(|(at, _)| at.0 < horizon) {
-            log.packets.pop_front();
+            if let Some((at, _)) = log.packets.pop_front() {
+                log.lost_through = Some(at);
+            }
         }
         while log.packets.len() >= self.max_packets {
             if let Some((at, _)) = log.packets.pop_front() {
@@ -85,7 +90,8 @@ impl Bus for EmbeddedBus {
             // Nothing was logged since this process started: an offset from before it cannot be trusted.
             return Ok(None);
         };
-        if after > log.last || log.lost_through.is_some_and(|lost| after < lost) {
+        let before_birth = log.born.is_none_or(|born| after < born);
+        if before_birth || after > log.last || log.lost_through.is_some_and(|lost| after < lost) {
             return Ok(None);
         }
         let missed = log
@@ -147,6 +153,39 @@ mod tests {
         assert_eq!(since(&bus, "s", &second).await, Some(vec![]));
         assert_eq!(since(&bus, "other", &first).await, None);
         assert_eq!(since(&bus, "s", "junk").await, None);
+        assert_eq!(
+            since(&bus, "s", "1-0").await,
+            None,
+            "an offset from before this process"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_behind_packets_gone_for_age_cannot_recover() {
+        let bus = EmbeddedBus::new(100);
+        let short = Some(Duration::from_millis(1));
+        let first = bus
+            .send(&packet("s", "a"), short)
+            .await
+            .ok()
+            .flatten()
+            .expect("logged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = bus
+            .send(&packet("s", "b"), short)
+            .await
+            .ok()
+            .flatten()
+            .expect("logged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        bus.send(&packet("s", "c"), short)
+            .await
+            .ok()
+            .flatten()
+            .expect("logged");
+        assert_eq!(since(&bus, "s", &first).await, None);
+        let missed = since(&bus, "s", &second).await.expect("recoverable");
+        assert_eq!(missed.len(), 1);
     }
 
     #[tokio::test]

@@ -303,6 +303,9 @@ pub struct EngineSettings {
     pub ping_interval_ms: u64,
     /// Milliseconds a heartbeat may take. Default 20000.
     pub ping_timeout_ms: u64,
+    /// Milliseconds between the `: ping` comments of an idle event stream (`/sse/<site>`), which keep proxies
+    /// and the idle timeout from closing it. Default 15000.
+    pub sse_ping_ms: u64,
     /// Browser origins allowed to connect, which get credentialed CORS answers; other origins get 403. None
     /// set lets any origin connect but answers no CORS headers, so no cross-origin page can read the polling
     /// transport. Required by sites that authenticate by forwarded cookie. Default none.
@@ -315,6 +318,7 @@ impl Default for EngineSettings {
             path: "/socket.io/".into(),
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
+            sse_ping_ms: 15_000,
             allowed_origins: None,
         }
     }

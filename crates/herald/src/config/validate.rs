@@ -70,6 +70,7 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
         ("server.limits.outbox_frames", limits.outbox_frames as u64),
         ("server.engine.ping_interval_ms", engine.ping_interval_ms),
         ("server.engine.ping_timeout_ms", engine.ping_timeout_ms),
+        ("server.engine.sse_ping_ms", engine.sse_ping_ms),
         ("server.mailbox.max_entries", server.mailbox.max_entries),
         ("server.mailbox.max_bytes", server.mailbox.max_bytes),
         (
@@ -154,6 +155,16 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
             relation: "above",
             other: "server.engine.ping_interval_ms",
             other_value: engine.ping_interval_ms,
+        });
+    }
+    // An idle event stream moves a byte only with its keep-alive comment.
+    if limits.idle_timeout_ms <= engine.sse_ping_ms {
+        return Err(ConfigError::ServerOrder {
+            field: "server.limits.idle_timeout_ms",
+            value: limits.idle_timeout_ms,
+            relation: "above",
+            other: "server.engine.sse_ping_ms",
+            other_value: engine.sse_ping_ms,
         });
     }
     if server.drain_delay_ms >= server.shutdown_grace_ms {
@@ -906,6 +917,14 @@ mod tests {
             (
                 |s| s.limits.idle_timeout_ms = 25_000,
                 "server.limits.idle_timeout_ms (25000 ms) must be above server.engine.ping_interval_ms (25000 ms)",
+            ),
+            (
+                |s| s.engine.sse_ping_ms = 70_000,
+                "server.limits.idle_timeout_ms (60000 ms) must be above server.engine.sse_ping_ms (70000 ms)",
+            ),
+            (
+                |s| s.engine.sse_ping_ms = 0,
+                "server.engine.sse_ping_ms must be greater than 0",
             ),
             (
                 |s| s.cluster.node_ttl_ms = 20_000,

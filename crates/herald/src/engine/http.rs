@@ -157,6 +157,7 @@ async fn route<H: EngineHandler>(engine: &Engine<H>, request: Request<Body>) -> 
     match transport {
         Transport::Polling => polling::handle(engine, request, query, version).await,
         Transport::WebSocket => websocket::handle(engine, request, query, version),
+        Transport::PlainWebSocket | Transport::EventStream => error(ErrorCode::UnknownTransport),
     }
 }
 
@@ -199,23 +200,10 @@ impl<H: EngineHandler> Engine<H> {
         transport: Transport,
     ) -> Option<Arc<Session<H::Conn>>> {
         let inner = &self.inner;
-        if self.is_draining() {
+        if !self.admit_session() {
             return None;
         }
-        let live = inner
-            .live
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if live >= inner.config.max_sessions {
-            inner
-                .live
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                limit = inner.config.max_sessions,
-                "refused a session: the session limit is reached"
-            );
-            return None;
-        }
-        let conn = inner.handler.new_conn(parts, version);
+        let conn = inner.handler.new_conn(parts, version, transport);
         let session = Arc::new(Session::new(
             new_sid(&inner.config.sid_prefix),
             version,
@@ -243,13 +231,40 @@ impl<H: EngineHandler> Engine<H> {
                 .write()
                 .insert(session.sid().into(), Arc::clone(&session));
         } else {
-            inner
-                .websockets
-                .lock()
-                .insert(Arc::as_ptr(&session) as usize, Arc::downgrade(&session));
+            self.track(&session);
         }
         inner.handler.on_open(&session);
         Some(session)
+    }
+
+    /// Counts a new session unless the engine is draining or full; false when refused.
+    pub(super) fn admit_session(&self) -> bool {
+        let inner = &self.inner;
+        if self.is_draining() {
+            return false;
+        }
+        let live = inner
+            .live
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if live >= inner.config.max_sessions {
+            inner
+                .live
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                limit = inner.config.max_sessions,
+                "refused a session: the session limit is reached"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Records a session no sid lookup needs (WebSocket, plain), so that `close_all` reaches it.
+    pub(super) fn track(&self, session: &Arc<Session<H::Conn>>) {
+        self.inner
+            .websockets
+            .lock()
+            .insert(Arc::as_ptr(session) as usize, Arc::downgrade(session));
     }
 }
 
@@ -267,7 +282,7 @@ pub(crate) fn server_full<H: EngineHandler>(engine: &Engine<H>) -> Response<Body
 }
 
 /// Bytes a new session would keep from its handshake: the query string and the `Cookie` header(s).
-fn handshake_bytes(request: &Request<Body>) -> usize {
+pub(super) fn handshake_bytes(request: &Request<Body>) -> usize {
     let cookies: usize = request
         .headers()
         .get_all(header::COOKIE)
@@ -278,7 +293,7 @@ fn handshake_bytes(request: &Request<Body>) -> usize {
 }
 
 /// The answer to a handshake whose query and cookie are over `max_handshake_bytes`.
-fn handshake_too_large(size: usize, limit: usize) -> Response<Body> {
+pub(super) fn handshake_too_large(size: usize, limit: usize) -> Response<Body> {
     crate::limits::Limit::HandshakeBytes.hit();
     tracing::debug!(
         size,

@@ -4,6 +4,7 @@
 mod heartbeat;
 mod http;
 mod inbound;
+mod plain;
 mod polling;
 mod session;
 mod websocket;
@@ -19,6 +20,7 @@ use axum::body::Body;
 use herald_protocol::engineio::Version;
 use parking_lot::RwLock;
 
+pub use plain::{PlainError, PlainFrame, Refused};
 pub use session::{CloseReason, SendError, Session, Transport};
 
 /// What the layer above does with sessions. Handlers run on the connection's task: they must not block, and
@@ -27,8 +29,13 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// Per-session state of the layer above, stored inside the [`Session`].
     type Conn: Send + Sync + 'static;
 
-    /// Builds the state for a new session from its handshake request.
-    fn new_conn(&self, request: &::http::request::Parts, version: Version) -> Self::Conn;
+    /// Builds the state for a new session from its handshake request, on the transport it starts on.
+    fn new_conn(
+        &self,
+        request: &::http::request::Parts,
+        version: Version,
+        transport: Transport,
+    ) -> Self::Conn;
 
     /// The session is open and its `open` packet queued.
     fn on_open(&self, session: &Arc<Session<Self::Conn>>);
@@ -41,6 +48,23 @@ pub trait EngineHandler: Send + Sync + 'static {
 
     /// Called on every heartbeat tick, so the layer above can expire what it is waiting for.
     fn on_heartbeat(&self, _session: &Arc<Session<Self::Conn>>) {}
+
+    /// Turns what was queued for a plain session (a plain WebSocket or an event stream) into what goes on its
+    /// wire, in order. The default passes text frames through.
+    fn plain_frames(
+        &self,
+        _session: &Arc<Session<Self::Conn>>,
+        frames: std::collections::VecDeque<herald_protocol::engineio::OutFrame>,
+        out: &mut Vec<PlainFrame>,
+    ) {
+        out.extend(frames.into_iter().filter_map(|frame| match frame {
+            herald_protocol::engineio::OutFrame::Text(text) => Some(PlainFrame::Text(text)),
+            herald_protocol::engineio::OutFrame::Binary(_) => None,
+        }));
+    }
+
+    /// A text frame from a plain WebSocket client.
+    fn on_plain_text(&self, _session: &Arc<Session<Self::Conn>>, _text: &str) {}
 }
 
 /// Carries requests for sessions this node does not hold to the node that does (no sticky sessions: a

@@ -55,6 +55,27 @@ impl CloseReason {
 pub enum Transport {
     Polling,
     WebSocket,
+    /// A plain WebSocket (`/ws/<site>`): JSON frames, no Engine.IO or Socket.IO framing.
+    PlainWebSocket,
+    /// Server-Sent Events (`/sse/<site>`): one-way, `text/event-stream`.
+    EventStream,
+}
+
+impl Transport {
+    /// The transport's name, as the admin API and logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Polling => "polling",
+            Transport::WebSocket => "websocket",
+            Transport::PlainWebSocket => "plain-websocket",
+            Transport::EventStream => "sse",
+        }
+    }
+
+    /// Whether the session speaks herald's plain protocol rather than Engine.IO.
+    pub fn is_plain(self) -> bool {
+        matches!(self, Transport::PlainWebSocket | Transport::EventStream)
+    }
 }
 
 /// The session's outbox limit was hit, so the session is now closing.

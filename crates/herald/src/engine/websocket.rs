@@ -23,7 +23,7 @@ use super::inbound::Heard;
 use super::session::{CloseReason, Session, Transport};
 use super::{Engine, EngineHandler};
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(super) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 pub(super) fn handle<H: EngineHandler>(
     engine: &Engine<H>,
@@ -121,7 +121,7 @@ fn upgrade_task<H: EngineHandler>(
     }
 }
 
-fn switching_protocols(accept: HeaderValue) -> Response<Body> {
+pub(super) fn switching_protocols(accept: HeaderValue) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -132,7 +132,7 @@ fn switching_protocols(accept: HeaderValue) -> Response<Body> {
 }
 
 /// Validates the WebSocket handshake headers and derives the accept key.
-fn accept_key(request: &Request<Body>) -> Option<HeaderValue> {
+pub(super) fn accept_key(request: &Request<Body>) -> Option<HeaderValue> {
     let headers = request.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -154,7 +154,7 @@ fn accept_key(request: &Request<Body>) -> Option<HeaderValue> {
     HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes())).ok()
 }
 
-async fn upgraded<H: EngineHandler>(
+pub(super) async fn upgraded<H: EngineHandler>(
     engine: &Engine<H>,
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) -> Option<Ws> {
@@ -320,7 +320,7 @@ fn on_ws_message<H: EngineHandler>(
     }
 }
 
-fn ws_error_reason<C>(session: &Session<C>, error: &tungstenite::Error) -> CloseReason {
+pub(super) fn ws_error_reason<C>(session: &Session<C>, error: &tungstenite::Error) -> CloseReason {
     match error {
         tungstenite::Error::Capacity(e) => {
             crate::limits::Limit::Payload.hit();

@@ -1,5 +1,8 @@
 //! One device's delivery task, from connect to disconnect: `_settings`, the replay of its mailbox in `_batch`
 //! pages (each acked before the next), then live entries in offset order, each with an ack that clears it.
+//! A plain client gets no `_settings` and no `_batch`: its entries one by one, acked one by one on a plain
+//! WebSocket, and numbered but never acked on an event stream, whose `Last-Event-ID` acks them when it comes
+//! back.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,8 +15,8 @@ use tokio::sync::mpsc;
 
 use super::service::Mailbox;
 use super::store::{AckOutcome, DeviceKey, Entry, Page, StoreError};
-use crate::sites::RoomFilter;
-use crate::socketio::Socket;
+use crate::sites::{ClientInfo, RoomFilter};
+use crate::socketio::{Plain, Socket};
 
 /// Why a delivery task woke.
 #[derive(Debug)]
@@ -89,16 +92,26 @@ impl Task {
     async fn deliver(&mut self, cursor: &mut u64, progress: &mut Progress) -> Result<(), Stop> {
         let rooms = self.rooms.shared_rooms(&self.socket);
         self.store().connect(&self.key, &rooms).await?;
+        let plain = self.socket.session().conn.plain();
         if !progress.settings_sent {
-            // After the device is registered, so a client that saw `_settings` misses no publish.
-            let settings = serde_json::json!({ "device_ttl": self.ttl.as_secs() });
-            self.socket
-                .emit("_settings", &[settings])
-                .map_err(|_| Stop::Gone)?;
+            if plain.is_none() {
+                // After the device is registered, so a client that saw `_settings` misses no publish.
+                let settings = serde_json::json!({ "device_ttl": self.ttl.as_secs() });
+                self.socket
+                    .emit("_settings", &[settings])
+                    .map_err(|_| Stop::Gone)?;
+            }
+            let acked = self
+                .socket
+                .data::<ClientInfo>()
+                .and_then(|i| i.acked_through);
+            if let (Some(through), Some(_)) = (acked, plain) {
+                self.store().ack(&self.key, through, None).await?;
+            }
             progress.settings_sent = true;
         }
         let mut acks = FuturesUnordered::new();
-        if progress.replayed {
+        if progress.replayed || plain.is_some() {
             self.catch_up(cursor, &mut acks).await?;
         } else {
             self.replay(cursor, &mut acks).await?;
@@ -182,7 +195,7 @@ impl Task {
                     None => return Err(Stop::Gone),
                     Some(Wake::Entry(entry)) if entry.offset <= *cursor => {}
                     Some(Wake::Entry(entry)) if entry.offset == *cursor + 1 => {
-                        acks.push(self.send_live(entry)?);
+                        acks.extend(self.send_live(entry)?);
                         *cursor += 1;
                     }
                     Some(_) => self.catch_up(cursor, &mut acks).await?,
@@ -217,7 +230,7 @@ impl Task {
             let full = page.entries.len() >= page_entries;
             for entry in page.entries {
                 *cursor = entry.offset;
-                acks.push(self.send_live(entry)?);
+                acks.extend(self.send_live(entry)?);
             }
             if !full {
                 return Ok(());
@@ -251,25 +264,32 @@ impl Task {
         self.socket.emit("_resync", &[]).map_err(|_| Stop::Gone)
     }
 
-    fn send_live(&self, entry: Entry) -> Result<AckWait, Stop> {
+    /// Sends one entry; the wait for its ack, unless the client is an event stream, which cannot ack.
+    fn send_live(&self, entry: Entry) -> Result<Option<AckWait>, Stop> {
         let raw: &RawValue = match serde_json::from_slice(&entry.payload) {
             Ok(raw) => raw,
             Err(e) => {
                 // Only herald writes entries; a bad one is skipped and cleared by the next cumulative ack.
                 tracing::warn!(error = %e, offset = entry.offset, "skipped a mailbox entry that is not JSON");
                 let offset = entry.offset;
-                return Ok(Box::pin(async move { (offset, None, true) }));
+                return Ok(Some(Box::pin(async move { (offset, None, true) })));
             }
         };
+        if self.socket.session().conn.plain() == Some(Plain::EventStream) {
+            self.socket
+                .emit_json_numbered(raw, entry.offset)
+                .map_err(|_| Stop::Gone)?;
+            return Ok(None);
+        }
         let reply = self
             .socket
             .emit_json_with_ack(raw)
             .map_err(|_| Stop::Gone)?;
         let resync_event = entry.resync.then_some(entry.event);
         let offset = entry.offset;
-        Ok(Box::pin(async move {
+        Ok(Some(Box::pin(async move {
             (offset, resync_event, reply.await.is_ok())
-        }))
+        })))
     }
 }
 

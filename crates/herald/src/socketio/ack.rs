@@ -74,6 +74,24 @@ impl PendingAcks {
         }
     }
 
+    /// Resolves every answer awaited up to `id`, as a plain client's cumulative ack does; each gets no
+    /// arguments.
+    pub(crate) fn resolve_through(&mut self, id: u64) {
+        let due: Vec<u64> = self.waiting.keys().copied().filter(|&k| k <= id).collect();
+        for key in due {
+            self.resolve(
+                key,
+                AckReply {
+                    args: Vec::new(),
+                    binaries: Vec::new(),
+                },
+            );
+        }
+        if self.waiting.is_empty() {
+            self.waiting = HashMap::new();
+        }
+    }
+
     pub(crate) fn forget(&mut self, id: u64) {
         self.waiting.remove(&id);
         if self.waiting.is_empty() {

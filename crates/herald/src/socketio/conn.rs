@@ -8,6 +8,7 @@ use herald_protocol::socketio::PacketType;
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use super::plain::Plain;
 use super::socket::Socket;
 
 /// Per-session state, stored in the engine session.
@@ -15,6 +16,8 @@ use super::socket::Socket;
 pub struct Conn {
     query: Box<str>,
     cookie: Option<Box<str>>,
+    /// Set for a plain WebSocket or event-stream session, whose packets are converted as they leave.
+    plain: Option<Plain>,
     sockets: Mutex<Sockets>,
     /// Boxed: it is rare and 112 bytes inline, which every idle connection would carry.
     pub(crate) partial: Mutex<Option<Box<Partial>>>,
@@ -56,10 +59,15 @@ pub(crate) struct Partial {
 }
 
 impl Conn {
-    pub(crate) fn new(query: &str, cookie: Option<&str>) -> Self {
+    pub(crate) fn new(
+        query: &str,
+        cookie: Option<&str>,
+        transport: crate::engine::Transport,
+    ) -> Self {
         Conn {
             query: query.into(),
             cookie: cookie.map(Into::into),
+            plain: Plain::of(transport),
             sockets: Mutex::new(Sockets::default()),
             partial: Mutex::new(None),
         }
@@ -68,6 +76,11 @@ impl Conn {
     /// The handshake's raw query string.
     pub fn query(&self) -> &str {
         &self.query
+    }
+
+    /// The plain protocol the session speaks, when it is not Socket.IO.
+    pub fn plain(&self) -> Option<Plain> {
+        self.plain
     }
 
     /// The handshake's `Cookie` header.
@@ -83,6 +96,11 @@ impl Conn {
             .iter()
             .find(|s| s.namespace().name() == nsp)
             .cloned()
+    }
+
+    /// The session's first socket: a plain session's only one.
+    pub fn first_socket(&self) -> Option<Arc<Socket>> {
+        self.sockets.lock().list.first().cloned()
     }
 
     /// Whether any namespace is joined.

@@ -25,6 +25,8 @@ pub struct ConnectRequest {
     pub cookie: Option<String>,
     /// The client's Engine.IO revision.
     pub version: Version,
+    /// The plain protocol the client speaks, when it is not Socket.IO.
+    pub plain: Option<super::plain::Plain>,
 }
 
 impl ConnectRequest {
@@ -49,6 +51,9 @@ pub struct Accepted {
     pub data: Option<SocketData>,
     /// Connection-state recovery for this socket, when the namespace offers it.
     pub recovery: Option<Recovery>,
+    /// The offset a plain client's stream continues from (its `Last-Event-ID`): it gets what was logged after it
+    /// (through [`NamespaceHandler::catch_up`]) instead of what its rooms retain.
+    pub after: Option<String>,
 }
 
 /// Connection-state recovery (socket.io 4.6+): the CONNECT answer carries `pid`, logged packets carry their

@@ -7,6 +7,8 @@ mod conn;
 mod frames;
 mod handler;
 mod namespace;
+mod plain;
+mod plain_in;
 mod socket;
 
 use std::collections::HashMap;
@@ -21,7 +23,9 @@ use herald_protocol::DecodeError;
 use parking_lot::RwLock;
 use serde_json::Value;
 
-use crate::engine::{CloseReason, Engine, EngineConfig, EngineHandler, Message, Session};
+use crate::engine::{
+    CloseReason, Engine, EngineConfig, EngineHandler, Message, Session, Transport,
+};
 
 pub use ack::{AckError, AckReply, AckSender};
 pub use conn::Conn;
@@ -32,6 +36,7 @@ pub use handler::{
     PendingDecision, Recovery, Resumed, SocketData,
 };
 pub use namespace::{Namespace, Outgoing, Target};
+pub use plain::Plain;
 pub use socket::{EmitError, Missed, Socket};
 
 /// Event names socket.io reserves for its own lifecycle: clients may not emit them, nor may publishers.
@@ -288,6 +293,7 @@ impl SocketIo {
             query,
             cookie: session.conn.cookie().map(str::to_string),
             version,
+            plain: session.conn.plain(),
         };
         match ns.handler.authorize(request) {
             Decision::Now(result) => self.finish_connect(session, &ns, result),
@@ -301,6 +307,14 @@ impl SocketIo {
                     }
                 });
             }
+        }
+    }
+
+    /// Asks namespace `nsp` to let a plain session's client in, with `auth` as its CONNECT's auth payload; its
+    /// answer (welcome or refusal) is queued on the session like any packet.
+    pub fn connect_plain(&self, session: &Arc<Session<Conn>>, nsp: &str, auth: Option<Value>) {
+        if session.conn.plain().is_some() {
+            self.connect(session, nsp, auth, None);
         }
     }
 
@@ -320,8 +334,12 @@ impl SocketIo {
             }
         };
         let version = session.version();
-        // Only revision 5 clients (socket.io 3+) can recover; 4.6+ clients use it.
-        let recovery = accepted.recovery.filter(|_| version == Version::V4);
+        // Only revision 5 clients (socket.io 3+) can recover; 4.6+ clients use it. Plain clients continue from
+        // their last event's id instead (`after`).
+        let plain = session.conn.plain();
+        let recovery = accepted
+            .recovery
+            .filter(|_| version == Version::V4 && plain.is_none());
         let resumed = recovery.as_ref().and_then(|r| r.resumed.clone());
         let id: Arc<str> = match (&resumed, version) {
             (Some(resumed), _) => resumed.id.as_str().into(),
@@ -362,7 +380,10 @@ impl SocketIo {
                     missed
                 }) as PendingCatchUp)
             }
-            None => ns.handler.on_join(&socket, &accepted.rooms),
+            None => match accepted.after.as_deref().filter(|_| plain.is_some()) {
+                Some(after) => Some(ns.handler.catch_up(&socket, after)),
+                None => ns.handler.on_join(&socket, &accepted.rooms),
+            },
         };
         let hold = first.as_ref().map(|_| socket.hold());
         match ns.add(&socket) {
@@ -439,12 +460,17 @@ fn connect_error(session: &Session<Conn>, nsp: &str, message: &str) {
 impl EngineHandler for SocketIo {
     type Conn = Conn;
 
-    fn new_conn(&self, request: &http::request::Parts, _version: Version) -> Conn {
+    fn new_conn(
+        &self,
+        request: &http::request::Parts,
+        _version: Version,
+        transport: Transport,
+    ) -> Conn {
         let cookie = request
             .headers
             .get(http::header::COOKIE)
             .and_then(|v| v.to_str().ok());
-        Conn::new(request.uri.query().unwrap_or(""), cookie)
+        Conn::new(request.uri.query().unwrap_or(""), cookie, transport)
     }
 
     fn on_open(&self, session: &Arc<Session<Conn>>) {
@@ -473,6 +499,32 @@ impl EngineHandler for SocketIo {
         for socket in session.conn.take_all() {
             socket.namespace().remove(&socket, reason.as_str());
         }
+    }
+
+    fn plain_frames(
+        &self,
+        session: &Arc<Session<Conn>>,
+        frames: std::collections::VecDeque<herald_protocol::engineio::OutFrame>,
+        out: &mut Vec<crate::engine::PlainFrame>,
+    ) {
+        let Some(kind) = session.conn.plain() else {
+            return;
+        };
+        let welcome = |nsp: &str| {
+            session
+                .conn
+                .socket(nsp)
+                .map(|socket| socket.rooms().split_off(1))
+                .unwrap_or_default()
+        };
+        plain::convert(kind, frames, welcome, out);
+    }
+
+    fn on_plain_text(&self, session: &Arc<Session<Conn>>, text: &str) {
+        if session.closed().is_some() {
+            return;
+        }
+        plain_in::on_text(session, text);
     }
 
     fn on_heartbeat(&self, session: &Arc<Session<Conn>>) {

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::frames::{self, EncodeError};
 use super::handler::NamespaceHandler;
+use super::plain::PlainCache;
 use super::socket::Socket;
 
 /// A broadcast's frames: `plain` for every socket, and, when the packet is in its site's recovery log, the
@@ -142,12 +143,18 @@ impl Namespace {
             }
         }
         let mut delivered = 0;
+        let cache = PlainCache::default();
         let mut deliver = |socket: &Arc<Socket>| {
             if excluded.contains(&socket.key) {
                 return;
             }
-            let (offset, frames) = match outgoing.logged {
-                Some((offset, frames)) if socket.pid().is_some() => (Some(offset), frames),
+            let offset = outgoing.logged.map(|(offset, _)| offset);
+            let (offset, frames) = match (socket.session.conn.plain(), outgoing.logged) {
+                (Some(kind), _) => match cache.frame(kind, &outgoing) {
+                    Some(frame) => (offset, std::slice::from_ref(frame)),
+                    None => return,
+                },
+                (None, Some((offset, frames))) if socket.pid().is_some() => (Some(offset), frames),
                 _ => (None, outgoing.plain),
             };
             if socket.deliver(offset, frames, target.volatile) {

@@ -213,6 +213,10 @@ impl Socket {
     /// Ends `hold`: `first` goes before the live packets held since it began (a packet of `first` that also
     /// arrived live is sent once), and when no other hold is open everything held is sent.
     pub fn release(&self, hold: Hold, first: Vec<Missed>) {
+        let first = match self.session.conn.plain() {
+            Some(kind) => super::plain::missed(kind, first),
+            None => first,
+        };
         let mut held = self.held.lock();
         if let Some(item) = held
             .items
@@ -331,6 +335,17 @@ impl Socket {
                 Err(AckError::Timeout)
             }
         }
+    }
+
+    /// Emits a pre-encoded JSON array `[event, ...args]` numbered `id` without waiting for an ack: an event
+    /// stream's mailbox entries, whose numbers the client gives back as its `Last-Event-ID`.
+    pub fn emit_json_numbered(
+        &self,
+        array: &serde_json::value::RawValue,
+        id: u64,
+    ) -> Result<(), SendError> {
+        self.session
+            .send(frames::raw_event(self.ns.name(), id, array))
     }
 
     /// Emits a pre-encoded JSON array `[event, ...args]` asking for an ack; the receiver resolves with the
