@@ -901,7 +901,7 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 15] = [
+        let cases: [(Edit, &str); 17] = [
             (
                 |s| s.limits.max_devices_per_user = 0,
                 "server.limits.max_devices_per_user must be greater than 0",
