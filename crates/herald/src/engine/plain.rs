@@ -289,7 +289,13 @@ async fn run_websocket<H: EngineHandler>(
     tokio::pin!(timer);
     let write_limit = config.ping_interval + config.ping_timeout;
     let mut out = Vec::new();
+    let mut woken = false;
     loop {
+        if std::mem::take(&mut woken) {
+            // As the socket.io WebSocket task does: the publishes already on their way queue first, so a burst
+            // leaves in one write.
+            tokio::task::yield_now().await;
+        }
         if timer.deadline() != heartbeat.deadline() {
             timer.as_mut().reset(heartbeat.deadline());
         }
@@ -333,7 +339,7 @@ async fn run_websocket<H: EngineHandler>(
                 Some(Ok(WsMessage::Close(_))) | None => session.close(CloseReason::TransportClose),
                 Some(Err(e)) => session.close(ws_error_reason(session, &e)),
             },
-            () = session.writable.notified() => {}
+            () = session.writable.notified() => woken = true,
             () = &mut timer => match heartbeat.fire() {
                 Due::SendPing => {
                     if ws.send(WsMessage::Ping(Bytes::new())).await.is_err() {
