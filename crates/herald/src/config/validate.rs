@@ -319,7 +319,8 @@ fn validate_two_way(site: &SiteConfig) -> Result<(), ConfigError> {
             check_http_url(&site.name, "an event route's url", url)?;
         }
         if let Some(target) = route.broker() {
-            check_broker_route(&target).map_err(|problem| bad_route(event, &problem))?;
+            let public = matches!(site.auth, AuthConfig::Public);
+            check_broker_route(&target, public).map_err(|problem| bad_route(event, &problem))?;
         }
         if route.timeout_ms == 0 {
             return Err(bad_route(event, "timeout_ms must be greater than 0"));
@@ -349,8 +350,9 @@ fn validate_two_way(site: &SiteConfig) -> Result<(), ConfigError> {
 
 /// An event route to a broker: a URL of its kind with a host (TLS refused until issue 13, as for bridges), a
 /// routing key, topic or subject whose placeholders are known and whose text can be published to, and an AMQP
-/// exchange name AMQP can carry. The URL is never quoted: it may carry a password.
-fn check_broker_route(target: &BrokerTarget<'_>) -> Result<(), String> {
+/// exchange name AMQP can carry; `{user}` only where sockets have users (not on a `public` site). The URL is
+/// never quoted: it may carry a password.
+fn check_broker_route(target: &BrokerTarget<'_>, public: bool) -> Result<(), String> {
     let kind = target.kind.name();
     let schemes = target.kind.schemes();
     let scheme = target.url.split("://").next().unwrap_or_default();
@@ -374,9 +376,15 @@ fn check_broker_route(target: &BrokerTarget<'_>) -> Result<(), String> {
     if target.exchange.len() > 255 {
         return Err("amqp.exchange is longer than 255 bytes".into());
     }
-    crate::events::brokers::template::Template::parse(target.kind, target.template)
-        .map(drop)
-        .map_err(|e| format!("{kind}.{}: {e}", target.kind.target_field()))
+    let field = target.kind.target_field();
+    let template = crate::events::brokers::template::Template::parse(target.kind, target.template)
+        .map_err(|e| format!("{kind}.{field}: {e}"))?;
+    if public && template.uses_user() {
+        return Err(format!(
+            "{kind}.{field} uses {{user}}, but the sockets of a public site have no user"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_webhook(site: &str, webhook: &WebhookConfig) -> Result<(), ConfigError> {
@@ -790,6 +798,10 @@ mod tests {
         };
         check_site(
             |s| {
+                s.auth = AuthConfig::Jwt(JwtConfig {
+                    secret: Some(Secret::new("s3cret")),
+                    ..jwt("HS256")
+                });
                 s.events.insert(
                     "bid".into(),
                     amqp("amqp://guest:guest@127.0.0.1:5672/%2f", "acme.{event}"),
@@ -872,6 +884,10 @@ mod tests {
             (
                 amqp("amqp://r", "k.{user"),
                 "amqp.routing_key: 'k.{user': a '{' is not closed",
+            ),
+            (
+                mqtt("mqtt://b", "devices/{user}"),
+                "mqtt.topic uses {user}, but the sockets of a public site have no user",
             ),
             (
                 EventRoute {

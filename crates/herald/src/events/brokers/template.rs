@@ -95,6 +95,11 @@ impl Template {
         Ok(template)
     }
 
+    /// Whether `{user}` is one of the placeholders.
+    pub fn uses_user(&self) -> bool {
+        self.parts.contains(&Part::Value(Placeholder::User))
+    }
+
     /// The literal text's own rules, per kind.
     fn check_text(&self, text: &str) -> Result<(), String> {
         let literal: String = self
@@ -394,5 +399,8 @@ mod tests {
         }
         let long = "k".repeat(256);
         assert!(Template::parse(BrokerKind::Amqp, &long).is_err());
+        let parsed = |t: &str| Template::parse(BrokerKind::Mqtt, t).expect("valid");
+        assert!(parsed("d/{user}/x").uses_user());
+        assert!(!parsed("d/{event}").uses_user());
     }
 }
