@@ -19,7 +19,7 @@ use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
-use crate::events::{ClientEvents, EventLimits, SocketHooks};
+use crate::events::{Brokers, ClientEvents, EventLimits, SocketHooks};
 use crate::mailbox::embedded::EmbeddedStore;
 use crate::mailbox::redis::RedisStore;
 use crate::mailbox::store::valid_name;
@@ -66,7 +66,7 @@ pub struct Gateway {
     pub registry: Option<Arc<Registry>>,
     /// The socket.io Redis emitter bridge, when it runs.
     pub emitter: Option<crate::bridges::emitter::Emitter>,
-    /// The broker bridges' states.
+    /// The broker bridges' states, then the event routes to brokers'.
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
@@ -250,6 +250,8 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     let mut sites = Vec::with_capacity(config.sites.len());
     // The sites' event routes publish through the publisher, which needs the sites first.
     let publisher_slot = Arc::new(OnceLock::new());
+    // Event routes to brokers: one connection per URL, made at the first event.
+    let brokers = Brokers::new(config, &cluster.node);
     let device_locks = Arc::new(DeviceLocks::new());
     for site in &config.sites {
         let auth =
@@ -288,6 +290,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 http.clone(),
                 Arc::clone(&publisher_slot),
                 EventLimits::from_config(limits),
+                &brokers,
             )),
             hooks: SocketHooks::new(Arc::new(site.clone()), http.clone()),
         };
@@ -326,11 +329,9 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         node: Arc::clone(&publisher.cluster.node),
         redis_url: config.server.redis_url.clone(),
     };
-    let bridges = Arc::new(crate::bridges::start_inbound(
-        config,
-        &publisher,
-        &bridge_context,
-    ));
+    let mut bridges = crate::bridges::start_inbound(config, &publisher, &bridge_context);
+    bridges.extend(brokers.statuses());
+    let bridges = Arc::new(bridges);
     Ok(Gateway {
         io,
         engine,

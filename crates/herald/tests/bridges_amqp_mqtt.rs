@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::WsClient;
+use common::{Relay, WsClient};
 use herald::bridges::status::State;
 use herald::config::{BridgeConfig, BridgeKind, Config, SiteConfig};
 use herald::gateway::Gateway;
@@ -562,53 +562,6 @@ async fn mqtt_cluster_nodes_share_the_subscription() {
 }
 
 // ---------------------------------------------------------------------------------------------- retries
-
-/// A TCP relay to a local service that the test can cut: while cut, it closes every connection and each new
-/// one, so herald's client fails at once, and connects again once the relay is restored.
-struct Relay {
-    addr: SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl Relay {
-    /// A relay to 127.0.0.1:`port`.
-    async fn start(port: u16) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let addr = listener.local_addr().expect("its address");
-        let (cut, _) = tokio::sync::watch::channel(false);
-        let watch = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut cut = watch.subscribe();
-                if *cut.borrow() {
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut redis) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                    else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut redis) => {}
-                        _ = cut.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Relay { addr, cut }
-    }
-
-    /// The relay's address as `scheme://[credentials@]host:port` followed by `rest`.
-    fn url(&self, scheme_and_credentials: &str, rest: &str) -> String {
-        format!("{scheme_and_credentials}{}{rest}", self.addr)
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
 
 /// Waits until the bridge has retried at least once.
 async fn wait_retried(gateway: &Gateway) {

@@ -119,7 +119,7 @@ async fn session(
     reconnect: &mut Backoff,
     retry: &mut Backoff,
 ) -> AmqpError {
-    let connection = match connect(settings).await {
+    let connection = match connect(&settings.uri, &settings.url, "herald").await {
         Ok(connection) => connection,
         Err(e) => return e,
     };
@@ -141,12 +141,14 @@ async fn session(
     }
 }
 
-async fn connect(settings: &Settings) -> Result<Connection, AmqpError> {
-    let properties = ConnectionProperties::default().with_connection_name("herald".into());
-    let connecting = Connection::connect_uri(settings.uri.clone(), properties);
+/// A connection to `uri` (read from `url`, which errors leave out) named `name` in the management UI, within
+/// `CONNECT_TIMEOUT`. The event routes to RabbitMQ connect with it too.
+pub(crate) async fn connect(uri: &AMQPUri, url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connecting = Connection::connect_uri(uri.clone(), properties);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(e)) => Err(AmqpError::Connect(settings.reason(&e))),
+        Ok(Err(e)) => Err(AmqpError::Connect(redact(&e.to_string(), url))),
         Err(_) => Err(AmqpError::ConnectTimeout(CONNECT_TIMEOUT)),
     }
 }

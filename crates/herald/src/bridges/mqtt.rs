@@ -117,7 +117,7 @@ impl Settings {
 }
 
 /// `herald-<node>-<6 hex>`: 22 characters, within the 23 every MQTT 3.1.1 broker must accept.
-fn client_id(node: &str) -> String {
+pub(crate) fn client_id(node: &str) -> String {
     format!("herald-{node}-{:06x}", rand::random::<u32>() >> 8)
 }
 
@@ -131,8 +131,8 @@ fn subscription_filter(topic: &str, cluster: bool) -> String {
 }
 
 /// Host, port, transport and credentials of an `mqtt://`, `tcp://` or `mqtts://` URL (default ports 1883 and
-/// 8883); the client id is set per connection.
-fn options(url: &str) -> Result<MqttOptions, MqttError> {
+/// 8883); the client id is set per connection. The event routes to MQTT read their URLs with it too.
+pub(crate) fn options(url: &str) -> Result<MqttOptions, MqttError> {
     let parsed = url::Url::parse(url).map_err(|_| MqttError::BadUrl("it does not parse"))?;
     let (transport, default_port) = match parsed.scheme() {
         "mqtt" | "tcp" => (Transport::Tcp, 1883),

@@ -1,5 +1,7 @@
 //! Each bridge's state for `/api/v1/status`: connected or not, since when, the last failure, and how many
-//! messages it published, rejected and left for a retry.
+//! messages it published, rejected and left for a retry. Event routes to brokers (`events/brokers/`) show
+//! theirs here too: events confirmed, refused, and failed for a reason that may pass (broker down, no confirm
+//! in time).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use super::inbound::Handled;
 /// Where a bridge's connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// An event route's broker connection that no event has needed yet (it connects at the first).
+    Idle,
     Connecting,
     /// Consuming.
     Up,
@@ -24,6 +28,7 @@ pub enum State {
 impl State {
     fn name(self) -> &'static str {
         match self {
+            State::Idle => "idle",
             State::Connecting => "connecting",
             State::Up => "up",
             State::Down => "down",

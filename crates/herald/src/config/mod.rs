@@ -18,6 +18,7 @@ mod demo_key;
 mod env;
 mod error;
 mod load;
+mod outbound;
 mod render;
 mod validate;
 
@@ -30,6 +31,7 @@ pub use env::{DEFAULT_ENV_SITE, ENVIRONMENT};
 pub use error::{ConfigError, KeysFound};
 pub(crate) use load::load_from;
 pub use load::{load, process_env, Overrides, Sources};
+pub use outbound::{AmqpRoute, BrokerKind, BrokerTarget, MqttRoute, NatsRoute};
 pub use render::render_masked;
 pub use validate::{validate, JWT_ALGORITHMS};
 
@@ -371,13 +373,23 @@ pub struct SiteConfig {
     pub signing_secret: Option<Secret>,
 }
 
-/// Where one client event goes: exactly one of `url`, `retained`, `relay`.
+/// Where one client event goes: exactly one of `url`, `amqp`, `mqtt`, `nats`, `retained`, `relay`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventRoute {
     /// A webhook that gets the event as JSON; its answer is the ack (`reply`) and may publish, join and leave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A RabbitMQ exchange that gets the webhook's JSON body; the ack is `{"queued": true}` once confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<AmqpRoute>,
+    /// An MQTT topic that gets the webhook's JSON body at QoS 1; the ack is `{"queued": true}` once PUBACKed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttRoute>,
+    /// A NATS subject that gets the webhook's JSON body; the ack is `{"queued": true}` once the server (or the
+    /// JetStream stream covering the subject) has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsRoute>,
     /// `emit(event, room, retainedEvent, ack)` is answered with the arguments retained for that room and event,
     /// when the socket is in the room.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -386,7 +398,8 @@ pub struct EventRoute {
     /// the socket is in the room.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub relay: bool,
-    /// Milliseconds the webhook may take; past it the ack gets an error. Default 5000.
+    /// Milliseconds the webhook (or the broker, connecting and confirming) may take; past it the ack gets an
+    /// error. Default 5000.
     #[serde(default = "default_event_timeout")]
     pub timeout_ms: u64,
 }

@@ -23,6 +23,14 @@ fn mask_urls(config: &mut Config) {
         mask_option(&mut site.hooks.disconnect);
         for route in site.events.values_mut() {
             mask_option(&mut route.url);
+            let brokers = [
+                route.amqp.as_mut().map(|r| &mut r.url),
+                route.mqtt.as_mut().map(|r| &mut r.url),
+                route.nats.as_mut().map(|r| &mut r.url),
+            ];
+            for url in brokers.into_iter().flatten() {
+                *url = mask_password(url);
+            }
         }
         match &mut site.auth {
             AuthConfig::Public => {}
@@ -136,6 +144,40 @@ mod tests {
                 ..Default::default()
             },
         );
+        hooked.events.insert(
+            "state".into(),
+            crate::config::EventRoute {
+                mqtt: Some(crate::config::MqttRoute {
+                    url: "mqtt://herald:mqtt-route-pass-8@m:1883".into(),
+                    topic: "devices/{user}".into(),
+                }),
+                timeout_ms: 5000,
+                ..Default::default()
+            },
+        );
+        hooked.events.insert(
+            "*".into(),
+            crate::config::EventRoute {
+                nats: Some(crate::config::NatsRoute {
+                    url: "nats://herald:nats-route-pass-9@n:4222".into(),
+                    subject: "herald.{event}".into(),
+                }),
+                timeout_ms: 5000,
+                ..Default::default()
+            },
+        );
+        hooked.events.insert(
+            "ask".into(),
+            crate::config::EventRoute {
+                amqp: Some(crate::config::AmqpRoute {
+                    url: "amqp://guest:amqp-route-pass-10@r:5672/%2f".into(),
+                    exchange: "herald.events".into(),
+                    routing_key: "shop.{event}".into(),
+                }),
+                timeout_ms: 5000,
+                ..Default::default()
+            },
+        );
         config.bridges.push(crate::config::BridgeConfig {
             kind: crate::config::BridgeKind::Amqp,
             url: "amqp://guest:bridge-pass-7@r:5672/%2f".into(),
@@ -176,6 +218,9 @@ mod tests {
             "route-pass-6",
             "bridge-pass-7",
             "upd-pass-3",
+            "mqtt-route-pass-8",
+            "nats-route-pass-9",
+            "amqp-route-pass-10",
         ] {
             assert!(!yaml.contains(secret), "{secret} in:\n{yaml}");
         }
@@ -187,6 +232,13 @@ mod tests {
             "{yaml}"
         );
         assert!(yaml.contains("redis://:****@r:6379"), "{yaml}");
+        for shown in [
+            "mqtt://herald:****@m:1883",
+            "nats://herald:****@n:4222",
+            "amqp://guest:****@r:5672/%2f",
+        ] {
+            assert!(yaml.contains(shown), "{shown} in:\n{yaml}");
+        }
         // The masked output still has the server file's shape.
         let reparsed: Config = serde_yaml_ng::from_str(&yaml).unwrap();
         assert_eq!(reparsed.sites.len(), 3);

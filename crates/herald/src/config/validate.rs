@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use crate::auth::{AuthConfig, JwtConfig, WebhookConfig};
 use crate::config::error::KeysFound;
 use crate::config::{
-    BridgeConfig, BridgeKind, Config, ConfigError, MailboxStoreKind, ServerConfig, SiteConfig,
-    DEMO_SITE,
+    BridgeConfig, BridgeKind, BrokerTarget, Config, ConfigError, MailboxStoreKind, ServerConfig,
+    SiteConfig, DEMO_SITE,
 };
 
 /// The JWT algorithms a site may name. `none` is not one of them.
@@ -20,6 +20,8 @@ pub const JWT_ALGORITHMS: &[&str] = &[
 /// - site names match `[A-Za-z0-9_-]+` and are unique;
 /// - every site has at least one API key, none empty, except a `demo` site with none (see `ensure_demo_key`);
 /// - webhook, update-user and JWKS URLs are `http://` or `https://` with a host;
+/// - an event route is exactly one of a webhook, a broker (`amqp://`, `mqtt://`/`tcp://`, `nats://` with a host,
+///   no TLS yet, its placeholders known), relay or retained;
 /// - a JWT site sets exactly one of `secret`, `public_key_pem`, `jwks_url`, and its algorithm is known and fits
 ///   that key (HS* with a secret; RS*, PS*, ES* with a PEM key or a JWKS);
 /// - limits, heartbeat times and the webhook timeout are greater than 0; the engine path starts and ends with `/`.
@@ -315,16 +317,21 @@ fn validate_two_way(site: &SiteConfig) -> Result<(), ConfigError> {
             return Err(bad_route(event, "is reserved by socket.io or empty"));
         }
         let kinds = usize::from(route.url.is_some())
+            + route.brokers().len()
             + usize::from(route.retained)
             + usize::from(route.relay);
         if kinds != 1 {
             return Err(bad_route(
                 event,
-                "needs exactly one of url, retained: true, relay: true",
+                "needs exactly one of url, amqp, mqtt, nats, retained: true, relay: true",
             ));
         }
         if let Some(url) = &route.url {
             check_http_url(&site.name, "an event route's url", url)?;
+        }
+        if let Some(target) = route.broker() {
+            let public = matches!(site.auth, AuthConfig::Public);
+            check_broker_route(&target, public).map_err(|problem| bad_route(event, &problem))?;
         }
         if route.timeout_ms == 0 {
             return Err(bad_route(event, "timeout_ms must be greater than 0"));
@@ -348,6 +355,45 @@ fn validate_two_way(site: &SiteConfig) -> Result<(), ConfigError> {
             site: site.name.clone(),
             field: "signing_secret",
         });
+    }
+    Ok(())
+}
+
+/// An event route to a broker: a URL of its kind with a host (TLS refused until issue 13, as for bridges), a
+/// routing key, topic or subject whose placeholders are known and whose text can be published to, and an AMQP
+/// exchange name AMQP can carry; `{user}` only where sockets have users (not on a `public` site). The URL is
+/// never quoted: it may carry a password.
+fn check_broker_route(target: &BrokerTarget<'_>, public: bool) -> Result<(), String> {
+    let kind = target.kind.name();
+    let schemes = target.kind.schemes();
+    let scheme = target.url.split("://").next().unwrap_or_default();
+    let tls = ["amqps", "mqtts", "ssl", "tls", "wss", "ws"];
+    if target.url.contains("://") && tls.contains(&scheme) {
+        return Err(format!(
+            "{kind}.url: TLS and WebSocket URLs ({scheme}://) are not supported yet (issue 13); use {}://",
+            schemes.join(":// or ")
+        ));
+    }
+    let has_host = url::Url::parse(target.url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| !h.is_empty()))
+        .unwrap_or(false);
+    if !target.url.contains("://") || !schemes.contains(&scheme) || !has_host {
+        return Err(format!(
+            "{kind}.url must start with {}:// and name a host",
+            schemes.join(":// or ")
+        ));
+    }
+    if target.exchange.len() > 255 {
+        return Err("amqp.exchange is longer than 255 bytes".into());
+    }
+    let field = target.kind.target_field();
+    let template = crate::events::brokers::template::Template::parse(target.kind, target.template)
+        .map_err(|e| format!("{kind}.{field}: {e}"))?;
+    if public && template.uses_user() {
+        return Err(format!(
+            "{kind}.{field} uses {{user}}, but the sockets of a public site have no user"
+        ));
     }
     Ok(())
 }
@@ -676,6 +722,7 @@ mod tests {
             retained,
             relay,
             timeout_ms: 5000,
+            ..EventRoute::default()
         };
         let good = route(Some("https://backend/events"), false, false);
         check_site(
@@ -690,12 +737,12 @@ mod tests {
             (
                 "both",
                 route(Some("http://b/"), true, false),
-                "needs exactly one of url, retained: true, relay: true",
+                "needs exactly one of url, amqp, mqtt, nats, retained: true, relay: true",
             ),
             (
                 "none",
                 route(None, false, false),
-                "needs exactly one of url, retained: true, relay: true",
+                "needs exactly one of url, amqp, mqtt, nats, retained: true, relay: true",
             ),
             ("connect", good.clone(), "is reserved by socket.io or empty"),
             (
@@ -730,6 +777,145 @@ mod tests {
             |s| s.signing_secret = Some(Secret::new("")),
             Err("site 'shop': signing_secret is empty"),
         );
+    }
+
+    #[test]
+    fn event_routes_to_brokers() {
+        use crate::config::{AmqpRoute, EventRoute, MqttRoute, NatsRoute};
+        let amqp = |url: &str, key: &str| EventRoute {
+            amqp: Some(AmqpRoute {
+                url: url.into(),
+                exchange: "herald.events".into(),
+                routing_key: key.into(),
+            }),
+            timeout_ms: 5000,
+            ..EventRoute::default()
+        };
+        let mqtt = |url: &str, topic: &str| EventRoute {
+            mqtt: Some(MqttRoute {
+                url: url.into(),
+                topic: topic.into(),
+            }),
+            timeout_ms: 5000,
+            ..EventRoute::default()
+        };
+        let nats = |url: &str, subject: &str| EventRoute {
+            nats: Some(NatsRoute {
+                url: url.into(),
+                subject: subject.into(),
+            }),
+            timeout_ms: 5000,
+            ..EventRoute::default()
+        };
+        check_site(
+            |s| {
+                s.auth = AuthConfig::Jwt(JwtConfig {
+                    secret: Some(Secret::new("s3cret")),
+                    ..jwt("HS256")
+                });
+                s.events.insert(
+                    "bid".into(),
+                    amqp("amqp://guest:guest@127.0.0.1:5672/%2f", "acme.{event}"),
+                );
+                s.events.insert(
+                    "state".into(),
+                    mqtt("mqtt://127.0.0.1:1883", "devices/{user}/{event}"),
+                );
+                s.events
+                    .insert("ping".into(), mqtt("tcp://broker", "{site}/{socket}"));
+                s.events.insert(
+                    "*".into(),
+                    nats("nats://127.0.0.1:4222", "herald.acme.{event}"),
+                );
+            },
+            Ok(()),
+        );
+        let both = EventRoute {
+            url: Some("http://backend/".into()),
+            ..amqp("amqp://127.0.0.1", "k")
+        };
+        let two_brokers = EventRoute {
+            nats: Some(NatsRoute {
+                url: "nats://127.0.0.1".into(),
+                subject: "s".into(),
+            }),
+            ..mqtt("mqtt://127.0.0.1", "t")
+        };
+        let cases = [
+            (
+                both,
+                "needs exactly one of url, amqp, mqtt, nats, retained: true, relay: true",
+            ),
+            (
+                two_brokers,
+                "needs exactly one of url, amqp, mqtt, nats, retained: true, relay: true",
+            ),
+            (
+                amqp("amqps://u:hunter2@rabbit/", "k"),
+                "amqp.url: TLS and WebSocket URLs (amqps://) are not supported yet (issue 13); use amqp://",
+            ),
+            (
+                mqtt("mqtts://broker:8883", "t"),
+                "mqtt.url: TLS and WebSocket URLs (mqtts://) are not supported yet (issue 13); use mqtt:// or \
+                 tcp://",
+            ),
+            (
+                nats("tls://u:hunter2@nats:4222", "s"),
+                "nats.url: TLS and WebSocket URLs (tls://) are not supported yet (issue 13); use nats://",
+            ),
+            (
+                nats("http://nats:4222", "s"),
+                "nats.url must start with nats:// and name a host",
+            ),
+            (
+                amqp("127.0.0.1:5672", "k"),
+                "amqp.url must start with amqp:// and name a host",
+            ),
+            (
+                mqtt("mqtt://", "t"),
+                "mqtt.url must start with mqtt:// or tcp:// and name a host",
+            ),
+            (
+                mqtt("mqtt://b", "devices/{nope}"),
+                "mqtt.topic: 'devices/{nope}': {nope} is not one of {user}, {event}, {socket}, {site}",
+            ),
+            (
+                mqtt("mqtt://b", "devices/#"),
+                "mqtt.topic: 'devices/#': a topic to publish to holds no wildcard (+, #)",
+            ),
+            (
+                nats("nats://n", "herald.*.{event}"),
+                "nats.subject: 'herald.*.{event}': a subject to publish to holds no wildcard (*, >) and no \
+                 whitespace",
+            ),
+            (
+                nats("nats://n", "herald..x"),
+                "nats.subject: 'herald..x': a subject has no empty token",
+            ),
+            (
+                amqp("amqp://r", "k.{user"),
+                "amqp.routing_key: 'k.{user': a '{' is not closed",
+            ),
+            (
+                mqtt("mqtt://b", "devices/{user}"),
+                "mqtt.topic uses {user}, but the sockets of a public site have no user",
+            ),
+            (
+                EventRoute {
+                    timeout_ms: 0,
+                    ..nats("nats://n", "s")
+                },
+                "timeout_ms must be greater than 0",
+            ),
+        ];
+        for (route, problem) in cases {
+            let expected = format!("site 'shop': events.bid {problem}");
+            let mut s = site("shop");
+            s.events.insert("bid".into(), route);
+            let error = validate(&with_sites(vec![s])).err().map(|e| e.to_string());
+            assert_eq!(error.as_deref(), Some(expected.as_str()));
+            assert!(!expected.contains("hunter2"));
+        }
     }
 
     #[test]

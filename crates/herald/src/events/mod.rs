@@ -1,8 +1,10 @@
 //! The one client-event pipeline: an event a client emits, whatever its transport, is checked against its
-//! socket's budget and goes where the site routes it (a webhook, the rooms' retained state, a relay to a room).
-//! An ack, when the client asked for one, carries the answer or `{"error": "<reason>"}`; the client is never
-//! closed for an event. `hooks.rs` tells backends of sockets coming and going.
+//! socket's budget and goes where the site routes it (a webhook, a broker, the rooms' retained state, a relay to
+//! a room). An ack, when the client asked for one, carries the answer or `{"error": "<reason>"}`; the client is
+//! never closed for an event. `brokers/` publishes to AMQP, MQTT and NATS; `hooks.rs` tells backends of sockets
+//! coming and going.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,9 +20,11 @@ use crate::sites::{ClientInfo, Site};
 use crate::socketio::{AckSender, IncomingEvent, Socket};
 
 pub mod answer;
+pub mod brokers;
 pub mod hooks;
 mod webhook;
 
+pub use brokers::Brokers;
 pub use hooks::SocketHooks;
 
 /// How many client events were refused because no route took them, since the start (`GET /limits`).
@@ -98,6 +102,8 @@ pub struct ClientEvents {
     /// Set once the gateway is built: routes publish, join and read retained state through it.
     publisher: Arc<OnceLock<Publisher>>,
     limits: EventLimits,
+    /// The site's broker routes, by the name they are routed under (`"*"` included).
+    brokers: BTreeMap<String, Arc<brokers::Route>>,
 }
 
 /// What an event's route answered: the ack's arguments, or why it failed.
@@ -109,21 +115,28 @@ impl ClientEvents {
         http: reqwest::Client,
         publisher: Arc<OnceLock<Publisher>>,
         limits: EventLimits,
+        brokers: &Brokers,
     ) -> Self {
+        let brokers = brokers.routes_of(&site.name);
         ClientEvents {
             site,
             http,
             publisher,
             limits,
+            brokers,
         }
     }
 
-    /// The route of `event`: its own, else the site's `"*"`.
-    fn route(&self, event: &str) -> Option<&EventRoute> {
-        self.site
-            .events
-            .get(event)
-            .or_else(|| self.site.events.get("*"))
+    /// The route of `event` and the name it is routed under: its own, else the site's `"*"`.
+    fn route(&self, event: &str) -> Option<(String, &EventRoute)> {
+        match self.site.events.get_key_value(event) {
+            Some((name, route)) => Some((name.clone(), route)),
+            None => self
+                .site
+                .events
+                .get("*")
+                .map(|route| ("*".to_string(), route)),
+        }
     }
 
     /// Takes one event from `socket`: refused at once (unrouted, over a limit), or routed on its own task.
@@ -142,7 +155,7 @@ impl ClientEvents {
                 return reply(ack, Err(reason));
             }
         };
-        let Some(route) = self.route(&name).cloned() else {
+        let Some((routed_as, route)) = self.route(&name).map(|(n, r)| (n, r.clone())) else {
             UNROUTED.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(site = %self.site.name, event = %name, "refused a client event: not routed");
             return reply(ack, Err(format!("event '{name}' is not routed")));
@@ -155,7 +168,7 @@ impl ClientEvents {
                 args,
                 binaries,
             };
-            let answer = this.dispatch(&route, &socket, event).await;
+            let answer = this.dispatch(&routed_as, &route, &socket, event).await;
             drop(in_flight);
             if let Err(reason) = &answer {
                 tracing::debug!(site = %this.site.name, reason, "a client event failed");
@@ -202,7 +215,26 @@ impl ClientEvents {
         }
     }
 
-    async fn dispatch(&self, route: &EventRoute, socket: &Arc<Socket>, event: Event) -> Answer {
+    async fn dispatch(
+        &self,
+        routed_as: &str,
+        route: &EventRoute,
+        socket: &Arc<Socket>,
+        event: Event,
+    ) -> Answer {
+        if route.broker().is_some() {
+            if !event.binaries.is_empty() {
+                return Err("binary arguments cannot be sent to a broker".into());
+            }
+            let broker = self
+                .brokers
+                .get(routed_as)
+                .ok_or_else(|| "the route's broker is not configured".to_string())?;
+            broker
+                .send(&self.site, socket, &event.name, &event.args)
+                .await?;
+            return Ok(vec![json!({ "queued": true })]);
+        }
         let publisher = self
             .publisher
             .get()

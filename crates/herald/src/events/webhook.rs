@@ -1,5 +1,6 @@
 //! One call of a webhook route: the event as signed JSON with the client's credentials, the answer read (at
-//! most `MAX_ANSWER_BYTES`) and parsed, every failure a reason the client may read.
+//! most `MAX_ANSWER_BYTES`) and parsed, every failure a reason the client may read. `body` is also what broker
+//! routes publish.
 
 use std::time::Duration;
 
@@ -31,13 +32,7 @@ impl Call<'_> {
         event: &str,
         args: &[Value],
     ) -> Result<RouteAnswer, String> {
-        let body = json!({
-            "site": self.site.name,
-            "event": event,
-            "args": args,
-            "socket": describe_socket(socket),
-        });
-        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let body = body(self.site, socket, event, args)?;
         let request = signed(self.http.post(self.url), self.site, &body);
         let request = with_credentials(request, self.site, socket).timeout(self.timeout);
         let timed_out = || {
@@ -69,6 +64,23 @@ impl Call<'_> {
             .ok_or_else(|| format!("the backend's answer is over {MAX_ANSWER_BYTES} bytes"))?;
         answer::parse(&body).map_err(|e| format!("the backend's answer is not valid: {e}"))
     }
+}
+
+/// What a route gets for a client event, as JSON: `{"site", "event", "args", "socket": {id, user, deviceId,
+/// rooms}}`. The webhook POSTs it; a broker route publishes it as it is.
+pub(super) fn body(
+    site: &SiteConfig,
+    socket: &Socket,
+    event: &str,
+    args: &[Value],
+) -> Result<Vec<u8>, String> {
+    let body = json!({
+        "site": site.name,
+        "event": event,
+        "args": args,
+        "socket": describe_socket(socket),
+    });
+    serde_json::to_vec(&body).map_err(|e| format!("the event cannot be encoded: {e}"))
 }
 
 /// `request` with the JSON content type, and `X-Herald-Signature` when the site has a signing secret.

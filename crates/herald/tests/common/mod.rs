@@ -632,3 +632,63 @@ pub async fn join_namespace(addr: SocketAddr, nsp: &str, query: &str) -> (WsClie
         }
     }
 }
+
+/// A TCP relay to a local service that the test can cut: while cut, it closes every connection and each new
+/// one, so herald's client fails at once, and connects again once the relay is restored. It counts the
+/// connections it accepted while not cut.
+pub struct Relay {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    /// A relay to 127.0.0.1:`port`.
+    pub async fn start(port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let watch = cut.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = watch.subscribe();
+                if *cut.borrow() {
+                    continue;
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let Ok(mut service) = TcpStream::connect(("127.0.0.1", port)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut service) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            cut,
+            accepted,
+        }
+    }
+
+    /// The relay's address as `scheme://[credentials@]host:port` followed by `rest`.
+    pub fn url(&self, scheme_and_credentials: &str, rest: &str) -> String {
+        format!("{scheme_and_credentials}{}{rest}", self.addr)
+    }
+
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+
+    /// How many connections the relay passed on.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
