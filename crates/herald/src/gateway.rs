@@ -341,7 +341,15 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         registry,
         emitter,
         bridges,
-        sse_ping: Duration::from_millis(config.server.engine.sse_ping_ms),
+        // An idle stream moves a byte only with its keep-alive comment, which must come before the idle timeout.
+        sse_ping: Duration::from_millis(
+            config
+                .server
+                .engine
+                .sse_ping_ms
+                .min(config.server.limits.idle_timeout_ms / 2)
+                .max(1),
+        ),
         ready: Arc::new(AtomicBool::new(true)),
     })
 }

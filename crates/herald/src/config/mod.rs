@@ -306,7 +306,7 @@ pub struct EngineSettings {
     /// Milliseconds a heartbeat may take. Default 20000.
     pub ping_timeout_ms: u64,
     /// Milliseconds between the `: ping` comments of an idle event stream (`/sse/<site>`), which keep proxies
-    /// and the idle timeout from closing it. Default 15000.
+    /// and the idle timeout from closing it; at most half of `limits.idle_timeout_ms` is used. Default 15000.
     pub sse_ping_ms: u64,
     /// Browser origins allowed to connect, which get credentialed CORS answers; other origins get 403. None
     /// set lets any origin connect but answers no CORS headers, so no cross-origin page can read the polling

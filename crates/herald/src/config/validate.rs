@@ -159,16 +159,6 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
             other_value: engine.ping_interval_ms,
         });
     }
-    // An idle event stream moves a byte only with its keep-alive comment.
-    if limits.idle_timeout_ms <= engine.sse_ping_ms {
-        return Err(ConfigError::ServerOrder {
-            field: "server.limits.idle_timeout_ms",
-            value: limits.idle_timeout_ms,
-            relation: "above",
-            other: "server.engine.sse_ping_ms",
-            other_value: engine.sse_ping_ms,
-        });
-    }
     if server.drain_delay_ms >= server.shutdown_grace_ms {
         return Err(ConfigError::ServerOrder {
             field: "server.drain_delay_ms",
@@ -1087,7 +1077,7 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 17] = [
+        let cases: [(Edit, &str); 16] = [
             (
                 |s| s.limits.max_devices_per_user = 0,
                 "server.limits.max_devices_per_user must be greater than 0",
@@ -1103,10 +1093,6 @@ mod tests {
             (
                 |s| s.limits.idle_timeout_ms = 25_000,
                 "server.limits.idle_timeout_ms (25000 ms) must be above server.engine.ping_interval_ms (25000 ms)",
-            ),
-            (
-                |s| s.engine.sse_ping_ms = 70_000,
-                "server.limits.idle_timeout_ms (60000 ms) must be above server.engine.sse_ping_ms (70000 ms)",
             ),
             (
                 |s| s.engine.sse_ping_ms = 0,
