@@ -13,23 +13,17 @@ The binary is HERALD_GATEWAY_BIN, else the `herald` beside HERALD_BIN's herald-c
 import hashlib
 import hmac
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import requests
 import socketio
 
-from helpers import Recorder, can_connect, free_port
+from helpers import Recorder, run_gateway
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 STEP_TIMEOUT = 5.0  # any single wait
 QUIET = 0.3  # how long we listen to make sure something did NOT arrive
@@ -37,25 +31,6 @@ API_KEY = "two-way-key-0123456789"
 SIGNING_SECRET = "two-way-signing-secret-0123456789"
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def _conformance_bin() -> Path:
-    env = os.environ.get("HERALD_BIN")
-    if env:
-        return (REPO_ROOT / env).resolve() if not os.path.isabs(env) else Path(env)
-    debug = REPO_ROOT / "target" / "debug" / "herald-conformance"
-    release = REPO_ROOT / "target" / "release" / "herald-conformance"
-    if not debug.exists() and release.exists():
-        return release
-    return debug
-
-
-def _gateway_bin() -> Path:
-    env = os.environ.get("HERALD_GATEWAY_BIN")
-    if env:
-        return (REPO_ROOT / env).resolve() if not os.path.isabs(env) else Path(env)
-    return _conformance_bin().parent / "herald"
-
 
 
 def sign(raw: bytes, secret: str = SIGNING_SECRET) -> str:
@@ -216,57 +191,8 @@ def backend():
 
 @pytest.fixture(scope="module")
 def gateway_url(backend):
-    binary = _gateway_bin()
-    if not binary.exists():
-        pytest.fail(f"herald not found at {binary}; build it with `cargo build -p herald` or set HERALD_GATEWAY_BIN")
-    tmp = Path(tempfile.mkdtemp(prefix="herald-py-two-way-"))
-    config = tmp / "herald.yml"
-    config.write_text(_config_yaml(backend.url))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}  # no stray config
-    env["RUST_BACKTRACE"] = "1"
-    last_output = ""
-    try:
-        for _attempt in range(3):
-            port = free_port()
-            log = open(tmp / f"herald-{port}.log", "w+b")
-            proc = subprocess.Popen(
-                [str(binary), "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data")],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and proc.poll() is None and not can_connect(port):
-                time.sleep(0.05)
-            if proc.poll() is None and can_connect(port):
-                try:
-                    yield f"http://{HOST}:{port}"
-                finally:
-                    died = proc.poll()
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")[-5000:]
-                    log.close()
-                assert died is None, f"herald died during the tests with code {died}. Output:\n{output}"
-                return
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            log.seek(0)
-            last_output = log.read().decode(errors="replace")[-5000:]
-            log.close()
-            if "in use" not in last_output.lower():
-                break
-        pytest.fail(f"herald did not start (exit code {proc.returncode}). Output:\n{last_output}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with run_gateway(_config_yaml(backend.url), "herald-py-two-way-") as url:
+        yield url
 
 
 # ---- clients -------------------------------------------------------------------------------------
