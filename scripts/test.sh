@@ -9,6 +9,7 @@
 #    cargo-deny with `cargo install --locked cargo-deny` when missing; no advisories: no database here)
 #   (bench-smoke: scripts/bench.sh --smoke, herald-bench's scenarios at tiny sizes, failing on any lost message)
 #   (services: scripts/services.sh makes sure Redis, RabbitMQ, Mosquitto, NATS and PostgreSQL answer, starting any that is not)
+#   (js-install: npm ci in tests/js, and Debian's chromium for browser.test.mjs when missing: apt-get, as root)
 #   --no-cargo         skip cargo build/test and deny (re-run only the e2e tests against the existing binary)
 #   env HERALD_BIN     binary the e2e tests spawn (default ${CARGO_TARGET_DIR:-target}/debug/herald-conformance)
 #   env HERALD_GATEWAY_BIN  the `herald` gateway binary the JS and Python gateway tests spawn (default: beside HERALD_BIN)
@@ -143,8 +144,23 @@ check_bin() {
 
 # ---- JavaScript e2e ------------------------------------------------------------------------------
 JS_DIR="$ROOT/tests/js"
+# tests/js/browser.test.mjs drives Debian's Chromium (/usr/bin/chromium) with playwright-core; install it when it
+# is missing and this user can (root with apt-get), else say how.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[test.sh] installing Chromium for tests/js/browser.test.mjs: apt-get install -y chromium"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null; } \
+      || { echo "[test.sh] could not install chromium" >&2; return 1; }
+    return 0
+  fi
+  echo "[test.sh] /usr/bin/chromium is missing: install it (apt-get install -y chromium); browser.test.mjs fails without it" >&2
+  return 1
+}
 js_install() {
   command -v node >/dev/null && command -v npm >/dev/null || { echo "node/npm not found" >&2; return 1; }
+  ensure_chromium || return 1
   local want have stamp="$JS_DIR/node_modules/.herald-lock.sha256"
   want="$(sha_of "$JS_DIR/package.json" "$JS_DIR/package-lock.json")"
   have="$(cat "$stamp" 2>/dev/null || true)"
