@@ -4,7 +4,7 @@
 # (socket.io-client 4.x and 2.x, tests/js) and the python-socketio client (tests/python).
 #
 # Usage: bash scripts/test.sh [--no-cargo] [--only STAGE[,STAGE...]]
-#   stages: services, cargo-build, cargo-test, deny, js-install, js-test, py-install, py-test, api-schema, bench-smoke
+#   stages: services, cargo-build, cargo-test, deny, py-install, js-install, js-test, py-test, api-schema, bench-smoke
 #   (deny: `cargo deny check licenses bans sources` against deny.toml, root workspace only; installs
 #    cargo-deny with `cargo install --locked cargo-deny` when missing; no advisories: no database here)
 #   (bench-smoke: scripts/bench.sh --smoke, herald-bench's scenarios at tiny sizes, failing on any lost message)
@@ -142,6 +142,29 @@ check_bin() {
   fi
 }
 
+# ---- Python venv ---------------------------------------------------------------------------------
+# Installed before the JS e2e tests: tests/js/examples.test.mjs runs the examples with .venv's python, which
+# has examples/requirements.txt's pins (pika, paho-mqtt) through tests/python/requirements.txt.
+VENV="$ROOT/.venv"
+PY_REQ="$ROOT/tests/python/requirements.txt"
+py_install() {
+  local python="${PYTHON:-python3}"
+  command -v "$python" >/dev/null || { echo "$python not found" >&2; return 1; }
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    rm -rf "$VENV"
+    "$python" -m venv "$VENV" || return 1
+  fi
+  local want have stamp="$VENV/.herald-requirements.sha256"
+  want="$(sha_of "$PY_REQ")"
+  have="$(cat "$stamp" 2>/dev/null || true)"
+  if [ "$want" = "$have" ]; then
+    echo "[test.sh] .venv up to date, skipping pip install"
+    return 0
+  fi
+  "$VENV/bin/python" -m pip install --quiet -r "$PY_REQ" && echo "$want" > "$stamp"
+}
+run_stage py-install py_install
+
 # ---- JavaScript e2e ------------------------------------------------------------------------------
 JS_DIR="$ROOT/tests/js"
 # tests/js/browser.test.mjs drives Debian's Chromium (/usr/bin/chromium) with playwright-core; install it when it
@@ -180,7 +203,11 @@ js_test() {
   # must time out, "nothing else arrives within 300 ms") are steadier on a 2-core machine. A file may
   # take up to 300 s (mailbox-flaps runs its proxy for 60 s; the 100k replay fills a mailbox first);
   # each test sets its own, shorter timeout.
-  (cd "$JS_DIR" && timeout --kill-after=10 "$E2E_TIMEOUT" \
+  # The examples' run.py (examples.test.mjs) with the venv's python, not PYTHON (which py_install reads as
+  # the interpreter that makes the venv).
+  local python="${PYTHON:-python3}"
+  [ -x "$VENV/bin/python" ] && python="$VENV/bin/python"
+  (cd "$JS_DIR" && PYTHON="$python" timeout --kill-after=10 "$E2E_TIMEOUT" \
     node --test --test-concurrency=1 --test-timeout=300000 "${files[@]}")
 }
 
@@ -196,24 +223,6 @@ if wanted js-install || wanted js-test; then
 fi
 
 # ---- Python e2e ----------------------------------------------------------------------------------
-VENV="$ROOT/.venv"
-PY_REQ="$ROOT/tests/python/requirements.txt"
-py_install() {
-  local python="${PYTHON:-python3}"
-  command -v "$python" >/dev/null || { echo "$python not found" >&2; return 1; }
-  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    rm -rf "$VENV"
-    "$python" -m venv "$VENV" || return 1
-  fi
-  local want have stamp="$VENV/.herald-requirements.sha256"
-  want="$(sha_of "$PY_REQ")"
-  have="$(cat "$stamp" 2>/dev/null || true)"
-  if [ "$want" = "$have" ]; then
-    echo "[test.sh] .venv up to date, skipping pip install"
-    return 0
-  fi
-  "$VENV/bin/python" -m pip install --quiet -r "$PY_REQ" && echo "$want" > "$stamp"
-}
 py_test() {
   check_bin || return 1
   local rc=0
@@ -222,8 +231,7 @@ py_test() {
   return "$rc"
 }
 
-if wanted py-install || wanted py-test; then
-  run_stage py-install py_install
+if wanted py-test; then
   if stage_failed py-install; then
     skip_stage py-test "pip install failed"
   elif stage_failed cargo-build; then

@@ -9,51 +9,86 @@ import sys
 import threading
 from pathlib import Path
 
+import pika
+from pika.exceptions import AMQPError
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 from herald_example import PageHandler  # noqa: E402 (after the path is set)
-
-import amqp091  # noqa: E402
 
 ROOM = "counter"  # the site's public_channel in herald.yml: every page is in it
 
 
+def connect(amqp_url):
+    """One blocking connection and a channel in confirm mode: `basic_publish` returns once RabbitMQ has the
+    message, and raises when it nacks it or (mandatory) no queue took it.
+
+    No heartbeats: a backend that publishes only from its request threads never services them, and the broker
+    would close the connection after two missed ones. A connection that broke anyway (a broker restart) is
+    found on the next publish, which `ClickCounter.click` retries once on a new connection."""
+    parameters = pika.URLParameters(amqp_url)
+    parameters.heartbeat = 0
+    parameters.blocked_connection_timeout = 10  # a broker out of memory or disk: fail the click, do not hang
+    connection = pika.BlockingConnection(parameters)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    return connection, channel
+
+
 class ClickCounter:
-    """The count and the one AMQP connection it is published on; a lock keeps counts and messages in order."""
+    """The count and the one AMQP connection it is published on; a lock keeps counts and messages in order (and
+    pika's BlockingConnection to one thread at a time)."""
 
     def __init__(self, amqp_url, queue):
         self.amqp_url = amqp_url
         self.queue = queue
         self.count = 0
         self.lock = threading.Lock()
-        self.publisher = self._connect()
+        self.connection, self.channel = self._connect()
         # This backend starts at 0: counts left in the queue by an earlier run are stale, so they go.
-        stale = self.publisher.purge_queue(queue)
+        stale = self.channel.queue_purge(queue).method.message_count
         if stale:
             print("click-counter: dropped %d stale count(s) from %s" % (stale, queue), flush=True)
 
     def _connect(self):
-        publisher = amqp091.Publisher(self.amqp_url)
-        publisher.declare_queue(self.queue)  # durable, as herald declares it: whichever starts first creates it
-        return publisher
+        connection, channel = connect(self.amqp_url)
+        # Durable with no arguments, as herald's bridge declares it: whichever starts first creates it.
+        channel.queue_declare(self.queue, durable=True)
+        return connection, channel
+
+    def _publish(self, body):
+        # Through the default exchange to the queue; persistent, and mandatory: a message no queue takes is an
+        # error (pika.exceptions.UnroutableError), not a count lost in silence.
+        self.channel.basic_publish(exchange="", routing_key=self.queue, body=body, mandatory=True,
+                                   properties=pika.BasicProperties(content_type="application/json",
+                                                                   delivery_mode=pika.DeliveryMode.Persistent))
 
     def click(self):
-        """Counts one click and returns the new count once RabbitMQ has confirmed its message."""
+        """Counts one click and returns the new count once RabbitMQ has confirmed its message (a click whose
+        message RabbitMQ did not take raises and does not count)."""
         with self.lock:
-            self.count += 1
-            message = {"rooms": [ROOM], "event": "count", "args": [self.count], "retain": True}
+            count = self.count + 1
+            message = {"rooms": [ROOM], "event": "count", "args": [count], "retain": True}
             body = json.dumps(message).encode()
             try:
-                self.publisher.publish(self.queue, body)
-            except (OSError, amqp091.AmqpError):
+                self._publish(body)
+            except (OSError, AMQPError):
                 # The broker restarted or dropped us: one new connection, one more try.
-                self.publisher.sock.close()
-                self.publisher = self._connect()
-                self.publisher.publish(self.queue, body)
-            return self.count
+                self._close()
+                self.connection, self.channel = self._connect()
+                self._publish(body)
+            self.count = count
+            return count
+
+    def _close(self):
+        try:
+            if self.connection.is_open:
+                self.connection.close()
+        except (OSError, AMQPError):
+            pass
 
     def close(self):
         with self.lock:
-            self.publisher.close()
+            self._close()
 
 
 class Handler(PageHandler):
@@ -66,6 +101,6 @@ class Handler(PageHandler):
             return self.send_json(404, {"error": "not found"})
         try:
             count = self.counter.click()
-        except (OSError, amqp091.AmqpError) as error:
+        except (OSError, AMQPError) as error:
             return self.send_json(503, {"error": "could not publish the count: %s" % error})
         return self.send_json(200, {"count": count})

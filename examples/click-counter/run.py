@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Runs the click-counter example: the backend (page + POST /click, publishing to RabbitMQ) and herald with
 herald.yml, whose AMQP bridge carries the counts to the page. Ctrl-C stops both.
+The backend publishes with pika (examples/requirements.txt).
 
     python3 examples/click-counter/run.py [--port N] [--page-port N] [--queue NAME]
 """
@@ -11,9 +12,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "lib"))
 sys.path.insert(0, str(HERE))
-from herald_example import Herald, announce, arguments, page_url, run_until_stopped, serve_page, wait_until  # noqa: E402
-
-import backend  # noqa: E402
+from herald_example import (Herald, announce, arguments, page_url, require, run_until_stopped,  # noqa: E402
+                            serve_page, wait_until)
 
 SITE, KEY = "clicks", "clicks-example-key"  # as in herald.yml
 AMQP_URL, QUEUE = "amqp://guest:guest@127.0.0.1:5672/%2f", "herald.examples.clicks"  # as in herald.yml
@@ -26,9 +26,12 @@ def options(parser):
 
 def main():
     args = arguments(__doc__.splitlines()[0], options)
+    require("pika", "pika")
+    import backend  # after the check: it imports pika
+
     try:
         counter = backend.ClickCounter(AMQP_URL, args.queue)
-    except (OSError, backend.amqp091.AmqpError) as error:
+    except (OSError, backend.AMQPError) as error:
         sys.exit("click-counter: cannot use RabbitMQ at 127.0.0.1:5672 (%s); start it (scripts/services.sh)" % error)
     backend.Handler.counter = counter
     page = serve_page(HERE, backend.Handler, args.page_port)

@@ -1,15 +1,18 @@
 """What every example's run.py shares: find the herald binary, start it on a free port with the example's
 herald.yml, serve the example's page, print where everything is, and stop it all on Ctrl-C or SIGTERM.
 
-The devices and scripts (clock.py, sensor.py) do not import it: they are plain scripts you can copy. The
-backends take their HTTP server from it (`PageHandler`), so what they hold is their own logic.
+The devices and scripts (clock.py, sensor.py, ticker.py, device.py) do not import it: they are plain scripts you
+can copy. The backends take their HTTP server from it (`PageHandler`), so what they hold is their own logic.
 
-Standard library only, so an example runs with a bare python3 (3.9 or newer).
+Standard library only (3.9 or newer): the examples' own dependencies (pika, paho-mqtt) are in
+examples/requirements.txt, and only the scripts that talk to a broker import them.
 """
 
 import argparse
 import atexit
+import http.client
 import http.server
+import importlib
 import json
 import os
 import re
@@ -21,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -37,6 +41,7 @@ _HERALD_ENV = {"SITE_NAME", "AUTH_URL", "AUTH_SCHEME", "API_KEY", "USER_ROOM_PRE
 
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 15
+STREAM_IDLE_TIMEOUT_S = 45
 
 
 def arguments(description, extra=None):
@@ -73,6 +78,16 @@ def herald_binary(explicit=None):
     sys.exit("herald binary not found: build it (cargo build -p herald) or set HERALD_GATEWAY_BIN")
 
 
+def require(module, package):
+    """Checks that `module` imports (from `package` of examples/requirements.txt), or exits saying how to install
+    it: run.py calls it before it starts anything."""
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        sys.exit("%s needs %s (%s): python3 -m venv .venv && .venv/bin/pip install -r examples/requirements.txt, "
+                 "then run it with .venv/bin/python" % (sys.executable, package, error))
+
+
 def socket_io_client_js():
     """The socket.io client the pages load: $SOCKET_IO_CLIENT_JS, else tests/js's copy (npm ci in tests/js)."""
     explicit = os.environ.get("SOCKET_IO_CLIENT_JS")
@@ -86,10 +101,13 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 
     web_dir = None  # set by `serve_page`
     page_config = {}  # window.HERALD in /config.js
+    event_streams = None  # herald's URL, to pass GET /sse/... on to it (`proxy_event_stream`); None: not served
     server_version = "herald-example"
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
+        if self.event_streams and path.startswith("/sse/"):
+            return self.proxy_event_stream()
         if path == "/config.js":
             body = "window.HERALD = %s;\n" % json.dumps(self.page_config)
             return self.send_body(200, body.encode(), "text/javascript")
@@ -105,6 +123,41 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
             return self.send_body(404, b"not found", "text/plain")
         kind = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
         return self.send_body(200, file.read_bytes(), kind.get(file.suffix, "application/octet-stream"))
+
+    def proxy_event_stream(self):
+        """Passes this GET /sse/<site> (its query, Last-Event-ID, Authorization, Cookie and Origin) to herald and
+        streams herald's answer back, so a page's EventSource reads herald's event stream from the page's own
+        origin, as it does when one reverse proxy serves both. Needed because herald's /sse/ answers carry no CORS
+        headers, so a browser refuses a cross-origin EventSource even from an allowed origin."""
+        upstream = urllib.parse.urlsplit(self.event_streams)
+        forwarded = ("Accept", "Last-Event-ID", "Authorization", "Cookie", "Origin")
+        headers = {name: self.headers[name] for name in forwarded if self.headers.get(name)}
+        # herald writes a `: ping` comment every 15 s (engine.sse_ping_ms) on a quiet stream: longer than this
+        # without a byte, it is gone.
+        connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=STREAM_IDLE_TIMEOUT_S)
+        try:
+            try:
+                connection.request("GET", self.path, headers=headers)
+                answer = connection.getresponse()
+            except OSError as error:
+                return self.send_body(502, json.dumps({"error": "herald: %s" % error}).encode(), "application/json")
+            kind = answer.getheader("Content-Type") or "text/plain"
+            if not kind.startswith("text/event-stream"):  # a refusal: 401, 403, 404 with {"error"}
+                return self.send_body(answer.status, answer.read(), kind)
+            self.send_response(answer.status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()  # HTTP/1.0: the stream ends when the connection does
+            while True:
+                chunk = answer.read1(65536)
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError:
+            pass  # herald or the page went away: the page's EventSource reconnects
+        finally:
+            connection.close()
 
     def read_body(self):
         """The request's body, as bytes (a webhook checks its signature on exactly these)."""
@@ -188,6 +241,17 @@ class Herald:
                 print("[herald]", line, file=sys.stderr, flush=True)
         listening.set()  # herald exited: stop waiting
 
+    def token(self, site, user, rooms, ttl_secs=86400):
+        """A JWT for `user` in `rooms`, minted by `herald token` from the same config copy (the site's secret):
+        what a real backend would hand a logged-in user's page."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_") and k not in _HERALD_ENV}
+        command = [self.binary, "token", "--config", str(self.config), "--site", site, "--user", user,
+                   "--ttl", str(ttl_secs)] + [arg for room in rooms for arg in ("--room", room)]
+        minted = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if minted.returncode != 0:
+            sys.exit("herald token failed: " + minted.stderr.strip())
+        return minted.stdout.strip()
+
     def api(self, method, path, key, body=None):
         """A call to herald's HTTP API: (status, parsed answer)."""
         return http_json(method, self.url + path, body, {"Authorization": "Bearer " + key})
@@ -236,10 +300,11 @@ def wait_until(condition, what, timeout=START_TIMEOUT_S):
         time.sleep(0.1)
 
 
-def announce(name, page, herald, site):
-    """Tells a person where to look, and a test (one `READY {json}` line) where everything is."""
+def announce(name, page, herald, site, socket_io=True):
+    """Tells a person where to look, and a test (one `READY {json}` line) where everything is. `socket_io`:
+    whether the page loads the socket.io client (plain-clients' pages do not)."""
     print("%s: open %s/ (herald %s, site %s)" % (name, page, herald, site), flush=True)
-    if socket_io_client_js() is None:
+    if socket_io and socket_io_client_js() is None:
         print("%s: the page needs socket.io-client: run `npm ci` in tests/js or set SOCKET_IO_CLIENT_JS" % name,
               flush=True)
     print("READY " + json.dumps({"page": page, "herald": herald, "site": site}), flush=True)
