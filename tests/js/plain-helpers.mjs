@@ -68,6 +68,7 @@ export class EventStream {
     const res = await fetch(url, { headers: { accept: "text/event-stream", ...headers }, signal: stream.abort.signal });
     stream.status = res.status;
     stream.contentType = res.headers.get("content-type");
+    stream.headers = res.headers;
     if (!stream.contentType?.startsWith("text/event-stream")) {
       stream.body = await res.json().catch(() => null);
       return stream;

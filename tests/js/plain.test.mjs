@@ -234,6 +234,13 @@ describe("plain WebSocket and Server-Sent Events", () => {
     assert.ok(refused.body.error.length > 0);
     const unknown = await EventStream.open(sseUrl(gw, "nosuch"));
     assert.equal(unknown.status, 404);
+    // A page of a listed origin may read the stream (credentialed CORS); another origin may not connect.
+    const cors = await sse(gw, "news", {}, { origin: "http://app.example" });
+    assert.equal(cors.status, 200);
+    assert.equal(cors.headers.get("access-control-allow-origin"), "http://app.example");
+    assert.equal(cors.headers.get("access-control-allow-credentials"), "true");
+    const foreign = await EventStream.open(sseUrl(gw, "news"), { headers: { origin: "http://evil.example" } });
+    assert.equal(foreign.status, 403);
     const withBearer = await sse(gw, "auction", {}, { authorization: `Bearer ${token("s", "lot-s")}` });
     assert.deepEqual((await withBearer.next((e) => e.event === "welcome")).data.rooms, ["lot-s"]);
   });

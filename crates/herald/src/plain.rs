@@ -121,6 +121,7 @@ async fn event_stream(
         return refused;
     }
     let auth = auth_payload(request.headers(), true);
+    let origin = request.headers().get(header::ORIGIN).cloned();
     let (parts, _) = request.into_parts();
     let Some(session) = state.engine.open_plain(&parts, Transport::EventStream) else {
         return refuse(
@@ -132,7 +133,7 @@ async fn event_stream(
     state.io.connect_plain(&session, &format!("/{site}"), auth);
     state
         .engine
-        .serve_event_stream(session, state.sse_ping)
+        .serve_event_stream(session, origin, state.sse_ping)
         .await
 }
 

@@ -103,8 +103,18 @@ pub(super) async fn handle<H: EngineHandler>(
     } else {
         route(engine, request).await
     };
-    // Credentialed CORS only for listed origins: with no list, a cross-origin page gets no CORS answer, so a
-    // browser never lets it read a logged-in user's polling responses (socket.io's own default has no CORS).
+    allow_origin(config, origin, &mut response);
+    response
+}
+
+/// Credentialed CORS only for listed origins: with no list, a cross-origin page gets no CORS answer, so a
+/// browser never lets it read a logged-in user's responses (socket.io's own default has no CORS). `origin` has
+/// passed the origin check.
+pub(super) fn allow_origin(
+    config: &super::EngineConfig,
+    origin: Option<HeaderValue>,
+    response: &mut Response<Body>,
+) {
     if let (Some(origin), Some(_)) = (origin, &config.allowed_origins) {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -113,7 +123,6 @@ pub(super) async fn handle<H: EngineHandler>(
             HeaderValue::from_static("true"),
         );
     }
-    response
 }
 
 fn preflight(request: &Request<Body>) -> Response<Body> {

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::heartbeat::{Due, Heartbeat};
-use super::http::{handshake_bytes, handshake_too_large, respond};
+use super::http::{allow_origin, handshake_bytes, handshake_too_large, respond};
 use super::session::{CloseReason, Session, Transport};
 use super::websocket::{accept_key, switching_protocols, upgraded, ws_error_reason, Ws};
 use super::{new_sid, Engine, EngineHandler};
@@ -153,13 +153,21 @@ impl<H: EngineHandler> Engine<H> {
     }
 
     /// Answers `session` (opened with [`Transport::EventStream`]) with an event stream, once the layer above
-    /// has decided about it: 200 and the stream, or 401 with the reason it refused. `ping` is the time between
-    /// keep-alive comments.
+    /// has decided about it: 200 and the stream, or 401 with the reason it refused; a listed `origin` gets
+    /// credentialed CORS headers, so a page of another origin can read it. `ping` is the time between keep-alive
+    /// comments.
     pub async fn serve_event_stream(
         &self,
         session: Arc<Session<H::Conn>>,
+        origin: Option<HeaderValue>,
         ping: Duration,
     ) -> Response<Body> {
+        let mut response = self.event_stream(session, ping).await;
+        allow_origin(&self.inner.config, origin, &mut response);
+        response
+    }
+
+    async fn event_stream(&self, session: Arc<Session<H::Conn>>, ping: Duration) -> Response<Body> {
         let mut stream = EventStream {
             engine: self.clone(),
             session,
