@@ -10,7 +10,6 @@ examples/requirements.txt, and only the scripts that talk to a broker import the
 
 import argparse
 import atexit
-import http.client
 import http.server
 import importlib
 import json
@@ -24,7 +23,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -41,7 +39,6 @@ _HERALD_ENV = {"SITE_NAME", "AUTH_URL", "AUTH_SCHEME", "API_KEY", "USER_ROOM_PRE
 
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 15
-STREAM_IDLE_TIMEOUT_S = 45
 
 
 def arguments(description, extra=None):
@@ -101,13 +98,10 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 
     web_dir = None  # set by `serve_page`
     page_config = {}  # window.HERALD in /config.js
-    event_streams = None  # herald's URL, to pass GET /sse/... on to it (`proxy_event_stream`); None: not served
     server_version = "herald-example"
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
-        if self.event_streams and path.startswith("/sse/"):
-            return self.proxy_event_stream()
         if path == "/config.js":
             body = "window.HERALD = %s;\n" % json.dumps(self.page_config)
             return self.send_body(200, body.encode(), "text/javascript")
@@ -123,41 +117,6 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
             return self.send_body(404, b"not found", "text/plain")
         kind = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
         return self.send_body(200, file.read_bytes(), kind.get(file.suffix, "application/octet-stream"))
-
-    def proxy_event_stream(self):
-        """Passes this GET /sse/<site> (its query, Last-Event-ID, Authorization, Cookie and Origin) to herald and
-        streams herald's answer back, so a page's EventSource reads herald's event stream from the page's own
-        origin, as it does when one reverse proxy serves both. Needed because herald's /sse/ answers carry no CORS
-        headers, so a browser refuses a cross-origin EventSource even from an allowed origin."""
-        upstream = urllib.parse.urlsplit(self.event_streams)
-        forwarded = ("Accept", "Last-Event-ID", "Authorization", "Cookie", "Origin")
-        headers = {name: self.headers[name] for name in forwarded if self.headers.get(name)}
-        # herald writes a `: ping` comment every 15 s (engine.sse_ping_ms) on a quiet stream: longer than this
-        # without a byte, it is gone.
-        connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=STREAM_IDLE_TIMEOUT_S)
-        try:
-            try:
-                connection.request("GET", self.path, headers=headers)
-                answer = connection.getresponse()
-            except OSError as error:
-                return self.send_body(502, json.dumps({"error": "herald: %s" % error}).encode(), "application/json")
-            kind = answer.getheader("Content-Type") or "text/plain"
-            if not kind.startswith("text/event-stream"):  # a refusal: 401, 403, 404 with {"error"}
-                return self.send_body(answer.status, answer.read(), kind)
-            self.send_response(answer.status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()  # HTTP/1.0: the stream ends when the connection does
-            while True:
-                chunk = answer.read1(65536)
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                self.wfile.flush()
-        except OSError:
-            pass  # herald or the page went away: the page's EventSource reconnects
-        finally:
-            connection.close()
 
     def read_body(self):
         """The request's body, as bytes (a webhook checks its signature on exactly these)."""

@@ -22,9 +22,6 @@ def main():
     page = serve_page(HERE, PageHandler, args.page_port)
     herald = Herald(HERE, page.server_address[1], args)
     PageHandler.page_config = {"url": herald.url, "site": SITE}
-    # sse.html opens its EventSource on the page's own /sse/plain, which the page server passes on to herald:
-    # herald's /sse/ answers carry no CORS headers, so a browser refuses a cross-origin EventSource.
-    PageHandler.event_streams = herald.url
     ticker = subprocess.Popen([sys.executable, str(HERE / "ticker.py"), "--herald", herald.url, "--site", SITE,
                                "--key", KEY], stdin=subprocess.DEVNULL)
     print("plain-clients: the WebSocket page is %s/ws.html, the EventSource page %s/sse.html"

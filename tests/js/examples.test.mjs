@@ -5,7 +5,8 @@
 // webhook takes moves the price for every bidder and a low one gets an error ack, the pomodoro device's states
 // reach the page (retained) and the page's commands reach the device over MQTT. For plain-clients, a plain
 // WebSocket (the `ws` package) and an event stream read with fetch are in the browser's place, with its Origin:
-// ticks on both, a chat relayed between two WebSockets, and an event stream resumed by Last-Event-ID.
+// ticks on both, the stream's CORS answer for that origin, a chat relayed between two WebSockets, and an event
+// stream resumed by Last-Event-ID.
 //
 // Each example runs in its own process group (run.py, herald, the example's scripts), which is ended after its
 // tests, also when they fail, and when this process exits. A new example is one more folder under examples/
@@ -549,8 +550,6 @@ describe("examples/plain-clients: a plain WebSocket and an EventSource, no socke
   const origin = () => ({ Origin: example.info.page });
   const wsUrl = () => `${example.info.herald.replace(/^http/, "ws")}/ws/${example.info.site}`;
   const sseUrl = () => `${example.info.herald}/sse/${example.info.site}`;
-  // sse.html's EventSource reads the stream through its own server (see examples/plain-clients/README.md).
-  const pageSseUrl = () => `${example.info.page}/sse/${example.info.site}`;
 
   const openSocket = async () => {
     const socket = plain.add(new PlainSocket(wsUrl(), { headers: origin() }));
@@ -562,6 +561,12 @@ describe("examples/plain-clients: a plain WebSocket and an EventSource, no socke
     assert.equal(stream.status, 200, JSON.stringify(stream.body));
     assert.equal(stream.contentType, "text/event-stream");
     return stream;
+  };
+  // sse.html's EventSource is on herald's origin, not the page's: the browser reads the stream only when herald
+  // answers the page's origin with credentialed CORS (see examples/plain-clients/README.md).
+  const assertCors = (stream, what) => {
+    assert.equal(stream.headers.get("access-control-allow-origin"), example.info.page, `${what}: the page's origin may read it`);
+    assert.equal(stream.headers.get("access-control-allow-credentials"), "true", what);
   };
   const tickNumbers = (events) => events.map((e) => e.data[0].n);
   const consecutive = (numbers) => numbers.every((n, i) => i === 0 || n === numbers[i - 1] + 1);
@@ -579,24 +584,25 @@ describe("examples/plain-clients: a plain WebSocket and an EventSource, no socke
       assert.doesNotMatch(res.text, /<script src="[^"]*socket\.io/, `${file} loads no socket.io`);
       assert.match(res.text, api, file);
     }
+    // sse.html opens its stream on herald itself (window.HERALD.url), not on the page's server.
+    const ssePage = await fetchText(`${page}/sse.html`);
+    assert.match(ssePage.text, /`\$\{HERALD\.url\}\/sse\/\$\{HERALD\.site\}`/, "sse.html's stream is on herald");
     assert.deepEqual(await pageConfig(example), { url: herald, site });
   });
 
   it("welcomes a plain WebSocket and an event stream into the lobby and ticks on both; another origin is refused", { timeout: TEST_TIMEOUT_MS }, async () => {
     const socket = await openSocket();
     const stream = await openStream(sseUrl());
-    const viaPage = await openStream(pageSseUrl());
+    assertCors(stream, "the stream");
     const welcome = await socket.welcome();
     assert.deepEqual(welcome.rooms, ["lobby"]);
     assert.equal(typeof welcome.socket, "string");
-    for (const s of [stream, viaPage]) {
-      const { data } = await s.next((e) => e.event === "welcome", "the stream's welcome");
-      assert.deepEqual([data.type, data.rooms], ["welcome", ["lobby"]]);
-      assert.equal(s.events[0].event, "welcome", "the welcome comes first");
-    }
+    const { data } = await stream.next((e) => e.event === "welcome", "the stream's welcome");
+    assert.deepEqual([data.type, data.rooms], ["welcome", ["lobby"]]);
+    assert.equal(stream.events[0].event, "welcome", "the welcome comes first");
 
     await until(
-      () => socket.events("tick").length >= 2 && stream.named("tick").length >= 2 && viaPage.named("tick").length >= 2,
+      () => socket.events("tick").length >= 2 && stream.named("tick").length >= 2,
       3 * STEP_TIMEOUT_MS,
       "two ticks on each",
     );
@@ -606,11 +612,9 @@ describe("examples/plain-clients: a plain WebSocket and an EventSource, no socke
       assert.deepEqual(Object.keys(frame.args[0]).sort(), ["iso", "n"]);
       assert.match(frame.offset, /^\d+-\d+$/, "a logged publish carries its recovery offset");
     }
-    for (const s of [stream, viaPage]) {
-      const ticks = s.named("tick");
-      assert.ok(consecutive(tickNumbers(ticks)), JSON.stringify(ticks));
-      for (const tick of ticks) assert.match(tick.id, /^\d+-\d+$/, "each event's id is its recovery offset");
-    }
+    const ticks = stream.named("tick");
+    assert.ok(consecutive(tickNumbers(ticks)), JSON.stringify(ticks));
+    for (const tick of ticks) assert.match(tick.id, /^\d+-\d+$/, "each event's id is its recovery offset");
     // The same publish reaches both kinds of client with the same arguments, and the stream's id is the offset.
     const shared = stream.named("tick").find((e) => frames.some((f) => f.args[0].n === e.data[0].n));
     assert.ok(shared, "a tick both got");
@@ -620,6 +624,7 @@ describe("examples/plain-clients: a plain WebSocket and an EventSource, no socke
     const evil = { Origin: "http://evil.example" };
     const refused = plain.add(await EventStream.open(sseUrl(), { headers: evil }));
     assert.deepEqual([refused.status, refused.body], [403, { error: "this origin may not connect" }]);
+    assert.equal(refused.headers.get("access-control-allow-origin"), null, "no CORS answer for another origin");
     const refusedSocket = plain.add(new PlainSocket(wsUrl(), { headers: evil }));
     await assert.rejects(refusedSocket.opened, /403/);
   });
@@ -656,13 +661,13 @@ describe("examples/plain-clients: a plain WebSocket and an EventSource, no socke
     // Two more ticks published while it is away.
     await until(() => watcher.named("tick").some((e) => e.data[0].n >= lastN + 2), 3 * STEP_TIMEOUT_MS, "two ticks it misses");
 
-    // EventSource's own reconnect sends Last-Event-ID; sse.html's "drop" reopens with ?lastEventId=, through the
-    // page's server as its EventSource does. Each gets the same: what was logged after lastId, then live ticks.
+    // EventSource's own reconnect sends Last-Event-ID; sse.html's "drop" reopens with ?lastEventId=, each with
+    // the page's Origin. Each gets the same: what was logged after lastId, then live ticks.
     const resumed = [
       await openStream(sseUrl(), { "Last-Event-ID": lastId }),
-      await openStream(pageSseUrl(), { "Last-Event-ID": lastId }),
-      await openStream(`${pageSseUrl()}?lastEventId=${encodeURIComponent(lastId)}`),
+      await openStream(`${sseUrl()}?lastEventId=${encodeURIComponent(lastId)}`),
     ];
+    for (const [i, s] of resumed.entries()) assertCors(s, `resumed stream ${i}`);
     const withIds = (s) => s.events.filter((e) => e.id !== undefined);
     await until(() => resumed.every((s) => withIds(s).length >= 3), 3 * STEP_TIMEOUT_MS, "three ticks on each resumed stream");
     const watched = withIds(watcher);
