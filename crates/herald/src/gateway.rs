@@ -68,6 +68,8 @@ pub struct Gateway {
     pub emitter: Option<crate::bridges::emitter::Emitter>,
     /// The broker bridges' states.
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
+    /// Tells the broker bridges the process stops (`stop_bridges`).
+    bridge_stop: crate::bridges::Stop,
     ready: Arc<AtomicBool>,
 }
 
@@ -323,7 +325,9 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     let bridge_context = crate::bridges::BridgeContext {
         node: Arc::clone(&publisher.cluster.node),
         redis_url: config.server.redis_url.clone(),
+        stop: crate::bridges::Stop::default(),
     };
+    let bridge_stop = bridge_context.stop.clone();
     let bridges = Arc::new(crate::bridges::start_inbound(
         config,
         &publisher,
@@ -338,6 +342,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         registry,
         emitter,
         bridges,
+        bridge_stop,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -417,6 +422,12 @@ impl Gateway {
     pub fn close_all(&self) {
         self.engine
             .close_all(crate::engine::CloseReason::ServerClose);
+    }
+
+    /// Stops the broker bridges, waiting at most `within` for those that clean up on their broker (the MQTT
+    /// bridge's persistent session).
+    pub async fn stop_bridges(&self, within: Duration) {
+        self.bridge_stop.stop(within).await;
     }
 
     /// Waits until every session has closed, or `grace` has passed.

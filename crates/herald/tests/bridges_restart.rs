@@ -457,6 +457,76 @@ async fn mqtt_persistent_session_loses_nothing_across_a_broker_restart() {
     durable_stream(broker, config, producer).await;
 }
 
+/// When herald stops, its MQTT bridge removes the persistent session it kept on the broker, which would
+/// otherwise stay (queueing the filter's messages) for a process that is gone: Mosquitto's
+/// `$SYS/broker/clients/total` counts connected clients and disconnected persistent sessions alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_stopping_herald_removes_its_persistent_session() {
+    let broker = Broker::start(Kind::Mosquitto).await;
+    let config = Config {
+        sites: vec![site()],
+        bridges: vec![bridge(BridgeKind::Mqtt, broker.url(), "herald/stop")],
+        ..Config::default()
+    };
+    let (_, gateway) = common::start_gateway(config).await;
+    let status = Arc::clone(&gateway.bridges[0]);
+    let mut clients = sys_clients_total(broker.port);
+    let wait_clients = |clients: &mut tokio::sync::watch::Receiver<Option<u64>>, n: u64| {
+        let mut clients = clients.clone();
+        async move {
+            timeout(
+                Duration::from_secs(10),
+                clients.wait_for(|total| *total == Some(n)),
+            )
+            .await
+            .map(|_| ())
+            .unwrap_or_else(|_| {
+                panic!(
+                    "Mosquitto never counted {n} clients: {:?}",
+                    *clients.borrow()
+                )
+            })
+        }
+    };
+    // herald's session and the probe's.
+    wait_clients(&mut clients, 2).await;
+    assert_eq!(status.state(), State::Up);
+
+    gateway.stop_bridges(Duration::from_secs(3)).await;
+    let described = status.describe();
+    assert_eq!(
+        (&described["state"], &described["last_error"]),
+        (&Value::from("down"), &Value::from("herald is stopping"))
+    );
+    // The probe's alone: herald's connection is gone and so is its session.
+    wait_clients(&mut clients, 1).await;
+}
+
+/// The latest `$SYS/broker/clients/total` of the Mosquitto on `port`, from a client of its own.
+fn sys_clients_total(port: u16) -> tokio::sync::watch::Receiver<Option<u64>> {
+    let (total, receiver) = tokio::sync::watch::channel(None);
+    let options = rumqttc::MqttOptions::new("herald-restart-sys", "127.0.0.1", port);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            match event {
+                rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => {
+                    let _ =
+                        client.try_subscribe("$SYS/broker/clients/total", rumqttc::QoS::AtMostOnce);
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) => {
+                    let value = std::str::from_utf8(&publish.payload)
+                        .ok()
+                        .and_then(|text| text.trim().parse().ok());
+                    total.send_replace(value);
+                }
+                _ => {}
+            }
+        }
+    });
+    receiver
+}
+
 /// Publishes at QoS 1, one message at a time, each confirmed by its PUBACK; a clean session of its own per
 /// connection, so a message that got no PUBACK is not sent again behind the test's back.
 struct Mqtt {

@@ -18,9 +18,11 @@
 //! remembered (`Unacked`): its PUBACK cannot go on another connection, so the broker sends it again, with the
 //! DUP flag and its packet id, and the worker acknowledges that copy without publishing it twice. A PUBACK that
 //! was on its way when the connection broke is lost with it, and the broker sends that message again: QoS 1 is
-//! at least once, and such a copy is published again. When herald stops, its session stays on the broker
-//! (the next process has a new node id) until the broker expires it (Mosquitto: `persistent_client_expiration`);
-//! it holds at most the broker's queue limit of messages (Mosquitto: `max_queued_messages`, 1000).
+//! at least once, and such a copy is published again. When herald stops (SIGTERM, `Gateway::stop_bridges`), the
+//! bridge removes its session: it connects under the same id with a clean session, which discards the old one,
+//! so the broker does not queue the filter's messages for a process that is gone (the next one has a new node
+//! id). A process that dies leaves its session until the broker expires it (Mosquitto:
+//! `persistent_client_expiration`; meanwhile it holds at most `max_queued_messages`, 1000 by default).
 //!
 //! A cluster keeps clean sessions, with a fresh client id per connection: every node subscribes to the shared
 //! subscription `$share/herald/<filter>`, and a broker hands shared messages to a disconnected persistent
@@ -47,7 +49,7 @@ use tokio::sync::mpsc;
 use super::backoff::{percent_decode, redact, Backoff};
 use super::inbound::{Handled, Inbound};
 use super::status::State;
-use super::BridgeContext;
+use super::{BridgeContext, Stop};
 use crate::config::BridgeConfig;
 
 /// The broker is pinged after this long without traffic, and drops herald after one and a half times it.
@@ -63,6 +65,8 @@ const REQUESTS: usize = 1024;
 const PACKET_OVERHEAD: usize = 64 * 1024;
 /// The shared subscription group every node joins.
 const SHARE_GROUP: &str = "herald";
+/// The longest a stopping bridge spends removing its session from the broker.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages published but never acknowledged that the worker remembers, to know their redeliveries: far more
 /// than the broker has in flight (Mosquitto: 20) plus the worker's queue.
 const UNACKED: usize = 256;
@@ -95,6 +99,7 @@ struct Settings {
     /// One node: a persistent session under the one client id of `options`. A cluster: clean sessions, a
     /// client id per connection.
     persistent: bool,
+    stop: Stop,
 }
 
 impl Settings {
@@ -118,6 +123,7 @@ impl Settings {
             filter: subscription_filter(topic, cluster),
             node: Arc::clone(&context.node),
             persistent: !cluster,
+            stop: context.stop.clone(),
         })
     }
 
@@ -224,25 +230,79 @@ struct Job {
     session: u64,
 }
 
-/// Connects, reads until the connection fails, waits, and again.
+/// Connects, reads until the connection fails, waits, and again; when the process stops, removes the
+/// persistent session from the broker.
 async fn read(
     settings: Settings,
     inbound: Inbound,
     queue: mpsc::Sender<Job>,
     current: Arc<Mutex<Current>>,
 ) {
+    let _holding = settings.stop.hold();
     let label = inbound.status.label.clone();
     let mut backoff = Backoff::default();
+    let stopping = settings.stop.requested();
+    tokio::pin!(stopping);
     loop {
         inbound.status.set(State::Connecting, None);
-        let Some(error) = session(&settings, &inbound, &queue, &current, &mut backoff).await else {
+        let ended = tokio::select! {
+            () = &mut stopping => break,
+            ended = session(&settings, &inbound, &queue, &current, &mut backoff) => ended,
+        };
+        let Some(error) = ended else {
             return;
         };
         let wait = backoff.next_wait();
         tracing::warn!(bridge = %label, error = %error, retry_in = ?wait, "mqtt bridge: disconnected");
         inbound.status.set(State::Down, Some(error.to_string()));
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = &mut stopping => break,
+            () = tokio::time::sleep(wait) => {}
+        }
     }
+    // The connection is dropped with the session's future: nothing more is taken from the broker.
+    if settings.persistent {
+        match forget_session(&settings).await {
+            Ok(()) => {
+                tracing::info!(bridge = %label, "mqtt bridge: stopped; its session is removed from the broker")
+            }
+            Err(e) => {
+                tracing::warn!(bridge = %label, error = %e, "mqtt bridge: stopped, but its session stays on the broker until it expires")
+            }
+        }
+    }
+    inbound
+        .status
+        .set(State::Down, Some("herald is stopping".into()));
+}
+
+/// Removes the persistent session from the broker, so it does not queue the filter's messages for a process
+/// that is gone: connects under its client id with a clean session (which discards the old one, MQTT 3.1.1
+/// 3.1.2.4) and disconnects. Bounded by `FORGET_TIMEOUT`.
+async fn forget_session(settings: &Settings) -> Result<(), MqttError> {
+    let mut options = settings.options.clone();
+    options.set_clean_session(true);
+    let (client, mut events) = AsyncClient::new(options, 4);
+    let forget = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // Queued now, sent by the next poll.
+                    let _ = client.try_disconnect();
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(MqttError::Connection(settings.reason(&e))),
+            }
+        }
+    };
+    tokio::time::timeout(FORGET_TIMEOUT, forget)
+        .await
+        .unwrap_or_else(|_| {
+            Err(MqttError::Connection(
+                "the broker did not answer in time".into(),
+            ))
+        })
 }
 
 /// One connection, read until it fails (the error) or the worker is gone (`None`).
@@ -395,6 +455,7 @@ mod tests {
         BridgeContext {
             node: "node0001".into(),
             redis_url: cluster.then(|| "redis://127.0.0.1:6379/".to_string()),
+            stop: Default::default(),
         }
     }
 

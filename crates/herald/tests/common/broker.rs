@@ -17,7 +17,8 @@ const BOOT: Duration = Duration::from_secs(60);
 /// Which broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// With persistence on, so persistent sessions and their QoS 1 messages survive a restart.
+    /// With persistence on, so persistent sessions and their QoS 1 messages survive a restart; `$SYS` topics
+    /// every second.
     Mosquitto,
     /// With JetStream, as the shared one runs.
     Nats,
@@ -121,7 +122,7 @@ impl Broker {
             Kind::Mosquitto => {
                 let config = format!(
                     "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                     user root\nlog_dest stderr\n",
+                     user root\nlog_dest stderr\nsys_interval 1\n",
                     self.port,
                     self.dir.display()
                 );
