@@ -125,6 +125,7 @@ pub async fn bridges(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Ou
     let broker_port = port_of(&plan.url);
     let broker_before = broker_port.map(broker_cpu).unwrap_or_default();
     let cpu_before = procfs::cpu_secs(pid)?;
+    let delay_before = procfs::run_delay_secs(pid)?;
     let own_before = procfs::own_cpu_secs()?;
     let started = Instant::now();
     let mut waited = Duration::ZERO;
@@ -155,6 +156,7 @@ pub async fn bridges(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Ou
     let finished = wait_received(&deliveries, expected, plan.drain).await;
     let elapsed = finished.duration_since(started).as_secs_f64();
     let server_cpu = procfs::cpu_secs(pid)? - cpu_before;
+    let server_delay = procfs::run_delay_secs(pid)? - delay_before;
     let own_cpu = procfs::own_cpu_secs()? - own_before;
     let broker_cpu = broker_port.map(|port| broker_cpu(port).since(&broker_before));
     drop(opened.clients);
@@ -168,12 +170,12 @@ pub async fn bridges(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Ou
     let per_msg = |secs: f64| secs * 1e6 / messages;
     let share = |secs: f64| secs * 100.0 / elapsed;
     let latency = deliveries.latency();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bottleneck = bottleneck(
         share(server_cpu),
         broker_cpu.map(share),
         share(own_cpu),
-        cores,
+        share(server_delay),
+        procfs::machine_cpus(),
     );
     let broker_text = broker_cpu.map_or_else(
         || "broker CPU unknown".to_string(),
@@ -188,7 +190,7 @@ pub async fn bridges(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Ou
     let human = format!(
         "bridges: {} → {} subscribers in one room, {} messages of {} bytes: delivered {received}/{} in {elapsed:.2}s \
          = {:.0} msg/s ({:.0} deliveries/s); lost {lost}, duplicates {duplicates}, out of order {out_of_order}; \
-         latency {}; server CPU {:.3} us/msg ({:.0}% of a core); {broker_text}; generator CPU {:.3} us/msg ({:.0}% \
+         latency {}; server CPU {:.3} us/msg ({:.0}% of a core, waiting for a CPU {:.0}% of the time); {broker_text}; generator CPU {:.3} us/msg ({:.0}% \
          of a core), window waits {:.2}s; bottleneck: {bottleneck}",
         plan.kind.name(),
         subs,
@@ -200,6 +202,7 @@ pub async fn bridges(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Ou
         latency.describe(),
         per_msg(server_cpu),
         share(server_cpu),
+        share(server_delay),
         per_msg(own_cpu),
         share(own_cpu),
         waited.as_secs_f64(),
@@ -223,6 +226,7 @@ pub async fn bridges(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Ou
             "latency_us": latency,
             "server_cpu_us_per_msg": per_msg(server_cpu),
             "server_cpu_pct": share(server_cpu),
+            "server_run_delay_pct": share(server_delay),
             "broker_cpu_us_per_msg": broker_cpu.map(per_msg),
             "broker_cpu_pct": broker_cpu.map(share),
             "own_cpu_us_per_msg": per_msg(own_cpu),
@@ -234,9 +238,16 @@ pub async fn bridges(target: &Target, pid: u32, plan: Plan) -> anyhow::Result<Ou
 
 /// Which process held the run back: one that used 85% of a core or more (the server and the generator are
 /// pinned to one CPU each by scripts/bench.sh), else the machine when the three used 85% of its `cores`
-/// together, else none, and the pace was set by waits: the round trips of confirmations and acks, one message
-/// at a time in the bridge.
-fn bottleneck(server_pct: f64, broker_pct: Option<f64>, own_pct: f64, cores: usize) -> String {
+/// together or the server waited for a CPU a fifth of the time or more (`server_delay_pct`: the machine was
+/// busy with them or with something else), else none, and the pace was set by waits: the round trips of
+/// confirmations and acks, one message at a time in the bridge.
+fn bottleneck(
+    server_pct: f64,
+    broker_pct: Option<f64>,
+    own_pct: f64,
+    server_delay_pct: f64,
+    cores: usize,
+) -> String {
     let mut busy: Vec<(&str, f64)> = [
         ("herald", Some(server_pct)),
         ("the broker", broker_pct),
@@ -252,6 +263,9 @@ fn bottleneck(server_pct: f64, broker_pct: Option<f64>, own_pct: f64, cores: usi
         Some((who, pct)) => format!("{who}'s CPU ({pct:.0}% of a core)"),
         None if total >= 85.0 * cores as f64 => format!(
             "the machine's CPU ({total:.0}% of {cores} cores, herald, broker and generator together)"
+        ),
+        None if server_delay_pct >= 20.0 => format!(
+            "the machine's CPU (herald waited for one {server_delay_pct:.0}% of the time)"
         ),
         None => "no process saturated a core: round trips and waits set the pace".into(),
     }
@@ -712,18 +726,21 @@ mod tests {
     #[test]
     fn the_bottleneck_is_the_busiest_saturated_process() {
         assert_eq!(
-            bottleneck(97.0, Some(40.0), 30.0, 2),
+            bottleneck(97.0, Some(40.0), 30.0, 0.0, 2),
             "herald's CPU (97% of a core)"
         );
         assert_eq!(
-            bottleneck(90.0, Some(99.0), 30.0, 2),
+            bottleneck(90.0, Some(99.0), 30.0, 0.0, 2),
             "the broker's CPU (99% of a core)"
         );
-        assert!(
-            bottleneck(80.0, Some(60.0), 40.0, 2).starts_with("the machine's CPU (180% of 2 cores")
+        assert!(bottleneck(80.0, Some(60.0), 40.0, 0.0, 2)
+            .starts_with("the machine's CPU (180% of 2 cores"));
+        assert!(bottleneck(80.0, Some(60.0), 40.0, 0.0, 4).starts_with("no process"));
+        assert_eq!(
+            bottleneck(30.0, Some(10.0), 20.0, 45.0, 2),
+            "the machine's CPU (herald waited for one 45% of the time)"
         );
-        assert!(bottleneck(80.0, Some(60.0), 40.0, 4).starts_with("no process"));
-        assert!(bottleneck(50.0, None, 20.0, 2).starts_with("no process"));
+        assert!(bottleneck(50.0, None, 20.0, 5.0, 2).starts_with("no process"));
     }
 
     #[test]

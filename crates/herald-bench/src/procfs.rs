@@ -155,3 +155,18 @@ fn pids() -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+/// CPUs of the machine (the `cpuN` lines of /proc/stat), whatever this process's affinity (scripts/bench.sh
+/// pins it to one).
+pub fn machine_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|stat| {
+            stat.lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}

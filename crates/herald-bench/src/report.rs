@@ -175,6 +175,10 @@ const BRIDGES: &[Metric] = &[
         false,
     ),
     info("server CPU (% of a core)", "/server_cpu_pct"),
+    info(
+        "server waiting for a CPU (% of the time)",
+        "/server_run_delay_pct",
+    ),
     info("broker CPU per message (µs)", "/broker_cpu_us_per_msg"),
     info("broker CPU (% of a core)", "/broker_cpu_pct"),
     info("generator CPU (% of a core)", "/own_cpu_pct"),
