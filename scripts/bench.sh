@@ -6,6 +6,8 @@
 #   bash scripts/bench.sh --rounds 3 --servers "herald node"
 #   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word (mailbox: herald's mailbox bench)
 #   bash scripts/bench.sh --only events --servers "herald node" --rounds 3   # client events routed to a webhook
+#   bash scripts/bench.sh --only bridges --servers herald   # broker bridges into one room (herald only; needs the
+#                                           # shared RabbitMQ, Mosquitto, NATS, Redis and Postgres: scripts/services.sh)
 #   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
 #
 # Results: target/bench/results.jsonl (one JSON line per run) and target/bench/report.md (the tables), under
@@ -45,10 +47,16 @@ export BENCH_API_KEY=bench-api-key-0123456789 BENCH_JWT_SECRET=bench-jwt-secret-
 
 server_pid=""
 # start_server SERVER SCENARIO: the `events` scenarios need the `bid` route to herald-bench's backend on
-# 127.0.0.1:3791 (bench/herald-events.yml; EVENTS_URL for Node).
+# 127.0.0.1:3791 (bench/herald-events.yml; EVENTS_URL for Node). The `bridges` ones need herald's bridges, named
+# after a new BENCH_RUN id (which herald-bench reads too) so that no run hears another's messages.
 start_server() {
   local herald_config=bench/herald.yml events_url=""
   if [[ $2 == events* ]]; then herald_config=bench/herald-events.yml events_url=http://127.0.0.1:3791/events/bid; fi
+  if [[ $2 == bridges* ]]; then
+    export BENCH_RUN="$(date +%s)$RANDOM"
+    herald_config=$out/herald-bridges.yml
+    sed "s/@RUN@/$BENCH_RUN/g" bench/herald-bridges.yml >"$herald_config"
+  fi
   case "$1" in
     herald) "${server_cpu[@]}" "$profile_dir/herald" --config "$herald_config" --port "$port" >"$out/server.log" 2>&1 & ;;
     node) EVENTS_URL=$events_url PORT=$port "${server_cpu[@]}" node bench/reference/node/server.mjs >"$out/server.log" 2>&1 & ;;
@@ -79,6 +87,11 @@ if [[ $smoke == 1 ]]; then
     "fanout-room-paced|fanout --subs 100 --messages 100 --rate 200"
     "fanout-personal|fanout --subs 200 --personal --messages 2000 --rate 2000 --publishers 4"
     "events|events --clients 20 --secs 2 --warmup 0.5 --drain-secs 3"
+    "bridges-amqp|bridges --kind amqp --subs 2 --messages 300 --warmup 20"
+    "bridges-mqtt|bridges --kind mqtt --subs 2 --messages 300 --warmup 20"
+    "bridges-nats|bridges --kind nats --subs 2 --messages 300 --warmup 20"
+    "bridges-redis|bridges --kind redis --subs 2 --messages 300 --warmup 20"
+    "bridges-postgres|bridges --kind postgres --subs 2 --messages 300 --warmup 20"
   )
   strict=(--strict)
 else
@@ -96,6 +109,13 @@ else
     "fanout-personal-10k|fanout --subs 10000 --personal --messages 100000 --rate 10000 --publishers 32"
     "events-closed-loop|events --clients 100 --secs 10"
     "events-paced|events --clients 100 --rate 2000 --secs 10"
+    "bridges-amqp|bridges --kind amqp --subs 4 --messages 50000"
+    # Mosquitto drops what it queues for one client beyond max_queued_messages (1000, PUBACKed all the same):
+    # the window stays under it.
+    "bridges-mqtt|bridges --kind mqtt --subs 4 --messages 50000 --window 500"
+    "bridges-nats|bridges --kind nats --subs 4 --messages 500000"
+    "bridges-redis|bridges --kind redis --subs 4 --messages 500000"
+    "bridges-postgres|bridges --kind postgres --subs 4 --messages 50000"
   )
   strict=()
 fi
@@ -107,6 +127,8 @@ for entry in "${scenarios[@]}"; do
     for server in $servers; do
       # Only herald and the Node reference route client events to a webhook (bench/reference/README.md).
       if [[ $name == events* && $server == socketioxide ]]; then continue; fi
+      # The broker bridges are herald's alone.
+      if [[ $name == bridges* && $server != herald ]]; then continue; fi
       echo "== $name, round $round, $server" >&2
       start_server "$server" "$name"
       # shellcheck disable=SC2086 # $args is a word list on purpose

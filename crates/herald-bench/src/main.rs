@@ -6,6 +6,7 @@
 //! see `target.rs` and bench/reference.
 
 mod backend;
+mod bridges;
 mod client;
 mod connect;
 mod direct;
@@ -247,6 +248,39 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         drain_secs: u64,
     },
+    /// One broker bridge into one room: one producer pushes M messages into the broker as fast as it can
+    /// (within the window of the deliveries), the server's bridge publishes them to the subscribers. Messages/s
+    /// that reach them, and the CPU per message of the server, the broker and the generator (bridges.rs). The
+    /// server must run bench/herald-bridges.yml with the same run id.
+    Bridges {
+        #[arg(long, value_enum)]
+        kind: bridges::Kind,
+        /// The run's id, which names the sources in bench/herald-bridges.yml (`@RUN@`): the queue and subject
+        /// herald.bench.<run>, the topic herald/bench/<run>, the channels herald:bench:<run> and herald_bench_<run>.
+        #[arg(long, env = "BENCH_RUN", default_value = "0")]
+        run: String,
+        /// The broker's URL; by default the shared service of scripts/services.sh.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        subs: usize,
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Size of the socket.io frame each subscriber receives, in bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// The producer stays at most this many messages ahead of the deliveries.
+        #[arg(long, default_value_t = 1_000)]
+        window: usize,
+        /// Messages sent and delivered before the measured ones.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// AMQP and Postgres: publishes that may wait for their confirmation (answer) at once.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
+    },
     /// Prints BENCHMARKS.md tables from a file of JSON lines.
     Report { file: PathBuf },
 }
@@ -465,6 +499,40 @@ async fn main() -> anyhow::Result<()> {
                 "events",
                 variant,
                 events::events(&target, pid()?, plan).await?,
+            )
+        }
+        Scenario::Bridges {
+            kind,
+            ref run,
+            ref url,
+            subs,
+            messages,
+            size,
+            window,
+            warmup,
+            in_flight,
+            drain_secs,
+        } => {
+            let plan = bridges::Plan {
+                kind,
+                url: url.clone().unwrap_or_else(|| kind.default_url().into()),
+                source: kind.source(run),
+                subs,
+                messages,
+                size,
+                window,
+                warmup,
+                in_flight,
+                drain: Duration::from_secs(drain_secs),
+            };
+            (
+                "bridges",
+                format!(
+                    "{} → {subs} sub{}",
+                    kind.name(),
+                    if subs == 1 { "" } else { "s" }
+                ),
+                bridges::bridges(&target, pid()?, plan).await?,
             )
         }
         Scenario::Soak {

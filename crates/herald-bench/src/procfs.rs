@@ -94,3 +94,79 @@ pub fn current_tid() -> anyhow::Result<u32> {
         .and_then(|name| name.parse().ok())
         .context("/proc/thread-self does not end in a thread id")
 }
+
+/// The process listening on 127.0.0.1 or any address at TCP `port`: the socket's inode in /proc/net/tcp{,6},
+/// then the process holding it among /proc/<pid>/fd. `None` when nothing this user can see listens there.
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let port = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1, st field 3 (0A: LISTEN), inode field 9.
+            if fields.len() > 9 && fields[1].ends_with(&port) && fields[3] == "0A" {
+                inodes.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    pids().into_iter().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|link| {
+                    inodes
+                        .iter()
+                        .any(|inode| link.as_os_str() == inode.as_str())
+                })
+            })
+        })
+    })
+}
+
+/// The processes whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // After the command's closing parenthesis: state, then the parent's pid.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Every pid in /proc.
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|name| name.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPUs of the machine (the `cpuN` lines of /proc/stat), whatever this process's affinity (scripts/bench.sh
+/// pins it to one).
+pub fn machine_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|stat| {
+            stat.lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}

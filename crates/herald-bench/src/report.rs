@@ -167,6 +167,28 @@ const EVENTS: &[Metric] = &[
     info("backend CPU per event (µs)", "/backend_cpu_us_per_event"),
 ];
 
+const BRIDGES: &[Metric] = &[
+    metric("delivered msg/s", "/msgs_per_sec", true),
+    metric(
+        "server CPU per message (µs)",
+        "/server_cpu_us_per_msg",
+        false,
+    ),
+    info("server CPU (% of a core)", "/server_cpu_pct"),
+    info(
+        "server waiting for a CPU (% of the time)",
+        "/server_run_delay_pct",
+    ),
+    info("broker CPU per message (µs)", "/broker_cpu_us_per_msg"),
+    info("broker CPU (% of a core)", "/broker_cpu_pct"),
+    info("generator CPU (% of a core)", "/own_cpu_pct"),
+    metric("latency p50 (ms)", "/latency_us/p50", false),
+    metric("latency p99 (ms)", "/latency_us/p99", false),
+    count("lost", "/lost"),
+    count("duplicates", "/duplicates"),
+    count("out of order", "/out_of_order"),
+];
+
 fn metrics_of(scenario: &str) -> &'static [Metric] {
     match scenario {
         "idle" => IDLE,
@@ -175,6 +197,7 @@ fn metrics_of(scenario: &str) -> &'static [Metric] {
         "cluster" => CLUSTER,
         "cluster-poll" => CLUSTER_POLL,
         "events" => EVENTS,
+        "bridges" => BRIDGES,
         _ => &[],
     }
 }

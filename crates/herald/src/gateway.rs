@@ -70,6 +70,8 @@ pub struct Gateway {
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
+    /// Tells the broker bridges the process stops (`stop_bridges`).
+    bridge_stop: crate::bridges::Stop,
     ready: Arc<AtomicBool>,
 }
 
@@ -328,7 +330,9 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     let bridge_context = crate::bridges::BridgeContext {
         node: Arc::clone(&publisher.cluster.node),
         redis_url: config.server.redis_url.clone(),
+        stop: crate::bridges::Stop::default(),
     };
+    let bridge_stop = bridge_context.stop.clone();
     let mut bridges = crate::bridges::start_inbound(config, &publisher, &bridge_context);
     bridges.extend(brokers.statuses());
     let bridges = Arc::new(bridges);
@@ -350,6 +354,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 .min(config.server.limits.idle_timeout_ms / 2)
                 .max(1),
         ),
+        bridge_stop,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -436,6 +441,12 @@ impl Gateway {
     pub fn close_all(&self) {
         self.engine
             .close_all(crate::engine::CloseReason::ServerClose);
+    }
+
+    /// Stops the broker bridges, waiting at most `within` for those that clean up on their broker (the MQTT
+    /// bridge's persistent session).
+    pub async fn stop_bridges(&self, within: Duration) {
+        self.bridge_stop.stop(within).await;
     }
 
     /// Waits until every session has closed, or `grace` has passed.

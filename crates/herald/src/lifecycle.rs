@@ -3,8 +3,8 @@
 //!
 //! 1. Drain notice, `drain_delay_ms`: `/readyz` answers 503 and new sessions are refused, while the listener
 //!    stays open so load balancers can see it.
-//! 2. Drain: the listener closes, every session is closed (clients reconnect elsewhere), and each HTTP
-//!    connection ends after its current request.
+//! 2. Drain: the listener closes, every session is closed (clients reconnect elsewhere), each HTTP
+//!    connection ends after its current request, and the broker bridges stop (at most 3 s).
 //! 3. Hard deadline, at `shutdown_grace_ms` from the signal: whatever is left is dropped.
 
 use std::future::Future;
@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::server::{ServeConfig, Server};
+
+/// The longest the bridges may take to stop.
+const BRIDGE_STOP: Duration = Duration::from_secs(3);
 
 /// The per-connection limits of `config`.
 pub fn serve_config(config: &Config) -> ServeConfig {
@@ -54,6 +57,10 @@ pub async fn run(
     tracing::info!("draining: the listener is closed, closing every session");
     control.drain();
     gateway.close_all();
+    // No client is left to publish to: the bridges stop taking messages (and the MQTT bridge removes its
+    // session from the broker, which would otherwise queue messages for this process).
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    gateway.stop_bridges(remaining.min(BRIDGE_STOP)).await;
     gateway
         .drained(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;

@@ -282,6 +282,7 @@ mod tests {
         BridgeContext {
             node: "node0001".into(),
             redis_url: None,
+            stop: Default::default(),
         }
     }
 

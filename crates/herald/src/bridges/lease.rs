@@ -433,6 +433,7 @@ mod tests {
         let context = BridgeContext {
             node: "node-a".into(),
             redis_url: None,
+            stop: Default::default(),
         };
         let leader = BridgeLeader::new(&bridge("redis://host/0"), &context)
             .await
@@ -449,6 +450,7 @@ mod tests {
         let context = |node: &str| BridgeContext {
             node: node.into(),
             redis_url: Some("redis://127.0.0.1:6379/".into()),
+            stop: Default::default(),
         };
         let a = BridgeLeader::new(&config, &context("node-a"))
             .await

@@ -16,7 +16,11 @@ pub mod postgres;
 pub mod redis;
 pub mod status;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::config::{BridgeConfig, BridgeKind, Config};
 use crate::publish::Publisher;
@@ -29,6 +33,80 @@ pub struct BridgeContext {
     pub node: Arc<str>,
     /// Set in a cluster.
     pub redis_url: Option<String>,
+    /// Says when the process stops.
+    pub stop: Stop,
+}
+
+/// The process is stopping: a bridge that would leave something behind on its broker (the MQTT bridge's
+/// persistent session) removes it, holding the stop until it is done. Cheap to clone (an `Arc`).
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<StopInner>);
+
+#[derive(Debug, Default)]
+struct StopInner {
+    stopping: AtomicBool,
+    requested: Notify,
+    /// Bridges still cleaning up (`Holding`s alive).
+    holding: AtomicUsize,
+    released: Notify,
+}
+
+/// A bridge's hold on the stop: `Stop::stop` waits for it to be dropped.
+#[derive(Debug)]
+pub struct Holding(Stop);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if self.0 .0.holding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .0.released.notify_waiters();
+        }
+    }
+}
+
+impl Stop {
+    /// Resolves once the stop is requested.
+    pub async fn requested(&self) {
+        let inner = &self.0;
+        loop {
+            let notified = inner.requested.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if inner.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Holds the stop until the returned guard is dropped: for a bridge with something to clean up.
+    pub fn hold(&self) -> Holding {
+        self.0.holding.fetch_add(1, Ordering::AcqRel);
+        Holding(self.clone())
+    }
+
+    /// Asks every bridge to stop, and waits (at most `within`) for those that clean up.
+    pub async fn stop(&self, within: Duration) {
+        let inner = &self.0;
+        inner.stopping.store(true, Ordering::Release);
+        inner.requested.notify_waiters();
+        let released = async {
+            loop {
+                let notified = inner.released.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if inner.holding.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(within, released).await.is_err() {
+            tracing::warn!(
+                bridges = inner.holding.load(Ordering::Acquire),
+                "bridges did not finish stopping in time"
+            );
+        }
+    }
 }
 
 /// Starts every broker bridge of `config`, each on its own task that reconnects with backoff; answers their
@@ -86,4 +164,43 @@ pub async fn start(
     emitter::Emitter::start(publisher.clone(), url, settings)
         .await
         .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_wakes_the_bridges_and_waits_for_those_that_hold_it() {
+        let stop = Stop::default();
+        let holding = stop.hold();
+        let bridge = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                stop.requested().await;
+                // Cleaning up on the broker.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drop(holding);
+            })
+        };
+        let started = tokio::time::Instant::now();
+        stop.stop(Duration::from_secs(3)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        bridge.await.expect("the bridge task");
+        // Requested for good: a bridge that asks later is told at once.
+        stop.requested().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_waits_no_longer_than_it_is_given() {
+        let stop = Stop::default();
+        let _stuck = stop.hold();
+        let started = tokio::time::Instant::now();
+        stop.stop(Duration::from_secs(2)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Nothing held: no wait.
+        let free = Stop::default();
+        free.stop(Duration::from_secs(2)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
 }

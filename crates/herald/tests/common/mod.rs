@@ -1,6 +1,9 @@
 //! Shared helpers of herald's integration tests: an in-process socket.io server on 127.0.0.1:0 with a recording
-//! namespace handler, a hand-written HTTP/1.1 client, and raw WebSocket clients (with and without a pump task).
+//! namespace handler, a hand-written HTTP/1.1 client, and raw WebSocket clients (with and without a pump task);
+//! `broker`: private brokers that the tests can restart.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod broker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -550,6 +553,12 @@ impl WsClient {
             .await
             .expect("nothing received in time")
             .expect("the pump task is gone")
+    }
+
+    /// The next thing received within `wait`, or `None`: for readers that wait longer than [`WAIT`] (a broker
+    /// restarting).
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        timeout(wait, self.received.recv()).await.ok().flatten()
     }
 
     pub async fn next_text(&mut self) -> String {
