@@ -61,6 +61,19 @@ pub fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
+/// A free port below the ephemeral range (32768–60999), which no `bind(0)` of a concurrent test can be handed
+/// while the broker boots: for a port a broker binds seconds after it is picked (RabbitMQ's distribution port,
+/// whose start refuses a port in use as `dist_port_already_used`).
+pub fn free_port_below_ephemeral() -> u16 {
+    for _ in 0..1000 {
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000 on 127.0.0.1")
+}
+
 impl Broker {
     /// Starts a broker of `kind` and waits until it answers on its port.
     pub async fn start(kind: Kind) -> Broker {
@@ -72,9 +85,15 @@ impl Broker {
         std::fs::create_dir_all(&dir).expect("the broker's directory");
         let mut broker = Broker {
             kind,
-            port: free_port(),
-            dist_port: if kind == Kind::RabbitMq {
+            // RabbitMQ binds its port seconds after it starts booting: long enough for a concurrent test's
+            // `bind(0)` to be handed an ephemeral one.
+            port: if kind == Kind::RabbitMq {
+                free_port_below_ephemeral()
+            } else {
                 free_port()
+            },
+            dist_port: if kind == Kind::RabbitMq {
+                free_port_below_ephemeral()
             } else {
                 0
             },
@@ -107,6 +126,12 @@ impl Broker {
         self.stop().await;
         let stopped = Instant::now();
         sleep(down).await;
+        if self.kind == Kind::RabbitMq {
+            // The stopped node's distribution port may still be held (TIME_WAIT of the stop command's
+            // connection), which RabbitMQ's start refuses as `dist_port_already_used`; the node needs no fixed
+            // one, so it takes another. Its AMQP port, which herald reconnects to, stays.
+            self.dist_port = free_port_below_ephemeral();
+        }
         self.spawn();
         self.wait_ready().await;
         Restart {
