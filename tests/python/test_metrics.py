@@ -1,10 +1,13 @@
 """`GET /metrics` of the `herald` gateway (README.md, "Metrics"), read with the official Prometheus text-format
 parser (`prometheus_client.parser`), while python-socketio clients connect, are refused, receive, emit and leave.
 
-The module starts a real HTTP backend in a thread (the auth webhook and one event route) and one
-`herald --config FILE --port P --data-dir DIR` with `HERALD_METRICS_TOKEN` set and two sites: `shop` (webhook
-auth, a webhook event route, a relayed event) and `inbox` (the same auth, with per-device mailboxes). A second
-herald with `server.metrics: false` checks that `/metrics` is then off.
+The module starts a real HTTP backend in a thread (the auth webhook, one event route, socket hooks and
+`updateUserUrl`) and one `herald --config FILE --port P --data-dir DIR` with `HERALD_METRICS_TOKEN` set and two
+sites: `shop` (webhook auth, a webhook event route, a relayed event, a connect hook) and `inbox` (the same auth,
+with per-device mailboxes and `updateUserUrl`). A herald with `server.metrics: false` checks that `/metrics` is
+then off. Two herald nodes on Redis (database HERALD_TEST_METRICS_REDIS_DB, default 11, which this module owns
+and flushes; scripts/services.sh starts Redis, and the test fails without it) check the cluster's node count
+and the publishes of the socket.io Redis emitter and of a Redis bridge.
 
 The binary is HERALD_GATEWAY_BIN, else the `herald` beside HERALD_BIN's herald-conformance (default
 <repo>/target/debug/herald), as in test_two_way.py.
@@ -12,6 +15,7 @@ The binary is HERALD_GATEWAY_BIN, else the `herald` beside HERALD_BIN's herald-c
 
 import json
 import os
+import socket
 import shutil
 import subprocess
 import tempfile
@@ -52,6 +56,10 @@ LIMITS = [
     "max_client_event_bytes",
     "max_retained",
 ]
+
+REDIS = ("127.0.0.1", 6379)
+REDIS_DB = int(os.environ.get("HERALD_TEST_METRICS_REDIS_DB", "11"))
+EMITTER_FIXTURES = REPO_ROOT / "crates" / "herald" / "src" / "bridges" / "emitter" / "fixtures"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,6 +108,8 @@ class Backend:
                         status, body = 401, {"error": "bad token"}
                 elif path == "/events/echo":
                     status, body = 200, {"reply": json.loads(raw)["args"]}
+                elif path.startswith("/hooks/") or path.startswith("/users/"):
+                    status, body = 200, {}
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -109,6 +119,7 @@ class Backend:
 
             do_GET = _handle
             do_POST = _handle
+            do_PUT = _handle
 
         self.server = ThreadingHTTPServer((HOST, 0), Handler)
         self.server.daemon_threads = True
@@ -132,10 +143,13 @@ sites:
     events:
       echo: {{url: "{backend_url}/events/echo"}}
       chat: {{relay: true}}
+    hooks:
+      connect: "{backend_url}/hooks/connect"
   - name: inbox
     api_keys: [{API_KEY}]
     auth: {{kind: webhook, url: "{backend_url}/auth"}}
     user_room_prefix: user_
+    update_user_url: "{backend_url}/users/:id"
     recovery_window_ms: 0
 """
 
@@ -340,6 +354,15 @@ def test_values_move_as_clients_connect_receive_and_leave(gateway_url, backend, 
     assert connected.get("herald_webhook_duration_seconds_bucket", **auth, le="+Inf") == connected.get(
         "herald_webhook_duration_seconds_count", **auth
     )
+    # Each socket's connect hook is one more backend call, made on its own task.
+    hook = dict(site="shop", kind="hook")
+    wait_until(
+        url,
+        lambda snap: _equal(
+            snap.get("herald_webhook_duration_seconds_count", **hook),
+            before.get("herald_webhook_duration_seconds_count", **hook) + 2,
+        ),
+    )
 
     # A client the auth webhook refuses.
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -402,24 +425,55 @@ def test_values_move_as_clients_connect_receive_and_leave(gateway_url, backend, 
         "herald_client_events_total", **shop, result="unrouted"
     ) + 1
 
-    # Both leave: the gauges come back, and each leaving is counted with its socket.io reason.
-    ws.disconnect()
+    # Over a limit: refused in the ack, and the limit's count shows.
+    too_large = ws.call("echo", ("x" * 70_000,), namespace="/shop", timeout=STEP_TIMEOUT)
+    assert "over the limit" in too_large["error"], too_large
+    limited = scrape(url)
+    assert limited.get("herald_client_events_total", **shop, result="refused") == before.get(
+        "herald_client_events_total", **shop, result="refused"
+    ) + 1
+    bytes_limit = dict(limit="max_client_event_bytes")
+    assert limited.get("herald_limit_hits_total", **bytes_limit) == before.get(
+        "herald_limit_hits_total", **bytes_limit
+    ) + 1
+
+    # Both leave: the gauges come back, and each leaving is counted with its socket.io reason. The API
+    # disconnects one ("server namespace disconnect"); the other leaves by itself, and its reason depends on
+    # whether python-socketio's namespace DISCONNECT got out before it closed the transport, so any reason counts.
+    reason = dict(reason="server namespace disconnect")
+    dropped = requests.delete(
+        f"{url}/api/v1/sites/shop/sockets/{ws.get_sid('/shop')}",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=STEP_TIMEOUT,
+    )
+    assert dropped.status_code == 204, dropped.text
+
+    def ws_left(snap):
+        key = dict(site="shop", transport="websocket")
+        assert snap.get("herald_connections", **key) == before.get("herald_connections", **key)
+        assert snap.get("herald_disconnects_total", **reason) == before.get("herald_disconnects_total", **reason) + 1
+
+    wait_until(url, ws_left)
     poll.disconnect()
-    reason = dict(reason="client namespace disconnect")
 
-    def left(snap):
-        for transport in ["websocket", "polling"]:
-            key = dict(site="shop", transport=transport)
-            assert snap.get("herald_connections", **key) == before.get("herald_connections", **key), transport
-        assert snap.get("herald_disconnects_total", **reason) == before.get("herald_disconnects_total", **reason) + 2
+    def poll_left(snap):
+        key = dict(site="shop", transport="polling")
+        assert snap.get("herald_connections", **key) == before.get("herald_connections", **key)
+        assert disconnects(snap) == disconnects(before) + 2
 
-    wait_until(url, left)
+    wait_until(url, poll_left)
 
 
-def test_mailbox_appends_and_deliveries(gateway_url, clients):
+def disconnects(snap):
+    """Sockets that left, whatever the reason."""
+    return sum(v for (name, _), v in snap.samples.items() if name == "herald_disconnects_total")
+
+
+def test_mailbox_appends_deliveries_and_presence(gateway_url, clients):
     url = gateway_url
     user = uniq("u")
     inbox = {"site": "inbox"}
+    presence = dict(site="inbox", kind="presence")
     before = scrape(url)
     got, release = Recorder(), threading.Event()
 
@@ -441,6 +495,10 @@ def test_mailbox_appends_and_deliveries(gateway_url, clients):
                 "herald_publishes_total", **inbox, source="api"
             ) + 1
             assert snap.get("herald_mailbox_pending") == before.get("herald_mailbox_pending") + 1
+            # The user's first socket is reported to updateUserUrl (`last_connected`).
+            assert snap.get("herald_webhook_duration_seconds_count", **presence) == before.get(
+                "herald_webhook_duration_seconds_count", **presence
+            ) + 1
 
         wait_until(url, delivered)
     finally:
@@ -452,7 +510,126 @@ def test_mailbox_appends_and_deliveries(gateway_url, clients):
     wait_until(url, acked)
 
 
+def _equal(got, want):
+    assert got == want, (got, want)
+
+
 def test_metrics_off_is_a_404(backend):
     with _herald(_config_yaml(backend.url, metrics=False), {}) as url:
         assert requests.get(f"{url}/metrics", timeout=STEP_TIMEOUT).status_code == 404
         assert requests.get(f"{url}/healthcheck", timeout=STEP_TIMEOUT).status_code == 200
+
+
+# ---- two nodes on Redis --------------------------------------------------------------------------
+
+
+def _resp(*parts):
+    out = f"*{len(parts)}\r\n".encode()
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out += f"${len(data)}\r\n".encode() + data + b"\r\n"
+    return out
+
+
+def redis(*commands):
+    """Runs `commands` on REDIS_DB over one connection; returns the raw replies."""
+    try:
+        conn = socket.create_connection(REDIS, timeout=STEP_TIMEOUT)
+    except OSError as e:
+        pytest.fail(f"Redis is not answering on {REDIS[0]}:{REDIS[1]} ({e}); start it with scripts/services.sh")
+    with conn:
+        conn.sendall(_resp("SELECT", REDIS_DB) + b"".join(_resp(*c) for c in commands))
+        replies, buffer = [], b""
+        while len(replies) < len(commands) + 1:
+            chunk = conn.recv(65536)
+            assert chunk, "Redis closed the connection"
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\r\n")
+            replies.extend(lines)
+        return replies
+
+
+def _cluster_yaml(prefix, channel):
+    return f"""
+server:
+  drain_delay_ms: 100
+  cluster:
+    emitter_prefix: "{prefix}"
+sites:
+  - name: acme
+    api_keys: [{API_KEY}]
+    auth: {{kind: public}}
+    public_channel: lobby
+bridges:
+  - {{kind: redis, url: "redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}", channel: "{channel}", site: acme}}
+"""
+
+
+def _total(urls, name, **labels):
+    return sum(scrape(url).get(name, **labels) for url in urls)
+
+
+def _bridge_total(urls, result):
+    """A result's count over the nodes' Redis bridges (label `redis <channel> → acme`)."""
+    total = 0
+    for url in urls:
+        snap = scrape(url)
+        for (name, labels), value in snap.samples.items():
+            labels = dict(labels)
+            if name == "herald_bridge_messages_total" and labels["result"] == result:
+                assert labels["bridge"].startswith("redis "), labels
+                total += value
+    return total
+
+
+def _publish_until(urls, channel, payload, check, timeout=15.0):
+    """Publishes `payload` on `channel` every 0.3 s until `check()` holds: an emitter or bridge publishes on the
+    node holding its lease, which a node takes within a few seconds of its start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        redis(("PUBLISH", channel, payload))
+        time.sleep(0.3)
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_a_cluster_counts_its_nodes_emitter_and_bridge_publishes():
+    redis(("FLUSHDB",))
+    run = uuid.uuid4().hex[:8]
+    prefix, channel = f"metrics-{run}", f"herald-metrics:{run}"
+    env = {"REDIS_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}", "HERALD_METRICS_TOKEN": METRICS_TOKEN}
+    config = _cluster_yaml(prefix, channel)
+    with _herald(config, env) as first, _herald(config, env) as second:
+        urls = [first, second]
+        for url in urls:
+            wait_until(url, lambda snap: _equal(snap.get("herald_cluster_nodes"), 2), timeout=15)
+
+        emit = (EMITTER_FIXTURES / "emit-all.bin").read_bytes()  # all of /acme: hello("world", 42)
+        emitter = dict(site="acme", source="emitter")
+        _publish_until(
+            urls,
+            f"{prefix}#/acme#",
+            emit,
+            lambda: _equal(_total(urls, "herald_publishes_total", **emitter) >= 1, True),
+        )
+
+        bridge = dict(site="acme", source="bridge")
+        message = json.dumps({"rooms": ["lobby"], "event": "news", "args": [1]})
+        _publish_until(
+            urls,
+            channel,
+            message,
+            lambda: _equal(_total(urls, "herald_publishes_total", **bridge) >= 1, True),
+        )
+        published = _bridge_total(urls, "published")
+        assert published == _total(urls, "herald_publishes_total", **bridge) and published >= 1
+        # A message that is no publish is rejected, once, by the lease holder.
+        rejected = _bridge_total(urls, "rejected")
+        redis(("PUBLISH", channel, "not a publish"))
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while _bridge_total(urls, "rejected") < rejected + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _bridge_total(urls, "rejected") == rejected + 1
