@@ -26,6 +26,7 @@ use crate::mailbox::store::valid_name;
 use crate::mailbox::{
     DeviceKey, Mailbox, MailboxStore, Presence, PresenceTarget, PresenceUser, StoreError,
 };
+use crate::metrics::{SiteMetrics, Source, Webhook};
 use crate::publish::Publisher;
 use crate::recovery::{Comeback, SiteRecovery};
 use crate::retained::{RetainCaps, RetainedStore, SiteRetained};
@@ -68,6 +69,8 @@ pub struct Gateway {
     pub emitter: Option<crate::bridges::emitter::Emitter>,
     /// The broker bridges' states, then the event routes to brokers'.
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
+    /// `GET /metrics`, unless `server.metrics` is off.
+    pub metrics: Option<crate::metrics::Endpoint>,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
     /// Tells the broker bridges the process stops (`stop_bridges`).
@@ -155,6 +158,12 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
 /// tests), else as a node alone. Its sids start with its node id, and requests for sessions of the other nodes
 /// of `cluster.directory` are forwarded to them.
 pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gateway, GatewayError> {
+    // Before any handle is made: a handle made without a recorder records nothing, for ever.
+    let recorder = config
+        .server
+        .metrics
+        .then(crate::metrics::install)
+        .flatten();
     let limits = &config.server.limits;
     let io = SocketIo::new(SocketIoConfig {
         max_connect_attempts: limits.max_auth_attempts,
@@ -270,6 +279,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         };
         let retained =
             Arc::new(SiteRetained::open(&site.name, Arc::clone(&stores.retained), caps).await?);
+        let metrics = Arc::new(SiteMetrics::new(&site.name));
         let handler = SiteHandler {
             site: Arc::new(site.clone()),
             auth,
@@ -293,8 +303,14 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 Arc::clone(&publisher_slot),
                 EventLimits::from_config(limits),
                 &brokers,
+                Arc::clone(&metrics),
             )),
-            hooks: SocketHooks::new(Arc::new(site.clone()), http.clone()),
+            hooks: SocketHooks::new(
+                Arc::new(site.clone()),
+                http.clone(),
+                metrics.webhook(Webhook::Hook).clone(),
+            ),
+            metrics: Arc::clone(&metrics),
         };
         let namespace = io.add_namespace(&format!("/{}", site.name), handler);
         // Weak: the namespace owns its handler, so a strong link back would be a cycle.
@@ -305,6 +321,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
             mailbox: site_mailbox,
             recovery,
             retained,
+            metrics,
         });
     }
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
@@ -323,19 +340,31 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
+        source: Source::Api,
     };
-    let _ = publisher_slot.set(publisher.clone());
+    let _ = publisher_slot.set(publisher.with_source(Source::Client));
     publisher.start().await?;
-    let emitter = crate::bridges::start(config, &publisher).await?;
+    let emitter = crate::bridges::start(config, &publisher.with_source(Source::Emitter)).await?;
     let bridge_context = crate::bridges::BridgeContext {
         node: Arc::clone(&publisher.cluster.node),
         redis_url: config.server.redis_url.clone(),
         stop: crate::bridges::Stop::default(),
     };
     let bridge_stop = bridge_context.stop.clone();
-    let mut bridges = crate::bridges::start_inbound(config, &publisher, &bridge_context);
+    let mut bridges = crate::bridges::start_inbound(
+        config,
+        &publisher.with_source(Source::Bridge),
+        &bridge_context,
+    );
     bridges.extend(brokers.statuses());
     let bridges = Arc::new(bridges);
+    let metrics = recorder.map(|handle| crate::metrics::Endpoint {
+        handle,
+        token: config.server.metrics_token.clone(),
+        sites: sites.clone(),
+        bridges: Arc::clone(&bridges),
+        directory: Arc::clone(&publisher.cluster.directory),
+    });
     Ok(Gateway {
         io,
         engine,
@@ -345,6 +374,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         registry,
         emitter,
         bridges,
+        metrics,
         // An idle stream moves a byte only with its keep-alive comment, which must come before the idle timeout.
         sse_ping: Duration::from_millis(
             config
@@ -417,10 +447,12 @@ impl Gateway {
             sites: self.sites.clone(),
             sse_ping: self.sse_ping,
         });
-        self.engine
-            .router()
-            .merge(api)
-            .merge(plain)
+        let mut router = self.engine.router().merge(api).merge(plain);
+        // Off (`server.metrics: false`): no route, so `/metrics` is a 404.
+        if let Some(metrics) = &self.metrics {
+            router = router.merge(metrics.clone().router());
+        }
+        router
             .route("/readyz", axum::routing::get(readiness))
             .route(
                 "/limits",
@@ -485,7 +517,11 @@ fn presence_target(site: &SiteConfig) -> Option<PresenceTarget> {
         auth::AuthConfig::Webhook(webhook) => webhook.scheme.clone(),
         _ => "Bearer".to_string(),
     };
-    Some(PresenceTarget { url, scheme })
+    Some(PresenceTarget {
+        url,
+        scheme,
+        duration: crate::metrics::webhook_duration(&site.name, Webhook::Presence),
+    })
 }
 
 /// Lets clients into one site's namespace by the site's rule; clients never pick their own rooms.
@@ -509,6 +545,8 @@ struct SiteHandler {
     events: Arc<ClientEvents>,
     /// `hooks.connect` and `hooks.disconnect`, when the site has them.
     hooks: Option<SocketHooks>,
+    /// The site's metric handles (the auth webhook's durations, mailbox deliveries).
+    metrics: Arc<SiteMetrics>,
 }
 
 /// The root namespace `/`, which no site serves: it refuses socket.io 3+ clients with the namespaces that exist,
@@ -812,9 +850,16 @@ impl NamespaceHandler for SiteHandler {
         let auth = self.auth.clone();
         let slots = Arc::clone(&self.auth_slots);
         let devices = self.devices.clone();
+        let auth_duration = matches!(site.auth, auth::AuthConfig::Webhook(_))
+            .then(|| self.metrics.webhook(Webhook::Auth).clone());
         Decision::Later(Box::pin(async move {
             let slot = auth_slot(&slots, &site).await?;
-            let identity = auth.authenticate(&auth_request).await.map_err(|e| {
+            let started = std::time::Instant::now();
+            let identity = auth.authenticate(&auth_request).await;
+            if let Some(duration) = &auth_duration {
+                duration.record(started.elapsed());
+            }
+            let identity = identity.map_err(|e| {
                 tracing::info!(site = %site.name, reason = %e, "refused a client");
                 Refusal(e.to_string())
             })?;
@@ -886,6 +931,7 @@ impl NamespaceHandler for SiteHandler {
                 key,
                 RoomFilter::for_site(&self.site),
                 ttl,
+                self.metrics.deliveries.clone(),
             );
         }
         if let (Some((presence, target)), Some(user)) = (&self.presence, self.presence_user(info)) {

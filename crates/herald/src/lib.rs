@@ -17,6 +17,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod mailbox;
+pub mod metrics;
 pub mod outbound;
 pub mod plain;
 pub mod publish;

@@ -62,6 +62,9 @@ const ALL: [Limit; 16] = [
 static COUNTS: [AtomicU64; ALL.len()] = [const { AtomicU64::new(0) }; ALL.len()];
 
 impl Limit {
+    /// Every limit, in the order of its slot.
+    pub const ALL: [Limit; 16] = ALL;
+
     /// The setting's name, as the config file spells it.
     pub fn name(self) -> &'static str {
         match self {

@@ -32,15 +32,20 @@ pub fn signature(secret: &Secret, body: &[u8]) -> String {
 }
 
 /// Sends the request `build` makes until it succeeds, is refused for good (a 4xx other than 408 and 429) or
-/// `ATTEMPTS` have failed, backing off between attempts. `what` and `site` name the call in the log.
+/// `ATTEMPTS` have failed, backing off between attempts. `what` and `site` name the call in the log; each
+/// attempt's time, to its answer's head or its failure, goes to `duration`.
 pub async fn with_retry(
     site: &str,
     what: &'static str,
+    duration: &metrics::Histogram,
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> bool {
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match build().send().await {
+        let started = std::time::Instant::now();
+        let sent = build().send().await;
+        duration.record(started.elapsed());
+        match sent {
             Ok(response) if response.status().is_success() => return true,
             Ok(response) if !retryable(response.status()) => {
                 tracing::warn!(site, status = %response.status(), what, "a backend refused a call");

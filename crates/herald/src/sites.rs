@@ -34,6 +34,8 @@ pub struct Site {
     pub(crate) recovery: Option<Arc<crate::recovery::SiteRecovery>>,
     /// The last value of each `(room, event)` published with `retain`.
     pub retained: Arc<crate::retained::SiteRetained>,
+    /// The site's metric handles, made once.
+    pub metrics: Arc<crate::metrics::SiteMetrics>,
 }
 
 impl Site {

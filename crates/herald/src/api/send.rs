@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::ApiState;
-use crate::publish::PublishRequest;
+use crate::publish::{PublishRequest, Source};
 
 #[derive(Debug, Deserialize)]
 pub struct SendQuery {
@@ -45,7 +45,10 @@ pub async fn send(
     let resync = query
         .resync
         .is_some_and(|r| !r.is_empty() && r != "false" && r != "0");
-    let outcome = state.publisher.publish(site, &request, resync).await?;
+    let outcome = state
+        .publisher
+        .publish_from(Source::Send, site, &request, resync)
+        .await?;
     tracing::debug!(site = %site_name, event = %request.event, ?outcome, "published through /send");
     Ok("OK")
 }

@@ -57,6 +57,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "a tracing filter like `info` (RUST_LOG wins)",
     ),
     (
+        "HERALD_METRICS_TOKEN",
+        "the bearer token GET /metrics asks for (server.metrics_token)",
+    ),
+    (
         "HERALD_CONFIG",
         "path of the server file (YAML); the --config flag wins",
     ),
@@ -88,6 +92,7 @@ pub(crate) struct EnvConfig {
     pub server: Overrides,
     pub redis_url: Option<String>,
     pub node_url: Option<String>,
+    pub metrics_token: Option<Secret>,
     pub site: Option<EnvSite>,
 }
 
@@ -124,6 +129,7 @@ pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigE
         server,
         redis_url: get("REDIS_URL"),
         node_url: get("HERALD_NODE_URL"),
+        metrics_token: get("HERALD_METRICS_TOKEN").map(Secret::new),
         site: parse_site(&get)?,
     })
 }
@@ -181,6 +187,9 @@ impl EnvConfig {
         }
         if let Some(url) = &self.node_url {
             server.cluster.node_url = Some(url.clone());
+        }
+        if let Some(token) = &self.metrics_token {
+            server.metrics_token = Some(token.clone());
         }
     }
 }
@@ -322,6 +331,17 @@ mod tests {
         assert!(server.log.json);
         assert_eq!(server.log.level, "herald=debug");
         assert_eq!(parsed.site, None);
+    }
+
+    #[test]
+    fn the_metrics_token_is_a_secret() {
+        let parsed =
+            parse(&env(&[("HERALD_METRICS_TOKEN", "scrape-0123456789")])).expect("a token parses");
+        let mut server = ServerConfig::default();
+        parsed.apply_server(&mut server);
+        let token = server.metrics_token.expect("the token is set");
+        assert!(token.matches("scrape-0123456789"));
+        assert_eq!(format!("{token:?}"), "****89", "never shown in the clear");
     }
 
     #[test]

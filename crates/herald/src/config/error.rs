@@ -158,6 +158,10 @@ pub enum ConfigError {
     NodeUrl,
     #[error("server.cluster.emitter_prefix must be non-empty and hold no '#'")]
     EmitterPrefix,
+    #[error(
+        "server.metrics_token (HERALD_METRICS_TOKEN) must hold no whitespace and not be empty"
+    )]
+    MetricsToken,
     #[error("server.engine.path '{path}' must start and end with '/'", path = one_line(path))]
     EnginePath { path: String },
     #[error("{field} ({value} ms) must be {relation} {other} ({other_value} ms)")]

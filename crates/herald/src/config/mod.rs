@@ -78,6 +78,12 @@ pub struct ServerConfig {
     /// Milliseconds after SIGTERM during which `/readyz` answers 503 and new sessions are refused while the
     /// listener stays open, so load balancers see the drain before connections close. Default 2000.
     pub drain_delay_ms: u64,
+    /// Prometheus metrics at `GET /metrics`. Off, no recorder is installed (updates cost nothing) and `/metrics`
+    /// answers 404. Default true.
+    pub metrics: bool,
+    /// The bearer token `GET /metrics` asks for (`HERALD_METRICS_TOKEN`); without one anyone may scrape.
+    /// Default none.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +99,8 @@ impl Default for ServerConfig {
             mailbox: MailboxSettings::default(),
             shutdown_grace_ms: 10_000,
             drain_delay_ms: 2000,
+            metrics: true,
+            metrics_token: None,
         }
     }
 }

@@ -128,6 +128,7 @@ mod tests {
     fn never_shows_a_secret() {
         let mut config = Config::default();
         config.server.redis_url = Some("redis://:redis-pass-1@r:6379".into());
+        config.server.metrics_token = Some(Secret::new("metrics-token-11"));
         config.sites[0].api_keys = vec![Secret::new("demo-key-0123456789")];
         let mut hooked = SiteConfig::new("shop".into());
         hooked.api_keys = vec![Secret::new("shop-key-0123456789"), Secret::new("k2")];
@@ -212,6 +213,7 @@ mod tests {
             "app-key-0123456789",
             "jwt-secret-0123456789",
             "redis-pass-1",
+            "metrics-token-11",
             "hook-pass-2",
             "hook-pass-4",
             "signing-secret-5",
@@ -245,6 +247,7 @@ mod tests {
         assert_eq!(reparsed.server, {
             let mut server = config.server.clone();
             server.redis_url = Some("redis://:****@r:6379".into());
+            server.metrics_token = Some(Secret::new("****11"));
             server
         });
     }

@@ -182,6 +182,13 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
     if server.cluster.emitter_prefix.is_empty() || server.cluster.emitter_prefix.contains('#') {
         return Err(ConfigError::EmitterPrefix);
     }
+    // A scrape's token is read trimmed from `Authorization: Bearer <token>`: an empty one would let anyone in.
+    if let Some(token) = &server.metrics_token {
+        let token = token.expose();
+        if token.is_empty() || token.chars().any(char::is_whitespace) {
+            return Err(ConfigError::MetricsToken);
+        }
+    }
     if server.mailbox_store() == MailboxStoreKind::Redis && server.redis_url.is_none() {
         return Err(ConfigError::MailboxNeedsRedis);
     }
@@ -1077,7 +1084,15 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 16] = [
+        let cases: [(Edit, &str); 18] = [
+            (
+                |s| s.metrics_token = Some(crate::secret::Secret::new("")),
+                "server.metrics_token (HERALD_METRICS_TOKEN) must hold no whitespace and not be empty",
+            ),
+            (
+                |s| s.metrics_token = Some(crate::secret::Secret::new("two words")),
+                "server.metrics_token (HERALD_METRICS_TOKEN) must hold no whitespace and not be empty",
+            ),
             (
                 |s| s.limits.max_devices_per_user = 0,
                 "server.limits.max_devices_per_user must be greater than 0",

@@ -23,15 +23,22 @@ pub struct SocketHooks {
     http: reqwest::Client,
     /// Connect calls still being made, by socket key: a disconnect waits for its socket's.
     connecting: Arc<Mutex<HashMap<u64, JoinHandle<()>>>>,
+    /// Each attempt's duration (`herald_webhook_duration_seconds{kind="hook"}`).
+    duration: metrics::Histogram,
 }
 
 impl SocketHooks {
-    /// The site's hooks, when it has any.
-    pub fn new(site: Arc<SiteConfig>, http: reqwest::Client) -> Option<Self> {
+    /// The site's hooks, when it has any; each call's attempts are timed into `duration`.
+    pub fn new(
+        site: Arc<SiteConfig>,
+        http: reqwest::Client,
+        duration: metrics::Histogram,
+    ) -> Option<Self> {
         (!site.hooks.is_empty()).then(|| SocketHooks {
             site,
             http,
             connecting: Arc::default(),
+            duration,
         })
     }
 
@@ -94,8 +101,9 @@ impl SocketHooks {
         let request = with_credentials(request, &self.site, socket);
         let request = signed(request, &self.site, &body);
         let site = self.site.name.clone();
+        let duration = self.duration.clone();
         async move {
-            crate::outbound::with_retry(&site, what, || {
+            crate::outbound::with_retry(&site, what, &duration, || {
                 request
                     .try_clone()
                     .unwrap_or_else(|| unreachable!("a request with a byte body clones"))

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 use crate::config::{EventRoute, LimitsConfig, SiteConfig};
 use crate::limits::Limit;
-use crate::publish::{PublishRequest, Publisher};
+use crate::metrics::{EventResult, SiteMetrics, Webhook};
+use crate::publish::{PublishRequest, Publisher, Source};
 use crate::sites::{ClientInfo, Site};
 use crate::socketio::{AckSender, IncomingEvent, Socket};
 
@@ -104,6 +105,8 @@ pub struct ClientEvents {
     limits: EventLimits,
     /// The site's broker routes, by the name they are routed under (`"*"` included).
     brokers: BTreeMap<String, Arc<brokers::Route>>,
+    /// Events by result, and the webhook routes' durations.
+    metrics: Arc<SiteMetrics>,
 }
 
 /// What an event's route answered: the ack's arguments, or why it failed.
@@ -116,6 +119,7 @@ impl ClientEvents {
         publisher: Arc<OnceLock<Publisher>>,
         limits: EventLimits,
         brokers: &Brokers,
+        metrics: Arc<SiteMetrics>,
     ) -> Self {
         let brokers = brokers.routes_of(&site.name);
         ClientEvents {
@@ -124,6 +128,7 @@ impl ClientEvents {
             publisher,
             limits,
             brokers,
+            metrics,
         }
     }
 
@@ -151,12 +156,14 @@ impl ClientEvents {
         let in_flight = match self.admit(socket, &args, &binaries) {
             Ok(in_flight) => in_flight,
             Err(reason) => {
+                self.metrics.client_event(EventResult::Refused);
                 tracing::debug!(site = %self.site.name, event = %name, reason, "refused a client event");
                 return reply(ack, Err(reason));
             }
         };
         let Some((routed_as, route)) = self.route(&name).map(|(n, r)| (n, r.clone())) else {
             UNROUTED.fetch_add(1, Ordering::Relaxed);
+            self.metrics.client_event(EventResult::Unrouted);
             tracing::debug!(site = %self.site.name, event = %name, "refused a client event: not routed");
             return reply(ack, Err(format!("event '{name}' is not routed")));
         };
@@ -170,8 +177,12 @@ impl ClientEvents {
             };
             let answer = this.dispatch(&routed_as, &route, &socket, event).await;
             drop(in_flight);
-            if let Err(reason) = &answer {
-                tracing::debug!(site = %this.site.name, reason, "a client event failed");
+            match &answer {
+                Ok(_) => this.metrics.client_event(EventResult::Ok),
+                Err(reason) => {
+                    this.metrics.client_event(EventResult::Error);
+                    tracing::debug!(site = %this.site.name, reason, "a client event failed");
+                }
             }
             reply(ack, answer);
         });
@@ -254,8 +265,12 @@ impl ClientEvents {
                 url,
                 timeout,
             };
-            let answer = call.send(socket, &event.name, &event.args).await?;
-            return apply(publisher, site, socket, answer).await;
+            let started = Instant::now();
+            let answer = call.send(socket, &event.name, &event.args).await;
+            self.metrics
+                .webhook(Webhook::Event)
+                .record(started.elapsed());
+            return apply(publisher, site, socket, answer?).await;
         }
         if route.retained {
             return retained(site, socket, &event.args).await;
@@ -326,7 +341,7 @@ async fn relay(publisher: &Publisher, site: &Site, socket: &Socket, event: Event
         ..PublishRequest::default()
     };
     publisher
-        .publish(site, &request, false)
+        .publish_from(Source::Client, site, &request, false)
         .await
         .map_err(|e| format!("could not relay: {e}"))?;
     Ok(vec![json!({ "ok": true })])
@@ -354,7 +369,7 @@ async fn apply(
             request.except.push(socket.id().to_string());
         }
         publisher
-            .publish(site, &request, false)
+            .publish_from(Source::Client, site, &request, false)
             .await
             .map_err(|e| format!("the backend's publish[{i}] failed: {e}"))?;
     }

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,47 @@ const DISCONNECT_ATTEMPTS: u32 = 12;
 /// A live entry waiting for its ack: resolves to (offset, the event if it asked for resync, acked?).
 type AckWait = Pin<Box<dyn Future<Output = (u64, Option<String>, bool)> + Send>>;
 
+/// A delivery task's entries sent and not acked yet, and its share of the node's sum (`Mailbox::unacked`,
+/// `herald_mailbox_pending`). Offsets grow by one per entry, so the count is `sent - acked`; an entry a cap or a
+/// resync removed counts until the next ack passes it.
+#[derive(Debug, Default)]
+pub(super) struct Unacked {
+    /// The highest offset sent to the client.
+    sent: u64,
+    /// The highest offset the store holds nothing at or before: acked, or gone before this task read.
+    acked: u64,
+    /// What this task added to the node's sum.
+    counted: u64,
+}
+
+impl Unacked {
+    fn sent(&mut self, through: u64, sum: &AtomicU64) {
+        self.sent = self.sent.max(through);
+        self.recount(sum);
+    }
+
+    fn acked(&mut self, through: u64, sum: &AtomicU64) {
+        self.acked = self.acked.max(through);
+        self.recount(sum);
+    }
+
+    /// The task ends: its entries leave the node's sum (they stay in the mailbox for the next connection).
+    fn release(&mut self, sum: &AtomicU64) {
+        sum.fetch_sub(self.counted, Ordering::Relaxed);
+        self.counted = 0;
+    }
+
+    fn recount(&mut self, sum: &AtomicU64) {
+        let now = self.sent.saturating_sub(self.acked);
+        if now >= self.counted {
+            sum.fetch_add(now - self.counted, Ordering::Relaxed);
+        } else {
+            sum.fetch_sub(self.counted - now, Ordering::Relaxed);
+        }
+        self.counted = now;
+    }
+}
+
 pub(super) struct Task {
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) socket: Arc<Socket>,
@@ -60,6 +102,9 @@ pub(super) struct Task {
     pub(super) rooms: RoomFilter,
     pub(super) ttl: Duration,
     pub(super) wakes: mpsc::Receiver<Wake>,
+    /// The site's `herald_deliveries_total`: entries sent.
+    pub(super) delivered: metrics::Counter,
+    pub(super) unacked: Unacked,
 }
 
 impl Task {
@@ -80,6 +125,7 @@ impl Task {
                 _ => break,
             }
         }
+        self.unacked.release(&self.mailbox.unacked);
         self.mailbox.detach(&self.key, self.socket.id());
         if !self.mailbox.replaced(&self.key, self.socket.id()) {
             self.mark_disconnected().await;
@@ -107,6 +153,7 @@ impl Task {
                 .and_then(|i| i.acked_through);
             if let (Some(through), Some(_)) = (acked, plain) {
                 self.store().ack(&self.key, through, None).await?;
+                self.unacked.acked(through, &self.mailbox.unacked);
             }
             progress.settings_sent = true;
         }
@@ -162,6 +209,7 @@ impl Task {
                 match tokio::time::timeout(ack_timeout, previous).await {
                     Ok((through, _, true)) => {
                         self.store().ack(&self.key, through, None).await?;
+                        self.unacked.acked(through, &self.mailbox.unacked);
                     }
                     Ok((_, _, false)) => return Err(Stop::Gone),
                     // A client without a `_batch` handler never acks: go on; a later ack is cumulative.
@@ -175,6 +223,8 @@ impl Task {
                 .socket
                 .emit_json_with_ack(&raw)
                 .map_err(|_| Stop::Gone)?;
+            self.delivered.increment(page.entries.len() as u64);
+            self.unacked.sent(last, &self.mailbox.unacked);
             outstanding = Some(Box::pin(async move { (last, None, reply.await.is_ok()) }));
             *cursor = last;
         }
@@ -205,6 +255,7 @@ impl Task {
                         return Err(Stop::Gone);
                     }
                     let outcome = self.store().ack(&self.key, offset, resync_event.as_deref()).await?;
+                    self.unacked.acked(offset, &self.mailbox.unacked);
                     if outcome == AckOutcome::Resync {
                         let _ = self.socket.emit("_resync", &[]);
                     }
@@ -239,8 +290,9 @@ impl Task {
     }
 
     /// The page after `cursor`; an overflowed mailbox is emptied and the client told to resync first.
-    async fn next_page(&self, cursor: u64) -> Result<Page, Stop> {
-        let settings = self.mailbox.settings();
+    async fn next_page(&mut self, cursor: u64) -> Result<Page, Stop> {
+        let mailbox = Arc::clone(&self.mailbox);
+        let settings = mailbox.settings();
         loop {
             let page = self
                 .store()
@@ -252,6 +304,11 @@ impl Task {
                 )
                 .await?;
             if !page.overflowed {
+                // The first read starts at the mailbox's head: whatever came before it was acked earlier.
+                if let (0, Some(first)) = (cursor, page.entries.first()) {
+                    let before = first.offset.saturating_sub(1);
+                    self.unacked.acked(before, &self.mailbox.unacked);
+                }
                 return Ok(page);
             }
             self.resync().await?;
@@ -259,13 +316,15 @@ impl Task {
     }
 
     /// Empties an overflowed mailbox and tells the client to resync from its backend.
-    async fn resync(&self) -> Result<(), Stop> {
+    async fn resync(&mut self) -> Result<(), Stop> {
         self.store().reset(&self.key).await?;
+        let sent = self.unacked.sent;
+        self.unacked.acked(sent, &self.mailbox.unacked);
         self.socket.emit("_resync", &[]).map_err(|_| Stop::Gone)
     }
 
     /// Sends one entry; the wait for its ack, unless the client is an event stream, which cannot ack.
-    fn send_live(&self, entry: Entry) -> Result<Option<AckWait>, Stop> {
+    fn send_live(&mut self, entry: Entry) -> Result<Option<AckWait>, Stop> {
         let raw: &RawValue = match serde_json::from_slice(&entry.payload) {
             Ok(raw) => raw,
             Err(e) => {
@@ -279,12 +338,16 @@ impl Task {
             self.socket
                 .emit_json_numbered(raw, entry.offset)
                 .map_err(|_| Stop::Gone)?;
+            self.delivered.increment(1);
+            self.unacked.sent(entry.offset, &self.mailbox.unacked);
             return Ok(None);
         }
         let reply = self
             .socket
             .emit_json_with_ack(raw)
             .map_err(|_| Stop::Gone)?;
+        self.delivered.increment(1);
+        self.unacked.sent(entry.offset, &self.mailbox.unacked);
         let resync_event = entry.resync.then_some(entry.event);
         let offset = entry.offset;
         Ok(Some(Box::pin(async move {
@@ -311,6 +374,32 @@ fn batch_json(entries: &[Entry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unacked_entries_are_sent_minus_acked_and_leave_with_the_task() {
+        let sum = AtomicU64::new(5);
+        let mut task = Unacked::default();
+        // The first page starts at 41: entries up to 40 were acked before.
+        task.acked(40, &sum);
+        task.sent(45, &sum);
+        assert_eq!(sum.load(Ordering::Relaxed), 10);
+        task.acked(43, &sum);
+        assert_eq!(sum.load(Ordering::Relaxed), 7);
+        task.acked(42, &sum);
+        assert_eq!(sum.load(Ordering::Relaxed), 7, "acks are cumulative");
+        task.sent(44, &sum);
+        assert_eq!(
+            sum.load(Ordering::Relaxed),
+            7,
+            "a wake for an entry already sent"
+        );
+        task.release(&sum);
+        assert_eq!(
+            sum.load(Ordering::Relaxed),
+            5,
+            "the other tasks' share stays"
+        );
+    }
 
     #[test]
     fn batches_are_arrays_of_stored_arrays() {

@@ -19,6 +19,8 @@ pub struct PresenceTarget {
     pub url: String,
     /// `Authorization` scheme before the client's token.
     pub scheme: String,
+    /// Each call attempt's duration (`herald_webhook_duration_seconds{kind="presence"}`).
+    pub duration: metrics::Histogram,
 }
 
 #[derive(Default)]
@@ -140,7 +142,7 @@ impl Presence {
 async fn put(http: reqwest::Client, target: PresenceTarget, user: PresenceUser, field: &str) {
     let url = target.url.replace(":id", &user.id);
     let body = json!({ "id": user.id, "user": { field: iso8601_now() } });
-    crate::outbound::with_retry(&user.site, "updateUserUrl", || {
+    crate::outbound::with_retry(&user.site, "updateUserUrl", &target.duration, || {
         let request = http.put(&url).json(&body);
         match &user.token {
             Some(token) => request.header(

@@ -2,6 +2,7 @@
 //! this node, and hears other nodes' appends through the store's announcements.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub struct Mailbox {
     /// In a cluster, the node's record of the devices connected here, which a survivor marks disconnected if
     /// this node dies.
     records: std::sync::OnceLock<crate::cluster::registry::NodeRecords>,
+    /// Entries the delivery tasks here sent and have not seen acked yet, summed over the tasks
+    /// (`herald_mailbox_pending`).
+    pub(super) unacked: AtomicU64,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -66,6 +70,7 @@ impl Mailbox {
             shared: announcements.is_some(),
             links: Mutex::new(HashMap::new()),
             records: std::sync::OnceLock::new(),
+            unacked: AtomicU64::new(0),
         });
         tokio::spawn(sweeper(Arc::downgrade(&mailbox)));
         if let Some(mut announcements) = announcements {
@@ -92,6 +97,11 @@ impl Mailbox {
         }
     }
 
+    /// Mailbox entries sent to the devices connected to this node and not acknowledged yet.
+    pub fn unacked(&self) -> u64 {
+        self.unacked.load(Ordering::Relaxed)
+    }
+
     pub fn store(&self) -> &Arc<dyn MailboxStore> {
         &self.store
     }
@@ -112,13 +122,15 @@ impl Mailbox {
         }
     }
 
-    /// Starts delivering `key`'s mailbox to `socket`, which just connected; `rooms` tells its shared rooms.
+    /// Starts delivering `key`'s mailbox to `socket`, which just connected; `rooms` tells its shared rooms, and
+    /// `delivered` counts the entries sent.
     pub fn attach(
         self: &Arc<Self>,
         socket: Arc<Socket>,
         key: DeviceKey,
         rooms: RoomFilter,
         ttl: Duration,
+        delivered: metrics::Counter,
     ) {
         if let Some(records) = self.records.get() {
             records.device_attached(&key);
@@ -141,6 +153,8 @@ impl Mailbox {
             rooms,
             ttl,
             wakes,
+            delivered,
+            unacked: delivery::Unacked::default(),
         };
         tokio::spawn(task.run());
     }

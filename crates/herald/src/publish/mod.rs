@@ -4,7 +4,7 @@
 //! nodes fan out what the bus brings them (`Publisher::start`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_protocol::engineio::OutFrame;
@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::cluster::{Broadcast, BusError, Cluster};
 use crate::mailbox::store::valid_name;
 use crate::mailbox::StoreError;
+pub use crate::metrics::Source;
 use crate::sites::{Site, Sites};
 use crate::socketio::{self, Missed, Outgoing, Target, RESERVED_EVENTS};
 
@@ -145,6 +146,8 @@ pub struct Outcome {
 pub struct Publisher {
     pub sites: Sites,
     pub cluster: Arc<Cluster>,
+    /// Who publishes through this handle, for `herald_publishes_total` (`with_source`). Default `Api`.
+    pub source: Source,
 }
 
 impl Publisher {
@@ -168,9 +171,44 @@ impl Publisher {
         Ok(())
     }
 
+    /// This pipeline, its publishes counted as from `source`: the handle a source (a bridge, the emitter, the
+    /// client-event routes) is given.
+    pub fn with_source(&self, source: Source) -> Publisher {
+        Publisher {
+            source,
+            ..self.clone()
+        }
+    }
+
     /// Publishes a request to `site`: mailboxes first (so a 200 means durable), then the live broadcast.
-    /// `resync` is crossroads' `resync=true`.
+    /// `resync` is crossroads' `resync=true`. Counted as from this handle's source.
     pub async fn publish(
+        &self,
+        site: &Site,
+        request: &PublishRequest,
+        resync: bool,
+    ) -> Result<Outcome, PublishError> {
+        self.publish_from(self.source, site, request, resync).await
+    }
+
+    /// [`Publisher::publish`], counted as from `source`.
+    pub async fn publish_from(
+        &self,
+        source: Source,
+        site: &Site,
+        request: &PublishRequest,
+        resync: bool,
+    ) -> Result<Outcome, PublishError> {
+        let started = Instant::now();
+        let result = self.publish_timed(site, request, resync).await;
+        site.metrics.publish_duration.record(started.elapsed());
+        if result.is_ok() {
+            site.metrics.published(source);
+        }
+        result
+    }
+
+    async fn publish_timed(
         &self,
         site: &Site,
         request: &PublishRequest,
@@ -282,7 +320,9 @@ pub fn fan_out(site: &Site, broadcast: &Broadcast) -> usize {
         plain: &plain,
         logged: logged.as_ref().map(|(o, f)| (*o, f.as_slice())),
     };
-    site.namespace.broadcast_frames(&target, outgoing)
+    let delivered = site.namespace.broadcast_frames(&target, outgoing);
+    site.metrics.deliveries.increment(delivered as u64);
+    delivered
 }
 
 /// A broadcast's frames, with `offset` as the last argument when given.
@@ -370,6 +410,9 @@ async fn to_mailboxes<'a>(
     let delivery = mailbox
         .deliver(&site.config.name, &users, &request.event, &payload, resync)
         .await?;
+    site.metrics
+        .mailbox_appends
+        .increment(delivery.queued as u64);
     reached.queued = delivery.queued;
     reached.online = delivery.online;
     Ok(reached)

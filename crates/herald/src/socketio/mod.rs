@@ -263,6 +263,7 @@ impl SocketIo {
             }
             conn::Begin::TooMany => {
                 crate::limits::Limit::AuthAttempts.hit();
+                ns.metrics.refused();
                 tracing::info!(
                     sid = session.sid(),
                     limit = self.inner.config.max_connect_attempts,
@@ -329,6 +330,7 @@ impl SocketIo {
             Err(Refusal(message)) => {
                 tracing::debug!(sid = session.sid(), nsp = ns.name(), reason = %message, "refused a namespace connection");
                 session.conn.abandon_connect(ns.name());
+                ns.metrics.refused();
                 connect_error(session, ns.name(), &message);
                 return;
             }
@@ -399,6 +401,7 @@ impl SocketIo {
                     limit,
                     "refused a namespace connection: full"
                 );
+                ns.metrics.refused();
                 connect_error(
                     session,
                     ns.name(),
@@ -421,6 +424,7 @@ impl SocketIo {
             Version::V3 => frames::simple::<Value>(PacketType::Connect, ns.name(), None),
         };
         let _ = session.send(reply);
+        ns.metrics.accepted();
         if let (Some(first), Some(hold)) = (first, hold) {
             let socket = Arc::clone(&socket);
             tokio::spawn(async move {

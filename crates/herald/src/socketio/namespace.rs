@@ -54,6 +54,8 @@ pub struct Namespace {
     pub(crate) handler: Arc<dyn NamespaceHandler>,
     sockets: RwLock<HashMap<Arc<str>, Arc<Socket>>>,
     rooms: RwLock<HashMap<Arc<str>, Members>>,
+    /// Connects answered and sockets that left (`herald_connects_total`, `herald_disconnects_total`).
+    pub(crate) metrics: crate::metrics::NamespaceMetrics,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -71,6 +73,7 @@ impl Namespace {
             handler,
             sockets: RwLock::new(HashMap::new()),
             rooms: RwLock::new(HashMap::new()),
+            metrics: crate::metrics::NamespaceMetrics::new(name),
         }
     }
 
@@ -97,6 +100,12 @@ impl Namespace {
     /// Every connected socket.
     pub fn sockets(&self) -> Vec<Arc<Socket>> {
         self.sockets.read().values().cloned().collect()
+    }
+
+    /// Calls `f` with every connected socket, under the sockets' read lock, without copying the list (counts at
+    /// scrape time). `f` must take no namespace lock.
+    pub fn for_each_socket(&self, f: impl FnMut(&Arc<Socket>)) {
+        self.sockets.read().values().for_each(f);
     }
 
     /// The sockets in `room`.
@@ -267,6 +276,9 @@ impl Namespace {
         };
         socket.acks.lock().clear();
         // A socket whose connect lost the race with its session's close was never added nor announced.
+        if was_added {
+            self.metrics.disconnected(reason);
+        }
         if was_added && socket.leaving(reason) {
             self.handler.on_disconnect(socket, reason);
         }
