@@ -5,10 +5,17 @@
 #   bash scripts/bench.sh                   # everything, 2 rounds (~30 min on 2 cores)
 #   bash scripts/bench.sh --rounds 3 --servers "herald node"
 #   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word (mailbox: herald's mailbox bench)
+#   bash scripts/bench.sh --only "1k-unpaced 10k-10"   # several words: scenarios whose name contains any of them
+#   bash scripts/bench.sh --only fanout-1k --servers herald --transports "websocket sse"
 #   bash scripts/bench.sh --only events --servers "herald node" --rounds 3   # client events routed to a webhook
 #   bash scripts/bench.sh --only bridges --servers herald   # broker bridges into one room (herald only; needs the
 #                                           # shared RabbitMQ, Mosquitto, NATS, Redis and Postgres: scripts/services.sh)
 #   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
+#
+# The fan-out scenarios marked `plain` also run against herald with its plain clients, in the same round: the
+# subscribers are herald's plain WebSocket (`--transport plain-ws`) and event-stream (`--transport sse`) clients,
+# the sizes and publishes the same. --transports picks which of websocket (socket.io), plain-ws and sse run;
+# the reference servers offer socket.io only.
 #
 # Results: target/bench/results.jsonl (one JSON line per run) and target/bench/report.md (the tables), under
 # $CARGO_TARGET_DIR when it is set.
@@ -18,12 +25,14 @@ cd "$(dirname "$0")/.."
 
 target_dir=${CARGO_TARGET_DIR:-target}
 smoke=0 rounds=2 servers="herald node socketioxide" only="" out=$target_dir/bench
+transports="websocket plain-ws sse"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --smoke) smoke=1; servers=herald; rounds=1; shift ;;
     --rounds) rounds=$2; shift 2 ;;
     --servers) servers=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
+    --transports) transports=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 64 ;;
   esac
@@ -78,13 +87,13 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# name | herald-bench arguments
+# name | herald-bench arguments [| plain: also with herald's plain clients]
 if [[ $smoke == 1 ]]; then
   scenarios=(
     "idle|idle --conns 200 --settle-secs 1"
     "storm|storm --conns 500 --concurrency 50"
-    "fanout-room|fanout --subs 100 --messages 200 --publishers 4"
-    "fanout-room-paced|fanout --subs 100 --messages 100 --rate 200"
+    "fanout-room|fanout --subs 100 --messages 200 --publishers 4|plain"
+    "fanout-room-paced|fanout --subs 100 --messages 100 --rate 200|plain"
     "fanout-personal|fanout --subs 200 --personal --messages 2000 --rate 2000 --publishers 4"
     "events|events --clients 20 --secs 2 --warmup 0.5 --drain-secs 3"
     "bridges-amqp|bridges --kind amqp --subs 2 --messages 300 --warmup 20"
@@ -100,11 +109,11 @@ else
     "idle-10k|idle --conns 10000"
     "idle-18k|idle --conns 18000"
     "storm|storm --conns 15000 --concurrency 500"
-    "fanout-1k-unpaced|fanout --subs 1000 --messages 2000 --publishers 16"
-    "fanout-1k-50|fanout --subs 1000 --messages 500 --rate 50"
-    "fanout-1k-100|fanout --subs 1000 --messages 1000 --rate 100"
-    "fanout-10k-unpaced|fanout --subs 10000 --messages 200 --publishers 16"
-    "fanout-10k-10|fanout --subs 10000 --messages 100 --rate 10"
+    "fanout-1k-unpaced|fanout --subs 1000 --messages 2000 --publishers 16|plain"
+    "fanout-1k-50|fanout --subs 1000 --messages 500 --rate 50|plain"
+    "fanout-1k-100|fanout --subs 1000 --messages 1000 --rate 100|plain"
+    "fanout-10k-unpaced|fanout --subs 10000 --messages 200 --publishers 16|plain"
+    "fanout-10k-10|fanout --subs 10000 --messages 100 --rate 10|plain"
     "fanout-1k-polling|--transport polling fanout --subs 1000 --messages 500 --rate 50"
     "fanout-personal-10k|fanout --subs 10000 --personal --messages 100000 --rate 10000 --publishers 32"
     "events-closed-loop|events --clients 100 --secs 10"
@@ -120,29 +129,55 @@ else
   strict=()
 fi
 
+# selected NAME: whether --only names the scenario (any of its words is part of the name).
+selected() {
+  [[ -z $only ]] && return 0
+  local word
+  for word in $only; do
+    if [[ $1 == *"$word"* ]]; then return 0; fi
+  done
+  return 1
+}
+
 for entry in "${scenarios[@]}"; do
-  name=${entry%%|*} args=${entry#*|}
-  if [[ -n $only && $name != *"$only"* ]]; then continue; fi
+  IFS='|' read -r name args plain <<<"$entry"
+  if ! selected "$name"; then continue; fi
+  # Which subscribers: socket.io over WebSocket (the arguments' own transport), and herald's plain clients.
+  if [[ $plain == plain ]]; then runs=$transports; else runs=websocket; fi
   for round in $(seq 1 "$rounds"); do
     for server in $servers; do
       # Only herald and the Node reference route client events to a webhook (bench/reference/README.md).
       if [[ $name == events* && $server == socketioxide ]]; then continue; fi
       # The broker bridges are herald's alone.
       if [[ $name == bridges* && $server != herald ]]; then continue; fi
-      echo "== $name, round $round, $server" >&2
-      start_server "$server" "$name"
-      # shellcheck disable=SC2086 # $args is a word list on purpose
-      "${gen_cpu[@]}" "$profile_dir/herald-bench" --addr "127.0.0.1:$port" --pid "$server_pid" --server "$server" \
-        --json "$results" "${strict[@]}" $args
-      stop_server
-      sleep 1
+      for transport in $runs; do
+        # Only herald has plain clients.
+        if [[ $transport != websocket && $server != herald ]]; then continue; fi
+        with=()
+        if [[ $plain == plain ]]; then with=(--transport "$transport"); fi
+        echo "== $name${with[*]:+ (${with[*]})}, round $round, $server" >&2
+        start_server "$server" "$name"
+        # shellcheck disable=SC2086 # $args is a word list on purpose
+        "${gen_cpu[@]}" "$profile_dir/herald-bench" --addr "127.0.0.1:$port" --pid "$server_pid" --server "$server" \
+          --json "$results" "${strict[@]}" "${with[@]}" $args
+        stop_server
+        sleep 1
+      done
     done
   done
 done
 
 # Mailboxes are herald's alone (the reference servers deliver live only): appends/s and a 10k replay, through
 # the store trait, embedded and on Redis when one answers on 127.0.0.1:6379.
-if [[ $smoke == 0 && ( -z $only || mailbox == *"$only"* ) && " $servers " == *" herald "* ]]; then
+mailbox_selected() {
+  [[ -z $only ]] && return 0
+  local word
+  for word in $only; do
+    if [[ mailbox == *"$word"* ]]; then return 0; fi
+  done
+  return 1
+}
+if [[ $smoke == 0 && " $servers " == *" herald "* ]] && mailbox_selected; then
   echo "== mailbox, embedded" >&2
   cargo bench -q -p herald --bench mailbox | tee "$out/mailbox.txt"
   if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then

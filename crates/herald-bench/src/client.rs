@@ -1,5 +1,7 @@
-//! One socket.io v5 client over WebSocket, from a chosen source address: joins the site's namespace with its
-//! token, then answers heartbeats and records every `m` event it is sent.
+//! A subscriber, from a chosen source address. Here the socket.io v5 client over WebSocket: it joins the site's
+//! namespace with its token, then answers heartbeats and records every `m` event it is sent. The other
+//! transports are in `polling.rs` (socket.io over long-polling), `plain.rs` (herald's plain WebSocket) and
+//! `sse.rs` (herald's event stream); each records the same `m` events into the same `Deliveries`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -37,13 +39,16 @@ impl Client {
         token: &str,
         deliveries: Arc<Deliveries>,
     ) -> anyhow::Result<Self> {
-        if target.transport == Transport::Polling {
-            let task = crate::polling::connect(target, i, token, deliveries).await?;
-            return Ok(Client { task });
-        }
-        let ws = join(target, i, token).await?;
-        let prefix = format!("42{},[\"m\",", target.namespace());
-        let task = tokio::spawn(listen(ws, prefix, deliveries));
+        let task = match target.transport {
+            Transport::Websocket => {
+                let ws = join(target, i, token).await?;
+                let prefix = format!("42{},[\"m\",", target.namespace());
+                tokio::spawn(listen(ws, prefix, deliveries))
+            }
+            Transport::Polling => crate::polling::connect(target, i, token, deliveries).await?,
+            Transport::PlainWs => crate::plain::connect(target, i, token, deliveries).await?,
+            Transport::Sse => crate::sse::connect(target, i, token, deliveries).await?,
+        };
         Ok(Client { task })
     }
 }
@@ -71,6 +76,11 @@ pub(crate) async fn join(target: &Target, i: usize, token: &str) -> anyhow::Resu
 }
 
 pub(crate) async fn open(server: SocketAddr, source: SocketAddr) -> anyhow::Result<Ws> {
+    handshake(server, source, "/socket.io/?EIO=4&transport=websocket").await
+}
+
+/// A TCP connection to `server` from `source`, without Nagle's delay.
+pub(crate) async fn dial(server: SocketAddr, source: SocketAddr) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4().context("creating a socket")?;
     socket
         .bind(source)
@@ -80,7 +90,17 @@ pub(crate) async fn open(server: SocketAddr, source: SocketAddr) -> anyhow::Resu
         .await
         .with_context(|| format!("connecting to {server} from {source}"))?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
+    Ok(stream)
+}
+
+/// A WebSocket to `path` (with its query) on `server`, from `source`.
+pub(crate) async fn handshake(
+    server: SocketAddr,
+    source: SocketAddr,
+    path: &str,
+) -> anyhow::Result<Ws> {
+    let stream = dial(server, source).await?;
+    let url = format!("ws://{server}{path}");
     // tungstenite's default read buffer is 128 KiB, zeroed per connection: at thousands of connects per second
     // the generator would spend most of its time clearing pages. Frames here are small.
     let config = WebSocketConfig::default()

@@ -271,20 +271,38 @@ async fn publish_share(
     nodes: usize,
 ) {
     let per_message = plan.per_message();
+    let mut stalled = false;
     for i in (0..plan.messages).filter(|&i| plan.publisher_of(i) == k) {
         if plan.rate > 0.0 {
             let due = started + Duration::from_secs_f64(i as f64 / plan.rate);
             tokio::time::sleep_until(due.into()).await;
         } else {
+            // A message that never arrives must not stall the run: past `drain` without progress, this
+            // publisher stops waiting for the window and the count shows the loss.
             let floor = (i + 1).saturating_sub(plan.window) as u64 * per_message;
-            while received_over(&deliveries) < floor {
+            let (mut seen, mut progress) = (received_over(&deliveries), Instant::now());
+            while !stalled && seen < floor {
                 tokio::time::sleep(Duration::from_millis(1)).await;
+                let now = received_over(&deliveries);
+                if now != seen {
+                    (seen, progress) = (now, Instant::now());
+                }
+                stalled = progress.elapsed() >= plan.drain;
             }
         }
         let node = plan.node_of(i, nodes);
         if let Err(e) = publisher.send(node, &plan.room(i), i as u64).await {
             if errors.fetch_add(1, Ordering::Relaxed) == 0 {
                 eprintln!("publish error: {e:#}");
+            }
+            // A timeout is a server that no longer answers (or accepts): the rest would time out too.
+            if e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<reqwest::Error>()
+                    .is_some_and(reqwest::Error::is_timeout)
+            }) {
+                eprintln!("publisher {k} stops: the server did not answer in time");
+                break;
             }
         }
     }

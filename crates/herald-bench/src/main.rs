@@ -3,7 +3,8 @@
 //! and measures what the server pays (RSS and CPU from `/proc/<pid>`) and what clients see (rate, loss, order,
 //! latency). The `events` scenario goes the other way: clients emit with an ack and the server routes each event
 //! to a webhook backend this process runs (`events.rs`). Every server it is pointed at must offer the same site:
-//! see `target.rs` and bench/reference.
+//! see `target.rs` and bench/reference. Against herald, the subscribers of `idle`, `storm`, `fanout` and
+//! `cluster` may also be its plain clients (`--transport plain-ws` or `sse`, `plain.rs` and `sse.rs`).
 
 mod backend;
 mod bridges;
@@ -13,12 +14,14 @@ mod direct;
 mod emitter;
 mod events;
 mod fanout;
+mod plain;
 mod poll_forward;
 mod polling;
 mod procfs;
 mod publish;
 mod report;
 mod soak;
+mod sse;
 mod stats;
 mod tally;
 mod target;
@@ -61,7 +64,8 @@ struct Args {
     /// Source addresses 127.0.0.1 to 127.0.0.<N>, used round-robin.
     #[arg(long, default_value_t = 8)]
     sources: u8,
-    /// How clients connect.
+    /// How clients connect: socket.io over WebSocket or long-polling, or herald's plain WebSocket
+    /// (`/ws/<site>`) or event stream (`/sse/<site>`). The plain ones serve idle, storm, fanout and cluster.
     #[arg(long, value_enum, default_value = "websocket")]
     transport: target::Transport,
     /// The server's name in the JSON record.
@@ -294,6 +298,20 @@ pub struct Outcome {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let subscribers_only = matches!(
+        args.scenario,
+        Scenario::Idle { .. }
+            | Scenario::Storm { .. }
+            | Scenario::Fanout { .. }
+            | Scenario::Cluster { .. }
+            | Scenario::Report { .. }
+    );
+    if args.transport.is_plain() && !subscribers_only {
+        anyhow::bail!(
+            "--transport plain-ws and sse serve idle, storm, fanout and cluster; this scenario's clients speak \
+             socket.io"
+        );
+    }
     let target = target::Target::new(
         args.addr,
         args.site.clone(),
@@ -370,11 +388,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     String::new()
                 },
-                if args.transport == target::Transport::Polling {
-                    ", polling"
-                } else {
-                    ""
-                }
+                args.transport.label()
             );
             (
                 "fanout",

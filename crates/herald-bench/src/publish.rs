@@ -23,6 +23,8 @@ impl Publisher {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
+            // A server that stops accepting (its HTTP connection limit reached) fails the publish, not the run.
+            .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
         let event_prefix_len = format!("42{},[\"m\",", target.namespace()).len();

@@ -23,10 +23,34 @@ pub struct Target {
     http: Vec<reqwest::Client>,
 }
 
+/// How subscribers connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
+    /// socket.io v5 over WebSocket.
     Websocket,
+    /// socket.io v5 over HTTP long-polling.
     Polling,
+    /// herald's plain WebSocket, `GET /ws/<site>`: JSON text frames, no socket.io.
+    PlainWs,
+    /// herald's Server-Sent Events, `GET /sse/<site>`.
+    Sse,
+}
+
+impl Transport {
+    /// Whether clients speak herald's plain protocol rather than socket.io (herald only).
+    pub fn is_plain(self) -> bool {
+        matches!(self, Transport::PlainWs | Transport::Sse)
+    }
+
+    /// How the transport is named in a variant, after the sizes (empty for socket.io over WebSocket).
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Websocket => "",
+            Transport::Polling => ", polling",
+            Transport::PlainWs => ", plain WebSocket",
+            Transport::Sse => ", SSE",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -100,6 +124,12 @@ impl Target {
 
     pub fn namespace(&self) -> String {
         format!("/{}", self.site)
+    }
+
+    /// The path and query of a plain endpoint (`/ws/<site>` or `/sse/<site>`) for a client with `token`. A JWT
+    /// is base64url and dots, so it goes in the query as it is.
+    pub fn plain_path(&self, endpoint: &str, token: &str) -> String {
+        format!("/{endpoint}/{}?token={token}", self.site)
     }
 
     pub fn send_url(&self) -> String {
