@@ -298,3 +298,35 @@ describe("plain WebSocket and Server-Sent Events", () => {
     return res.body.devices.find((d) => d.deviceId === deviceId)?.pending;
   }
 });
+
+describe("event streams and max_http_connections", () => {
+  let gw;
+  before(async () => {
+    gw = await startGateway({
+      configYaml: `
+server:
+  limits: {max_http_connections: 4}
+sites:
+  - name: news
+    api_keys: [${KEY}]
+    public_channel: lobby
+`,
+    });
+  });
+  after(async () => {
+    await gw?.stop();
+  });
+
+  it("an accepted stream leaves its HTTP slot, so more streams than max_http_connections leave room for publishes", { timeout: TEST_TIMEOUT_MS }, async () => {
+    const streams = [];
+    for (let i = 0; i < 6; i++) {
+      const stream = await sse(gw, "news");
+      await stream.next((e) => e.event === "welcome", `welcome ${i}`);
+      streams.push(stream);
+    }
+    await publish(gw, "news", { rooms: ["lobby"], event: "tick", args: [1] });
+    for (const stream of streams) await stream.next((e) => e.event === "tick", "the tick");
+    const health = await fetch(`${gw.url}/healthcheck`);
+    assert.equal(health.status, 200);
+  });
+});

@@ -122,6 +122,10 @@ async fn event_stream(
     }
     let auth = auth_payload(request.headers(), true);
     let origin = request.headers().get(header::ORIGIN).cloned();
+    let slot = request
+        .extensions()
+        .get::<crate::server::ConnectionSlot>()
+        .cloned();
     let (parts, _) = request.into_parts();
     let Some(session) = state.engine.open_plain(&parts, Transport::EventStream) else {
         return refuse(
@@ -131,10 +135,15 @@ async fn event_stream(
     };
     drop(parts);
     state.io.connect_plain(&session, &format!("/{site}"), auth);
-    state
+    let response = state
         .engine
         .serve_event_stream(session, origin, state.sse_ping)
-        .await
+        .await;
+    // The stream lasts as long as its session, which `max_connections` bounds: it leaves its HTTP slot.
+    if let (StatusCode::OK, Some(slot)) = (response.status(), slot) {
+        slot.release();
+    }
+    response
 }
 
 #[cfg(test)]

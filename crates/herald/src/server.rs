@@ -142,10 +142,11 @@ impl Server {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = accept(&listener, &permits) => {
                     let Some((stream, permit)) = accepted else { continue };
-                    let task = connection(stream, router.clone(), Arc::clone(&config), phase.clone());
+                    let slot = ConnectionSlot(Arc::new(parking_lot::Mutex::new(Some(permit))));
+                    let task = connection(stream, router.clone(), Arc::clone(&config), phase.clone(), slot.clone());
                     connections.spawn(async move {
                         task.await;
-                        drop(permit);
+                        slot.release();
                     });
                 }
             }
@@ -197,12 +198,28 @@ async fn accept(
     }
 }
 
+/// A connection's place among `max_http_connections`, in each of its requests' extensions. An upgraded
+/// WebSocket leaves it when its HTTP part ends; an event stream, whose HTTP response lasts as long as its
+/// session, leaves it with [`ConnectionSlot::release`]: `max_connections` bounds sessions, and without this
+/// `max_http_connections` event streams would keep every other request (publishes, health checks) from being
+/// accepted.
+#[derive(Clone)]
+pub struct ConnectionSlot(Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl ConnectionSlot {
+    /// The connection no longer counts against `max_http_connections`.
+    pub fn release(&self) {
+        self.0.lock().take();
+    }
+}
+
 /// Serves one connection until it ends, idles past `idle_timeout`, or the server stops.
 async fn connection(
     stream: TcpStream,
     router: Router,
     config: Arc<ServeConfig>,
     mut phase: watch::Receiver<Phase>,
+    slot: ConnectionSlot,
 ) {
     let activity = Arc::new(Activity::new());
     // The client's address, for the `X-Forwarded-For` of a request forwarded to another node.
@@ -217,6 +234,7 @@ async fn connection(
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
+        request.extensions_mut().insert(slot.clone());
         async move { router.oneshot(request).await }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -142,8 +142,8 @@ pub struct LimitsConfig {
     /// Milliseconds an HTTP connection may move no byte either way (a stalled body, a client that stops
     /// reading); above `ping_interval_ms`, which a long-polling GET may wait. Default 60000.
     pub idle_timeout_ms: u64,
-    /// Most HTTP connections at once (WebSockets count once upgraded as sessions, `max_connections`); past it
-    /// herald stops accepting until one closes. Default 10000.
+    /// Most HTTP connections at once (WebSockets once upgraded, and accepted event streams, count as sessions,
+    /// `max_connections`); past it herald stops accepting until one closes. Default 10000.
     pub max_http_connections: usize,
     /// Largest request head (request line and headers), in bytes; larger is answered 431. Default 65536.
     pub max_header_bytes: usize,
