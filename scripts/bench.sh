@@ -2,7 +2,7 @@
 # Reproduces BENCHMARKS.md's comparison in one sitting: herald, Node socket.io and socketioxide run the same
 # scenarios, alternating server by server within each round so a noisy machine affects all of them alike.
 #
-#   bash scripts/bench.sh                   # everything, 2 rounds (~30 min on 2 cores)
+#   bash scripts/bench.sh                   # everything, 2 rounds (~35 min on 2 cores)
 #   bash scripts/bench.sh --rounds 3 --servers "herald node"
 #   bash scripts/bench.sh --only fanout     # scenarios whose name contains the word (mailbox: herald's mailbox bench)
 #   bash scripts/bench.sh --only "1k-unpaced 10k-10"   # several words: scenarios whose name contains any of them

@@ -188,13 +188,14 @@ pub async fn fanout_over(nodes: &Nodes<'_>, plan: Plan) -> anyhow::Result<Outcom
         "unpaced".into()
     };
     let mut human = format!(
-        "{}: {} subscribers ({}{}), {} messages of {} bytes, {rate_label}: delivered {received}/{expected} in \
+        "{}: {} subscribers ({}{}{}), {} messages of {} bytes, {rate_label}: delivered {received}/{expected} in \
          {elapsed:.2}s = {:.0} msg/s; lost {lost}, duplicates {duplicates}, out of order {out_of_order}, publish \
          errors {errors}; latency {}; server CPU {server_cpu:.2}s = {:.3} us/msg; generator CPU {own_cpu:.2}s = \
          {:.3} us/msg",
         if node_count > 1 { "cluster" } else { "fanout" },
         plan.subs,
         if plan.personal { "personal rooms" } else { "one room" },
+        nodes.targets[0].transport.label(),
         if node_count > 1 {
             format!(" over {node_count} nodes, publishes via {:?}", plan.via).to_lowercase()
         } else {
