@@ -230,7 +230,9 @@ impl Broker {
                     .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
                     .env("RABBITMQ_LOG_BASE", dir.join("log"))
                     .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
-                    .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"));
+                    .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"))
+                    // A node that fails to boot writes its crash dump here, not into the crate.
+                    .env("ERL_CRASH_DUMP", dir.join("erl_crash.dump"));
                 command
             }
         };
