@@ -16,14 +16,9 @@ The binary is HERALD_GATEWAY_BIN, else the `herald` beside HERALD_BIN's herald-c
 import json
 import os
 import socket
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,7 +26,7 @@ import requests
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import Recorder, can_connect, free_port
+from helpers import Backend, Recorder, run_gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -64,71 +59,34 @@ EMITTER_FIXTURES = REPO_ROOT / "crates" / "herald" / "src" / "bridges" / "emitte
 pytestmark = pytest.mark.timeout(60)
 
 
-def _gateway_bin() -> Path:
-    env = os.environ.get("HERALD_GATEWAY_BIN")
-    if env:
-        return (REPO_ROOT / env).resolve() if not os.path.isabs(env) else Path(env)
-    env = os.environ.get("HERALD_BIN")
-    conformance = Path(env) if env else REPO_ROOT / "target" / "debug" / "herald-conformance"
-    if not conformance.is_absolute():
-        conformance = (REPO_ROOT / conformance).resolve()
-    return conformance.parent / "herald"
-
-
 # ---- the backend ---------------------------------------------------------------------------------
 
 
-class Backend:
-    """The auth webhook (`Bearer ok~<user>` lets `<user>` in, with the rooms after a second `~`, joined by `+`)
-    and the event route `/events/echo` (replies with the event's args). Counts the calls of each path."""
+def _auth(call):
+    parts = call.headers.get("authorization", "").removeprefix("Bearer ").split("~")
+    if parts[0] == "ok" and len(parts) > 1:
+        return 200, {"user": parts[1], "rooms": parts[2].split("+") if len(parts) > 2 and parts[2] else []}
+    return 401, {"error": "bad token"}
 
-    def __init__(self):
-        self.counts = {}
-        self.lock = threading.Lock()
-        backend = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+def _routes():
+    ok = lambda call: (200, {})  # noqa: E731
+    routes = {"/auth": _auth, "/events/echo": lambda call: (200, {"reply": call.body["args"]})}
+    return _Prefixed(routes, ("/hooks/", "/users/"), ok)
 
-            def log_message(self, *args):
-                pass
 
-            def _handle(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                path = self.path.split("?", 1)[0]
-                with backend.lock:
-                    backend.counts[path] = backend.counts.get(path, 0) + 1
-                status, body = 404, {"error": "no route"}
-                if path == "/auth":
-                    parts = self.headers.get("Authorization", "").removeprefix("Bearer ").split("~")
-                    if parts[0] == "ok" and len(parts) > 1:
-                        rooms = parts[2].split("+") if len(parts) > 2 and parts[2] else []
-                        status, body = 200, {"user": parts[1], "rooms": rooms}
-                    else:
-                        status, body = 401, {"error": "bad token"}
-                elif path == "/events/echo":
-                    status, body = 200, {"reply": json.loads(raw)["args"]}
-                elif path.startswith("/hooks/") or path.startswith("/users/"):
-                    status, body = 200, {}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+class _Prefixed(dict):
+    """A route table that also answers every path under `prefixes` with `route`."""
 
-            do_GET = _handle
-            do_POST = _handle
-            do_PUT = _handle
+    def __init__(self, routes, prefixes, route):
+        super().__init__(routes)
+        self.prefixes = prefixes
+        self.route = route
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{HOST}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="metrics-backend", daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def get(self, path, default=None):
+        if path in self:
+            return self[path]
+        return self.route if path.startswith(self.prefixes) else default
 
 
 def _config_yaml(backend_url, metrics=True):
@@ -154,65 +112,16 @@ sites:
 """
 
 
-@contextmanager
-def _herald(config_text, env_extra):
-    binary = _gateway_bin()
-    if not binary.exists():
-        pytest.fail(f"herald not found at {binary}; build it with `cargo build -p herald` or set HERALD_GATEWAY_BIN")
-    tmp = Path(tempfile.mkdtemp(prefix="herald-py-metrics-"))
-    config = tmp / "herald.yml"
-    config.write_text(config_text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}  # no stray config
-    env.update(env_extra)
-    env["RUST_BACKTRACE"] = "1"
-    output = ""
-    try:
-        for _attempt in range(3):
-            port = free_port()
-            log = open(tmp / f"herald-{port}.log", "w+b")
-            proc = subprocess.Popen(
-                [str(binary), "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data")],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and proc.poll() is None and not can_connect(port):
-                time.sleep(0.05)
-            started = proc.poll() is None and can_connect(port)
-            try:
-                if started:
-                    yield f"http://{HOST}:{port}"
-            finally:
-                died = proc.poll()
-                if died is None:
-                    proc.kill()
-                proc.wait()
-                log.seek(0)
-                output = log.read().decode(errors="replace")[-5000:]
-                log.close()
-            if started:
-                assert died is None, f"herald died during the tests with code {died}. Output:\n{output}"
-                return
-            if "in use" not in output.lower():
-                break
-        pytest.fail(f"herald did not start. Output:\n{output}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def backend():
-    b = Backend()
+    b = Backend(_routes(), "metrics-backend")
     yield b
     b.close()
 
 
 @pytest.fixture(scope="module")
 def gateway_url(backend):
-    with _herald(_config_yaml(backend.url), {"HERALD_METRICS_TOKEN": METRICS_TOKEN}) as url:
+    with run_gateway(_config_yaml(backend.url), "herald-py-metrics-", {"HERALD_METRICS_TOKEN": METRICS_TOKEN}) as url:
         yield url
 
 
@@ -399,9 +308,9 @@ def test_values_move_as_clients_connect_receive_and_leave(gateway_url, backend, 
     ) + 1
 
     # A client event routed to a webhook: answered, and timed.
-    calls = backend.counts.get("/events/echo", 0)
+    calls = len(backend.to("/events/echo"))
     assert ws.call("echo", ("hi",), namespace="/shop", timeout=STEP_TIMEOUT) == "hi"
-    assert backend.counts.get("/events/echo", 0) == calls + 1
+    assert len(backend.to("/events/echo")) == calls + 1
     evented = scrape(url)
     assert evented.get("herald_client_events_total", **shop, result="ok") == before.get(
         "herald_client_events_total", **shop, result="ok"
@@ -515,7 +424,7 @@ def _equal(got, want):
 
 
 def test_metrics_off_is_a_404(backend):
-    with _herald(_config_yaml(backend.url, metrics=False), {}) as url:
+    with run_gateway(_config_yaml(backend.url, metrics=False), "herald-py-metrics-") as url:
         assert requests.get(f"{url}/metrics", timeout=STEP_TIMEOUT).status_code == 404
         assert requests.get(f"{url}/healthcheck", timeout=STEP_TIMEOUT).status_code == 200
 
@@ -602,7 +511,7 @@ def test_a_cluster_counts_its_nodes_emitter_and_bridge_publishes():
     prefix, channel = f"metrics-{run}", f"herald-metrics:{run}"
     env = {"REDIS_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}", "HERALD_METRICS_TOKEN": METRICS_TOKEN}
     config = _cluster_yaml(prefix, channel)
-    with _herald(config, env) as first, _herald(config, env) as second:
+    with run_gateway(config, "herald-py-metrics-", env) as first, run_gateway(config, "herald-py-metrics-", env) as second:
         urls = [first, second]
         for url in urls:
             wait_until(url, lambda snap: _equal(snap.get("herald_cluster_nodes"), 2), timeout=15)

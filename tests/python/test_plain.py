@@ -17,17 +17,15 @@ import hashlib
 import hmac
 import json
 import os
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from helpers import HOST, run_gateway
+from helpers import Backend, run_gateway
 
 STEP_TIMEOUT = 5.0  # any single wait
 QUIET = 0.5  # how long we listen to make sure something did NOT arrive
@@ -65,70 +63,20 @@ def jwt_for(user):
 
 
 def _auth(call):
-    parts = call["headers"].get("authorization", "").removeprefix("Bearer ").split("~")
+    parts = call.headers.get("authorization", "").removeprefix("Bearer ").split("~")
     if len(parts) < 2 or not parts[1]:
         return 401, {"error": "no token"}
     return 200, {"user": parts[1], "rooms": parts[2].split("+") if len(parts) > 2 and parts[2] else []}
 
 
 def _bid(call):
-    (amount,) = call["body"]["args"]
+    (amount,) = call.body["args"]
     if amount < 10:
         return 200, {"reply": [{"error": "too low"}]}
-    return 200, {"reply": [{"accepted": amount, "by": call["body"]["socket"]["user"]}]}
+    return 200, {"reply": [{"accepted": amount, "by": call.body["socket"]["user"]}]}
 
 
 ROUTES = {"/auth": _auth, "/events/bid": _bid}
-
-
-class Backend:
-    """The auth webhook and the event route on a free port, in a thread; records every call."""
-
-    def __init__(self):
-        self.calls = []
-        self.lock = threading.Lock()
-        backend = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _handle(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                path = self.path.split("?", 1)[0]
-                call = {
-                    "path": path,
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                    "body": json.loads(raw) if raw else None,
-                }
-                with backend.lock:
-                    backend.calls.append(call)
-                route = ROUTES.get(path)
-                status, body = route(call) if route else (404, {"error": "no route"})
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_POST = _handle
-            do_GET = _handle
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{HOST}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="plain-backend", daemon=True).start()
-
-    def to(self, path):
-        with self.lock:
-            return [c for c in self.calls if c["path"] == path]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _config_yaml(backend_url):
@@ -151,7 +99,7 @@ sites:
 
 @pytest.fixture(scope="module")
 def backend():
-    b = Backend()
+    b = Backend(ROUTES, "plain-backend")
     yield b
     b.close()
 
@@ -288,11 +236,11 @@ def test_a_client_event_goes_to_the_webhook_and_is_answered_with_a_reply(plain, 
     client = plain("auction", f"token={token('ann', lot)}")
     welcome = client.welcome()
     assert client.request("bid", [25], 1) == {"type": "reply", "id": 1, "args": [{"accepted": 25, "by": "ann"}]}
-    call = next(c for c in backend.to("/events/bid") if c["body"]["socket"]["id"] == welcome["socket"])
-    assert call["body"]["event"] == "bid"
-    assert call["body"]["args"] == [25]
-    assert call["body"]["socket"]["user"] == "ann"
-    assert call["headers"]["authorization"] == f"Bearer {token('ann', lot)}"
+    call = next(c for c in backend.to("/events/bid") if c.body["socket"]["id"] == welcome["socket"])
+    assert call.body["event"] == "bid"
+    assert call.body["args"] == [25]
+    assert call.body["socket"]["user"] == "ann"
+    assert call.headers["authorization"] == f"Bearer {token('ann', lot)}"
     # The backend's {"error"} reply is an error frame with the event's id.
     assert client.request("bid", [3], 2) == {"type": "error", "id": 2, "error": "too low"}
     # Without an id, nothing answers; the event still reaches the backend.

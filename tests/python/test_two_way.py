@@ -12,17 +12,14 @@ The binary is HERALD_GATEWAY_BIN, else the `herald` beside HERALD_BIN's herald-c
 
 import hashlib
 import hmac
-import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 import socketio
 
-from helpers import Recorder, run_gateway
+from helpers import Backend, Recorder, run_gateway
 
 HOST = "127.0.0.1"
 STEP_TIMEOUT = 5.0  # any single wait
@@ -44,20 +41,6 @@ def token(user, *rooms):
 
 
 # ---- the backend ---------------------------------------------------------------------------------
-
-
-class Call:
-    def __init__(self, path, headers, raw):
-        self.path = path
-        self.headers = headers  # lower-cased names
-        self.raw = raw  # bytes, exactly as received
-        try:
-            self.body = json.loads(raw) if raw else None
-        except ValueError:
-            self.body = None
-
-    def __repr__(self):
-        return f"Call({self.path!r}, {self.raw[:300]!r})"
 
 
 def _auth(call):
@@ -86,78 +69,6 @@ ROUTES = {
 }
 
 
-class Backend:
-    """A real HTTP backend on a free port, in a thread; records every call."""
-
-    def __init__(self):
-        self.calls = []
-        self.cond = threading.Condition()
-        backend = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _read_body(self):
-                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                    out = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return out
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _handle(self):
-                raw = self._read_body()
-                path = self.path.split("?", 1)[0]
-                call = Call(path, {k.lower(): v for k, v in self.headers.items()}, raw)
-                with backend.cond:
-                    backend.calls.append(call)
-                    backend.cond.notify_all()
-                route = ROUTES.get(path)
-                status, body = route(call) if route else (404, {"error": "no route"})
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_POST = _handle
-            do_GET = _handle
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{HOST}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="two-way-backend", daemon=True)
-        self.thread.start()
-
-    def to(self, path):
-        with self.cond:
-            return [c for c in self.calls if c.path == path]
-
-    def wait_call(self, path, pred=lambda c: True, timeout=STEP_TIMEOUT):
-        """Waits for a call to `path` that `pred` accepts; returns it."""
-
-        def find():
-            return next((c for c in self.calls if c.path == path and c.body is not None and pred(c)), None)
-
-        with self.cond:
-            found = self.cond.wait_for(find, timeout=timeout)
-            assert found, f"no matching call to {path} within {timeout}s; calls: {self.calls}"
-            return found
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _config_yaml(backend_url):
     return f"""
 sites:
@@ -184,7 +95,7 @@ sites:
 
 @pytest.fixture(scope="module")
 def backend():
-    b = Backend()
+    b = Backend(ROUTES, "two-way-backend")
     yield b
     b.close()
 
