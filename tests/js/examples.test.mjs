@@ -27,7 +27,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { io } from "socket.io-client";
 import { gatewayBin } from "./gateway-helpers.mjs";
-import { EventStream, PlainClients, PlainSocket } from "./plain-helpers.mjs";
+import { EventStream, PlainSocket } from "./plain-helpers.mjs";
 import { Clients, QUIET_MS, STEP_TIMEOUT_MS, emitAck, record, sleep, until, waitConnected, withTimeout } from "./util.mjs";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -536,7 +536,7 @@ describe("examples/pomodoro: a device on MQTT, its state to the page and the pag
 });
 
 describe("examples/plain-clients: a plain WebSocket and an EventSource, no socket.io", { timeout: TEST_TIMEOUT_MS * 2 }, () => {
-  const plain = new PlainClients();
+  const plain = new Clients();
   afterEach(() => plain.closeAll());
   let example;
   before(async () => {

@@ -12,13 +12,13 @@ import assert from "node:assert/strict";
 import { api } from "./gateway-helpers.mjs";
 import { runId, startCluster } from "./cluster-helpers.mjs";
 import { KEY as MAILBOX_KEY, siteYaml, tokenFor } from "./mailbox-helpers.mjs";
-import { EventStream, PlainClients, PlainSocket, sseUrl, wsUrl } from "./plain-helpers.mjs";
-import { QUIET_MS, isOffset, sleep, until } from "./util.mjs";
+import { EventStream, PlainSocket, sseUrl, wsUrl } from "./plain-helpers.mjs";
+import { Clients, QUIET_MS, isOffset, sleep, until } from "./util.mjs";
 
 const KEY = "plain-cluster-key-0123456789";
 const SITE = `pl${runId()}`;
 const MAILBOXES = `pm${runId()}`;
-const plain = new PlainClients();
+const plain = new Clients();
 afterEach(() => plain.closeAll());
 
 async function publish(node, site, body, key = KEY) {

@@ -143,21 +143,6 @@ export class EventStream {
   }
 }
 
-/** Tracks plain clients so a test's afterEach closes them all. */
-export class PlainClients {
-  constructor() {
-    this.all = new Set();
-  }
-  add(client) {
-    this.all.add(client);
-    return client;
-  }
-  closeAll() {
-    for (const c of this.all) c.close();
-    this.all.clear();
-  }
-}
-
 /** The ws:// URL of `/ws/<site>` on gateway `gw`, with `query` pairs. */
 export const wsUrl = (gw, site, query = {}) => `${gw.url.replace(/^http/, "ws")}/ws/${site}${qs(query)}`;
 

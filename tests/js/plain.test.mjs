@@ -9,14 +9,14 @@ import assert from "node:assert/strict";
 import { io } from "socket.io-client";
 import { api, startGateway } from "./gateway-helpers.mjs";
 import { KEY as MAILBOX_KEY, siteYaml, tokenFor } from "./mailbox-helpers.mjs";
-import { EventStream, PlainClients, PlainSocket, sseUrl, wsUrl } from "./plain-helpers.mjs";
+import { EventStream, PlainSocket, sseUrl, wsUrl } from "./plain-helpers.mjs";
 import { reply, startBackend } from "./two-way-helpers.mjs";
 import { Clients, QUIET_MS, TEST_TIMEOUT_MS, isOffset, nextEvent, sleep, until, waitConnected } from "./util.mjs";
 
 const KEY = "plain-key-0123456789";
 const PING_MS = 400;
 const clients = new Clients();
-const plain = new PlainClients();
+const plain = new Clients();
 afterEach(() => {
   clients.closeAll();
   plain.closeAll();

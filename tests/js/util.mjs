@@ -92,7 +92,8 @@ export function asBuffer(x) {
   return null;
 }
 
-/** Keeps track of every client created in a test file so they can all be closed. */
+/** Keeps track of every client created in a test file so they can all be closed: socket.io sockets, and the
+ * plain clients of plain-helpers.mjs (which close rather than disconnect). */
 export class Clients {
   constructor() {
     this.sockets = new Set();
@@ -105,7 +106,8 @@ export class Clients {
     for (const s of this.sockets) {
       try {
         s.removeAllListeners?.();
-        s.disconnect();
+        if (s.disconnect) s.disconnect();
+        else s.close();
       } catch {}
       try {
         // v4 Manager and v2 Manager both expose .engine; closing it makes sure no socket lingers

@@ -79,6 +79,25 @@ fn auth_payload(headers: &HeaderMap, last_event_id: bool) -> Option<Value> {
     (!auth.is_empty()).then_some(Value::Object(auth))
 }
 
+/// Opens a plain session for the request and asks the site's namespace to let its client in, with `auth`.
+#[allow(clippy::result_large_err)] // the refusal is the handler's answer, returned at once
+fn connect(
+    state: &PlainState,
+    site: &str,
+    parts: &axum::http::request::Parts,
+    transport: Transport,
+    auth: Option<Value>,
+) -> Result<std::sync::Arc<crate::engine::Session<crate::socketio::Conn>>, Response> {
+    let Some(session) = state.engine.open_plain(parts, transport) else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "herald is full or draining",
+        ));
+    };
+    state.io.connect_plain(&session, &format!("/{site}"), auth);
+    Ok(session)
+}
+
 async fn websocket(
     State(state): State<PlainState>,
     Path(site): Path<String>,
@@ -100,13 +119,10 @@ async fn websocket(
     }
     let auth = auth_payload(request.headers(), false);
     let (parts, body) = request.into_parts();
-    let Some(session) = state.engine.open_plain(&parts, Transport::PlainWebSocket) else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "herald is full or draining",
-        );
+    let session = match connect(&state, &site, &parts, Transport::PlainWebSocket, auth) {
+        Ok(session) => session,
+        Err(refused) => return refused,
     };
-    state.io.connect_plain(&session, &format!("/{site}"), auth);
     state
         .engine
         .serve_plain_websocket(session, Request::from_parts(parts, body))
@@ -127,14 +143,11 @@ async fn event_stream(
         .get::<crate::server::ConnectionSlot>()
         .cloned();
     let (parts, _) = request.into_parts();
-    let Some(session) = state.engine.open_plain(&parts, Transport::EventStream) else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "herald is full or draining",
-        );
+    let session = match connect(&state, &site, &parts, Transport::EventStream, auth) {
+        Ok(session) => session,
+        Err(refused) => return refused,
     };
     drop(parts);
-    state.io.connect_plain(&session, &format!("/{site}"), auth);
     let response = state
         .engine
         .serve_event_stream(session, origin, state.sse_ping)
