@@ -129,6 +129,10 @@ export async function startProcess({ bin, argsFor, env = { RUST_BACKTRACE: "1", 
         url,
         port: srv.port,
         output: srv.getOutput,
+        /** Sends `name` (e.g. "SIGHUP") to the process. */
+        signal(name) {
+          srv.child.kill(name);
+        },
         /** SIGKILL, as a crash: nothing is flushed or closed. */
         async kill() {
           srv.child.kill("SIGKILL");

@@ -19,7 +19,7 @@ use crate::cluster::registry::{DeviceReaper, PresenceReaper, Registry};
 use crate::cluster::Cluster;
 use crate::config::{Config, MailboxStoreKind, SiteConfig};
 use crate::engine::{Engine, EngineConfig};
-use crate::events::{Brokers, ClientEvents, EventLimits, SocketHooks};
+use crate::events::{Brokers, ClientEvents, SocketHooks};
 use crate::mailbox::embedded::EmbeddedStore;
 use crate::mailbox::redis::RedisStore;
 use crate::mailbox::store::valid_name;
@@ -29,9 +29,16 @@ use crate::mailbox::{
 use crate::metrics::{SiteMetrics, Source, Webhook};
 use crate::publish::Publisher;
 use crate::recovery::{Comeback, SiteRecovery};
-use crate::retained::{RetainCaps, RetainedStore, SiteRetained};
+use crate::retained::{RetainedStore, SiteRetained};
 use crate::secret::Secret;
-use crate::sites::{ClientInfo, RoomFilter, Site, Sites};
+use crate::sites::{ClientInfo, RoomFilter, Sites};
+mod factory;
+mod reload;
+
+use factory::{MailboxSlot, Rules, SiteFactory};
+pub use reload::{ReloadError, ReloadReport};
+use reload::{Reloader, Running};
+
 use crate::socketio::{
     Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, PendingCatchUp,
     Refusal, Socket, SocketIo, SocketIoConfig,
@@ -76,19 +83,20 @@ pub struct Gateway {
     /// Tells the broker bridges the process stops (`stop_bridges`).
     bridge_stop: crate::bridges::Stop,
     ready: Arc<AtomicBool>,
+    /// Reads the configuration again and applies its sites (`reload`).
+    reloader: Arc<Reloader>,
 }
 
 /// The page `/` serves: a live view of the demo site's public room, with a publish form.
 const DEMO_PAGE: &str = include_str!("ui/demo.html");
 
-/// Each recovering site's window, for releasing a dead node's recovery sessions.
-fn recovery_windows(config: &Config) -> std::collections::HashMap<String, Duration> {
-    config
-        .sites
-        .iter()
-        .filter(|s| s.recovery_window_ms > 0)
-        .map(|s| (s.name.clone(), Duration::from_millis(s.recovery_window_ms)))
-        .collect()
+/// `setting` of each site, as the registry holds them when it is asked.
+fn per_site<T: 'static>(
+    sites: &Sites,
+    setting: fn(&SiteConfig) -> Option<T>,
+) -> crate::cluster::PerSite<T> {
+    let sites = sites.clone();
+    Box::new(move |name| setting(&sites.get(name)?.config))
 }
 
 /// Whether `site` keeps durable mailboxes: it knows its users (a user-room prefix) and keeps them (a TTL).
@@ -135,20 +143,6 @@ async fn open_stores(config: &Config) -> Result<Stores, GatewayError> {
     })
 }
 
-/// Starts the mailbox service, when some site keeps mailboxes.
-async fn open_mailbox(
-    config: &Config,
-    stores: &Stores,
-) -> Result<Option<Arc<Mailbox>>, GatewayError> {
-    if !config.sites.iter().any(keeps_mailboxes) {
-        return Ok(None);
-    }
-    let store = Arc::clone(&stores.mailbox);
-    Ok(Some(
-        Mailbox::start(store, config.server.mailbox.clone()).await?,
-    ))
-}
-
 /// Builds the gateway for `config` (already validated), opening its mailbox store.
 pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
     build_in(config, None).await
@@ -169,18 +163,18 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         max_connect_attempts: limits.max_auth_attempts,
         ..SocketIoConfig::default()
     });
-    let site_names: Vec<String> = config
-        .sites
-        .iter()
-        .map(|s| format!("/{}", s.name))
-        .collect();
-    io.add_namespace("/", RootNamespace::new(&site_names));
+    let sites = Sites::default();
+    io.add_namespace(
+        "/",
+        RootNamespace {
+            sites: sites.clone(),
+        },
+    );
     let http = reqwest::Client::builder()
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
     let stores = open_stores(config).await?;
-    let mailbox = open_mailbox(config, &stores).await?;
     let node = crate::cluster::new_node_id();
     let registry = match &config.server.redis_url {
         Some(url) => Some(
@@ -203,12 +197,15 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     }
     let presence = Arc::new(presence);
     // Devices on a shared store are released by a survivor if this node dies.
-    let shared_mailbox = mailbox
-        .as_ref()
-        .filter(|_| config.server.mailbox_store() == MailboxStoreKind::Redis);
-    if let (Some(mailbox), Some(registry)) = (shared_mailbox, &registry) {
-        mailbox.record_devices(registry.records());
-    }
+    let shared_store = config.server.mailbox_store() == MailboxStoreKind::Redis;
+    let mailbox = MailboxSlot::new(
+        Arc::clone(&stores.mailbox),
+        config.server.mailbox.clone(),
+        registry
+            .as_ref()
+            .filter(|_| shared_store)
+            .map(|r| r.records()),
+    );
     let cluster = match (&config.server.redis_url, &registry) {
         (Some(url), Some(registry)) => {
             let options = RedisBusOptions {
@@ -216,31 +213,24 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 max_packets: config.server.cluster.recovery_max_packets,
             };
             let bus = RedisBus::connect(url, options).await?;
-            let targets = config
-                .sites
-                .iter()
-                .filter_map(|s| Some((s.name.clone(), presence_target(s)?)))
-                .collect();
             registry.add_reaper(Arc::new(PresenceReaper {
                 presence: Arc::clone(&presence),
-                targets,
+                targets: per_site(&sites, presence_target),
             }));
-            if let Some(mailbox) = shared_mailbox {
-                let ttls = config
-                    .sites
-                    .iter()
-                    .filter(|s| keeps_mailboxes(s))
-                    .map(|s| (s.name.clone(), Duration::from_secs(s.device_ttl_secs)))
-                    .collect();
+            if shared_store {
                 registry.add_reaper(Arc::new(DeviceReaper {
-                    store: Arc::clone(mailbox.store()),
-                    ttls,
+                    store: Arc::clone(&stores.mailbox),
+                    ttls: per_site(&sites, |s| {
+                        keeps_mailboxes(s).then(|| Duration::from_secs(s.device_ttl_secs))
+                    }),
                 }));
             }
             let sessions = RedisSessions::connect(url, &node).await?;
             registry.add_reaper(Arc::new(SessionReaper {
                 sessions: sessions.clone(),
-                windows: recovery_windows(config),
+                windows: per_site(&sites, |s| {
+                    (s.recovery_window_ms > 0).then(|| Duration::from_millis(s.recovery_window_ms))
+                }),
             }));
             registry.start().await?;
             Arc::new(Cluster {
@@ -258,72 +248,27 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
             )
         })),
     };
-    let mut sites = Vec::with_capacity(config.sites.len());
     // The sites' event routes publish through the publisher, which needs the sites first.
     let publisher_slot = Arc::new(OnceLock::new());
-    // Event routes to brokers: one connection per URL, made at the first event.
-    let brokers = Brokers::new(config, &cluster.node);
-    let device_locks = Arc::new(DeviceLocks::new());
+    let factory = SiteFactory {
+        http: http.clone(),
+        retained: Arc::clone(&stores.retained),
+        mailbox,
+        presence: Arc::clone(&presence),
+        device_locks: Arc::new(DeviceLocks::new()),
+        cluster: Arc::clone(&cluster),
+        publisher: Arc::clone(&publisher_slot),
+    };
+    let rules = Rules {
+        // Event routes to brokers: one connection per URL, made at the first event.
+        brokers: Brokers::new(config, &cluster.node),
+        limits: limits.clone(),
+    };
+    let mut made = Vec::with_capacity(config.sites.len());
     for site in &config.sites {
-        let auth =
-            Authenticator::new(&site.auth, http.clone()).map_err(|source| GatewayError::Auth {
-                site: site.name.clone(),
-                source,
-            })?;
-        let own_namespace = Arc::new(OnceLock::new());
-        let recovery = SiteRecovery::new(site, &cluster).map(Arc::new);
-        let site_mailbox = mailbox.clone().filter(|_| keeps_mailboxes(site));
-        let caps = RetainCaps {
-            max_entries: limits.max_retained,
-            max_bytes: limits.max_retained_bytes,
-        };
-        let retained =
-            Arc::new(SiteRetained::open(&site.name, Arc::clone(&stores.retained), caps).await?);
-        let metrics = Arc::new(SiteMetrics::new(&site.name));
-        let handler = SiteHandler {
-            site: Arc::new(site.clone()),
-            auth,
-            namespace: Arc::clone(&own_namespace),
-            mailbox: site_mailbox.clone(),
-            presence: presence_target(site).map(|t| (Arc::clone(&presence), t)),
-            auth_slots: Arc::new(Semaphore::new(limits.max_concurrent_auth)),
-            devices: site_mailbox.clone().map(|mailbox| {
-                Arc::new(DeviceCheck {
-                    mailbox,
-                    locks: Arc::clone(&device_locks),
-                    max_devices: limits.max_devices_per_user,
-                    ttl: Duration::from_secs(site.device_ttl_secs),
-                })
-            }),
-            recovery: recovery.clone(),
-            retained: Arc::clone(&retained),
-            events: Arc::new(ClientEvents::new(
-                Arc::new(site.clone()),
-                http.clone(),
-                Arc::clone(&publisher_slot),
-                EventLimits::from_config(limits),
-                &brokers,
-                Arc::clone(&metrics),
-            )),
-            hooks: SocketHooks::new(
-                Arc::new(site.clone()),
-                http.clone(),
-                metrics.webhook(Webhook::Hook).clone(),
-            ),
-            metrics: Arc::clone(&metrics),
-        };
-        let namespace = io.add_namespace(&format!("/{}", site.name), handler);
-        // Weak: the namespace owns its handler, so a strong link back would be a cycle.
-        let _ = own_namespace.set(Arc::downgrade(&namespace));
-        sites.push(Site {
-            config: site.clone(),
-            namespace,
-            mailbox: site_mailbox,
-            recovery,
-            retained,
-            metrics,
-        });
+        made.push(factory.create(site, &rules).await?.serve(&io));
     }
+    sites.replace(made.into_iter().map(Arc::new));
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
     if config.server.redis_url.is_some() && cluster.url.starts_with("https://") {
         tracing::warn!(
@@ -336,7 +281,6 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         Arc::clone(&cluster.directory),
         forward_config(config),
     )));
-    let sites = Sites::new(sites);
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
@@ -356,7 +300,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         &publisher.with_source(Source::Bridge),
         &bridge_context,
     );
-    bridges.extend(brokers.statuses());
+    bridges.extend(rules.brokers.statuses());
     let bridges = Arc::new(bridges);
     let metrics = recorder.map(|handle| crate::metrics::Endpoint {
         handle,
@@ -386,6 +330,14 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         ),
         bridge_stop,
         ready: Arc::new(AtomicBool::new(true)),
+        reloader: Arc::new(Reloader {
+            factory,
+            running: tokio::sync::Mutex::new(Running {
+                config: config.clone(),
+                rules,
+            }),
+            sources: parking_lot::Mutex::new(None),
+        }),
     })
 }
 
@@ -554,25 +506,26 @@ struct SiteHandler {
 /// v3 (socket.io 2.x) clients join `/` implicitly whatever they asked for, and their client hands an error on
 /// `/` to every namespace socket, so theirs is let in, into no room.
 struct RootNamespace {
-    message: String,
-}
-
-impl RootNamespace {
-    fn new(sites: &[String]) -> Self {
-        RootNamespace {
-            message: format!(
-                "herald serves no root namespace: connect to a site's namespace ({})",
-                sites.join(", ")
-            ),
-        }
-    }
+    sites: Sites,
 }
 
 impl NamespaceHandler for RootNamespace {
     fn authorize(&self, request: ConnectRequest) -> Decision {
         match request.version {
             Version::V3 => Decision::Now(Ok(Accepted::default())),
-            Version::V4 => Decision::Now(Err(Refusal(self.message.clone()))),
+            Version::V4 => {
+                let mut names: Vec<String> = self
+                    .sites
+                    .all()
+                    .iter()
+                    .map(|s| format!("/{}", s.config.name))
+                    .collect();
+                names.sort();
+                Decision::Now(Err(Refusal(format!(
+                    "herald serves no root namespace: connect to a site's namespace ({})",
+                    names.join(", ")
+                ))))
+            }
         }
     }
 }

@@ -79,3 +79,23 @@ pub async fn run(
         "shut down"
     );
 }
+
+/// Reloads the configuration on every SIGHUP ([`Gateway::reload_from_sources`]); a refused one is logged in
+/// one line and the running configuration goes on.
+pub fn reload_on_hangup(gateway: Gateway) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload through the admin API only");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if let Err(e) = gateway.reload_from_sources().await {
+                tracing::error!(reason = %e, "reload refused; the running configuration goes on");
+            }
+        }
+    });
+}

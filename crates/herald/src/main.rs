@@ -137,8 +137,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn load(flags: &SourceFlags) -> Result<Config, Failure> {
-    let sources = Sources {
+/// The configuration's sources the flags name, read again on a reload.
+fn sources(flags: &SourceFlags) -> Sources {
+    Sources {
         server_file: flags.config.clone(),
         sites_file: flags.sites.clone(),
         env: config::process_env(),
@@ -149,8 +150,11 @@ fn load(flags: &SourceFlags) -> Result<Config, Failure> {
             log_json: flags.log_json.then_some(true),
             log_level: flags.log_level.clone(),
         },
-    };
-    let mut config = config::load(&sources).map_err(|e| Failure::Config(e.to_string()))?;
+    }
+}
+
+fn load(flags: &SourceFlags) -> Result<Config, Failure> {
+    let mut config = config::load(&sources(flags)).map_err(|e| Failure::Config(e.to_string()))?;
     if let Some(key) =
         config::ensure_demo_key(&mut config).map_err(|e| Failure::Config(e.to_string()))?
     {
@@ -176,6 +180,7 @@ fn serve(flags: &SourceFlags) -> Result<(), Failure> {
         let gateway = herald::gateway::build(&config)
             .await
             .map_err(|e| Failure::Config(e.to_string()))?;
+        gateway.set_sources(sources(flags));
         run(config, gateway).await.map_err(Failure::Other)
     })
 }
@@ -189,6 +194,7 @@ async fn run(config: Config, gateway: herald::gateway::Gateway) -> anyhow::Resul
     tracing::info!(%addr, ?sites, "herald listening; open http://{addr}/ for the demo page");
     // The accept loop runs on a worker thread, not on the thread in `block_on`: connection tasks it spawns then
     // start on that worker's own queue instead of waking another thread for each accept.
+    herald::lifecycle::reload_on_hangup(gateway.clone());
     tokio::spawn(async move {
         herald::lifecycle::run(gateway, listener, &config, shutdown_signal()).await;
     })

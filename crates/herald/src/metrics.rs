@@ -299,6 +299,14 @@ impl SiteMetrics {
     }
 }
 
+/// A site a reload removed has no connections: its gauges say so, since scrapes no longer sample it.
+pub fn site_removed(site: &str) {
+    for transport in TRANSPORTS {
+        metrics::gauge!(CONNECTIONS, "site" => site.to_string(), "transport" => transport.as_str())
+            .set(0.0);
+    }
+}
+
 /// The histogram of `kind` calls to `site`'s backend.
 pub fn webhook_duration(site: &str, kind: Webhook) -> Histogram {
     metrics::histogram!(WEBHOOK_DURATION, "site" => site.to_string(), "kind" => kind.as_str())
@@ -420,7 +428,7 @@ impl Endpoint {
     fn sample(&self) {
         let mut pending = 0;
         let mut mailboxes = Vec::new();
-        for site in self.sites.iter() {
+        for site in self.sites.all() {
             let mut counts = [0u64; TRANSPORTS.len()];
             site.namespace.for_each_socket(|socket| {
                 let transport = socket.session().transport();

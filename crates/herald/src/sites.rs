@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::config::SiteConfig;
 use crate::mailbox::Mailbox;
 use crate::secret::Secret;
@@ -148,28 +150,37 @@ impl RoomFilter {
     }
 }
 
-/// Every site by name.
+/// Every site by name. Clones share one registry, which a reload swaps whole (`replace`): a reader sees the
+/// sites before or after, never half of a change.
 #[derive(Debug, Clone, Default)]
 pub struct Sites {
-    by_name: Arc<HashMap<String, Arc<Site>>>,
+    by_name: Arc<ArcSwap<HashMap<String, Arc<Site>>>>,
 }
 
 impl Sites {
     pub fn new(sites: impl IntoIterator<Item = Site>) -> Self {
-        let by_name = sites
-            .into_iter()
-            .map(|s| (s.config.name.clone(), Arc::new(s)))
-            .collect();
+        let by_name = sites.into_iter().map(Arc::new).map(by_name).collect();
         Sites {
-            by_name: Arc::new(by_name),
+            by_name: Arc::new(ArcSwap::from_pointee(by_name)),
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Site>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Site>> {
+        self.by_name.load().get(name).cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Site>> {
-        self.by_name.values()
+    /// The sites as they are now.
+    pub fn all(&self) -> Vec<Arc<Site>> {
+        self.by_name.load().values().cloned().collect()
     }
+
+    /// Puts `sites` in place of every site, for every clone.
+    pub(crate) fn replace(&self, sites: impl IntoIterator<Item = Arc<Site>>) {
+        self.by_name
+            .store(Arc::new(sites.into_iter().map(by_name).collect()));
+    }
+}
+
+fn by_name(site: Arc<Site>) -> (String, Arc<Site>) {
+    (site.config.name.clone(), site)
 }

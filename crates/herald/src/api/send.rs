@@ -47,7 +47,7 @@ pub async fn send(
         .is_some_and(|r| !r.is_empty() && r != "false" && r != "0");
     let outcome = state
         .publisher
-        .publish_from(Source::Send, site, &request, resync)
+        .publish_from(Source::Send, &site, &request, resync)
         .await?;
     tracing::debug!(site = %site_name, event = %request.event, ?outcome, "published through /send");
     Ok("OK")

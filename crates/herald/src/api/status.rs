@@ -16,8 +16,8 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let key = bearer(&headers).ok_or(ApiError::MissingKey)?;
-    let sites: Vec<&str> = state
-        .sites
+    let all = state.sites.all();
+    let sites: Vec<&str> = all
         .iter()
         .filter(|site| site.accepts_key(key))
         .map(|site| site.config.name.as_str())

@@ -29,7 +29,7 @@ pub(super) fn authorized(
 ) -> Result<Arc<Site>, ApiError> {
     let key = bearer(headers).ok_or(ApiError::MissingKey)?;
     match state.sites.get(site) {
-        Some(found) if found.accepts_key(key) => Ok(Arc::clone(found)),
+        Some(found) if found.accepts_key(key) => Ok(found),
         _ => Err(ApiError::InvalidKey(site.to_string())),
     }
 }

@@ -373,7 +373,7 @@ fn site_of(publisher: &Publisher, nsp: &str, counters: &Counters) -> Option<Arc<
             );
         }
     }
-    site.cloned()
+    site
 }
 
 async fn publish(publisher: &Publisher, channel: &str, event: EmittedEvent, counters: &Counters) {

@@ -166,7 +166,7 @@ impl Inbound {
         let Some(site) = self.publisher.sites.get(&self.site) else {
             return Handled::Rejected(format!("no site '{}'", self.site));
         };
-        match self.publisher.publish(site, request, false).await {
+        match self.publisher.publish(&site, request, false).await {
             Ok(_) => Handled::Published,
             Err(PublishError::BadRequest(reason)) => Handled::Rejected(reason),
             Err(e @ PublishError::Retained(RetainedError::Full { .. })) => {

@@ -19,6 +19,9 @@ use std::sync::Arc;
 pub use bus::{Broadcast, Bus, BusError, Offset};
 pub use sessions::{SavedSocket, SessionStore};
 
+/// A setting of each site, looked up by site name when a reaper needs it, so a reload's sites count.
+pub type PerSite<T> = Box<dyn Fn(&str) -> Option<T> + Send + Sync>;
+
 /// Length of a node id; every Engine.IO sid this node issues starts with it, so any node can tell which node
 /// holds a session.
 pub const NODE_ID_LEN: usize = 8;

@@ -2,7 +2,6 @@
 //! per session (its `SavedSocket` as JSON), and per node the set of the live sessions it holds, which a
 //! survivor gives the site's window when the node dies (`release_node`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -88,7 +87,7 @@ impl RedisSessions {
     pub async fn release_node(
         &self,
         node: &str,
-        windows: &HashMap<String, Duration>,
+        windows: &(dyn Fn(&str) -> Option<Duration> + Send + Sync),
     ) -> Result<usize, BusError> {
         let mut con = self.con.clone();
         let set = node_set(node);
@@ -122,7 +121,7 @@ impl RedisSessions {
                 continue;
             }
             released += 1;
-            match windows.get(*site) {
+            match windows(site) {
                 Some(window) => pipe.pexpire(key, window.as_millis() as i64).ignore(),
                 None => pipe.del(key).ignore(),
             };
@@ -137,17 +136,16 @@ impl RedisSessions {
 
 /// Releases a dead node's recovery sessions, so its clients can recover on the survivors within their
 /// site's window from now.
-#[derive(Debug)]
 pub struct SessionReaper {
     pub sessions: RedisSessions,
-    /// Each recovering site's window.
-    pub windows: HashMap<String, Duration>,
+    /// Each recovering site's window, as the sites are now.
+    pub windows: super::PerSite<Duration>,
 }
 
 #[async_trait]
 impl Reap for SessionReaper {
     async fn reap(&self, dead: &DeadNode) {
-        match self.sessions.release_node(&dead.id, &self.windows).await {
+        match self.sessions.release_node(&dead.id, &*self.windows).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(node = %dead.id, sessions = n, "released a dead node's recovery sessions")
@@ -227,6 +225,8 @@ impl SessionStore for RedisSessions {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     async fn sessions(node: &str) -> RedisSessions {
@@ -278,7 +278,10 @@ mod tests {
         a.save("s", &kept, &saved("k")).await.expect("redis");
         a.save("off", &dropped, &saved("d")).await.expect("redis");
         let windows = HashMap::from([("s".to_string(), Duration::from_millis(300))]);
-        let released = survivor.release_node(&node, &windows).await.expect("redis");
+        let released = survivor
+            .release_node(&node, &|s| windows.get(s).copied())
+            .await
+            .expect("redis");
         assert_eq!(released, 2);
         assert_eq!(survivor.take("off", &dropped).await.expect("redis"), None);
         let mut con = survivor.con.clone();
@@ -301,7 +304,10 @@ mod tests {
         assert!(b.take("s", &pid).await.expect("redis").is_some());
         b.save("s", &pid, &saved("m")).await.expect("redis");
         let windows = HashMap::from([("s".to_string(), Duration::from_millis(300))]);
-        let released = b.release_node(&dead, &windows).await.expect("redis");
+        let released = b
+            .release_node(&dead, &|s| windows.get(s).copied())
+            .await
+            .expect("redis");
         assert_eq!(released, 0);
         let mut con = b.con.clone();
         let ttl: i64 = redis::cmd("PTTL")

@@ -645,19 +645,19 @@ impl Directory for Registry {
 /// Reports the users a dead node had as gone to their sites' `updateUserUrl`.
 pub struct PresenceReaper {
     pub presence: Arc<Presence>,
-    /// Each presence site's target.
-    pub targets: HashMap<String, PresenceTarget>,
+    /// Each presence site's target, as the sites are now.
+    pub targets: super::PerSite<PresenceTarget>,
 }
 
 #[async_trait]
 impl Reap for PresenceReaper {
     async fn reap(&self, dead: &DeadNode) {
         for user in &dead.users {
-            let Some(target) = self.targets.get(&user.site) else {
+            let Some(target) = (self.targets)(&user.site) else {
                 continue;
             };
             self.presence.report_gone(
-                target,
+                &target,
                 PresenceUser {
                     site: user.site.clone(),
                     id: user.id.clone(),
@@ -671,18 +671,18 @@ impl Reap for PresenceReaper {
 /// Marks the mailbox devices a dead node had connected as disconnected, expiring after their site's TTL.
 pub struct DeviceReaper {
     pub store: Arc<dyn MailboxStore>,
-    /// Each mailbox site's device TTL.
-    pub ttls: HashMap<String, Duration>,
+    /// Each mailbox site's device TTL, as the sites are now.
+    pub ttls: super::PerSite<Duration>,
 }
 
 #[async_trait]
 impl Reap for DeviceReaper {
     async fn reap(&self, dead: &DeadNode) {
         for key in &dead.devices {
-            let Some(ttl) = self.ttls.get(&key.site) else {
+            let Some(ttl) = (self.ttls)(&key.site) else {
                 continue;
             };
-            if let Err(e) = self.store.disconnect(key, *ttl).await {
+            if let Err(e) = self.store.disconnect(key, ttl).await {
                 tracing::warn!(node = %dead.id, error = %e, "could not mark a dead node's device disconnected");
             }
         }

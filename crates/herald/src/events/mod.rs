@@ -270,12 +270,12 @@ impl ClientEvents {
             self.metrics
                 .webhook(Webhook::Event)
                 .record(started.elapsed());
-            return apply(publisher, site, socket, answer?).await;
+            return apply(publisher, &site, socket, answer?).await;
         }
         if route.retained {
-            return retained(site, socket, &event.args).await;
+            return retained(&site, socket, &event.args).await;
         }
-        relay(publisher, site, socket, event).await
+        relay(publisher, &site, socket, event).await
     }
 }
 

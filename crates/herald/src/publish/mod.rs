@@ -164,7 +164,7 @@ impl Publisher {
                     continue;
                 }
                 if let Some(site) = sites.get(&broadcast.site) {
-                    fan_out(site, &broadcast);
+                    fan_out(&site, &broadcast);
                 }
             }
         });

@@ -130,6 +130,24 @@ impl SocketIo {
         ns
     }
 
+    /// Serves `namespace`, made by the caller, in place of any of the same name.
+    pub(crate) fn insert_namespace(&self, namespace: Arc<Namespace>) {
+        self.inner
+            .namespaces
+            .write()
+            .insert(namespace.name().to_string(), namespace);
+    }
+
+    /// Stops serving namespace `name`: new clients are refused as for any unknown namespace, and its sockets are
+    /// disconnected (`io server disconnect`, so socket.io clients do not reconnect to it).
+    pub fn remove_namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        let namespace = self.inner.namespaces.write().remove(name)?;
+        for socket in namespace.close() {
+            socket.disconnect();
+        }
+        Some(namespace)
+    }
+
     /// Namespace `name`, if it exists.
     pub fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
         self.inner.namespaces.read().get(name).cloned()
@@ -222,7 +240,7 @@ impl SocketIo {
                     binaries,
                     ack,
                 };
-                socket.namespace().handler.on_event(&socket, event);
+                socket.namespace().handler().on_event(&socket, event);
             }
             PacketType::Ack | PacketType::BinaryAck => {
                 let (Some(socket), Some(id), Some(Value::Array(args))) =
@@ -296,7 +314,7 @@ impl SocketIo {
             version,
             plain: session.conn.plain(),
         };
-        match ns.handler.authorize(request) {
+        match ns.handler().authorize(request) {
             Decision::Now(result) => self.finish_connect(session, &ns, result),
             Decision::Later(decision) => {
                 let io = self.clone();
@@ -374,7 +392,7 @@ impl SocketIo {
         // socket is reachable, read once it has joined.
         let first = match &resumed {
             Some(resumed) => {
-                let catch_up = ns.handler.catch_up(&socket, &resumed.after);
+                let catch_up = ns.handler().catch_up(&socket, &resumed.after);
                 let missed = resumed.missed.clone();
                 Some(Box::pin(async move {
                     let mut missed = missed;
@@ -383,8 +401,8 @@ impl SocketIo {
                 }) as PendingCatchUp)
             }
             None => match accepted.after.as_deref().filter(|_| plain.is_some()) {
-                Some(after) => Some(ns.handler.catch_up(&socket, after)),
-                None => ns.handler.on_join(&socket, &accepted.rooms),
+                Some(after) => Some(ns.handler().catch_up(&socket, after)),
+                None => ns.handler().on_join(&socket, &accepted.rooms),
             },
         };
         let hold = first.as_ref().map(|_| socket.hold());
@@ -392,6 +410,12 @@ impl SocketIo {
             namespace::Added::Yes => {}
             // The session closed meanwhile and its close already took the socket out.
             namespace::Added::Disconnected => return,
+            namespace::Added::Closed => {
+                session.conn.detach(&socket);
+                socket.mark_disconnected();
+                connect_error(session, ns.name(), "Invalid namespace");
+                return;
+            }
             namespace::Added::Full(limit) => {
                 session.conn.detach(&socket);
                 socket.mark_disconnected();
@@ -432,11 +456,11 @@ impl SocketIo {
                 socket.release(hold, first);
             });
         }
-        ns.handler.on_connect(&socket);
+        ns.handler().on_connect(&socket);
         // The client may have left while `on_connect` ran (its CONNECT answer was already out): the handler
         // hears of the leaving now, after the connect, never before it.
         if let Some(reason) = socket.announced() {
-            ns.handler.on_disconnect(&socket, reason);
+            ns.handler().on_disconnect(&socket, reason);
         }
     }
 }

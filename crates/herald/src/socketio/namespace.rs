@@ -46,13 +46,18 @@ pub(crate) enum Added {
     Disconnected,
     /// The namespace holds its most sockets.
     Full(usize),
+    /// The namespace is no longer served (its site was removed).
+    Closed,
 }
 
 /// One namespace. Handles are `Arc<Namespace>`.
 pub struct Namespace {
     name: Arc<str>,
-    pub(crate) handler: Arc<dyn NamespaceHandler>,
+    /// The rule clients are let in by and their events go to; a reload swaps it with clients connected.
+    handler: RwLock<Arc<dyn NamespaceHandler>>,
     sockets: RwLock<HashMap<Arc<str>, Arc<Socket>>>,
+    /// Set under the sockets' lock by `close`: no socket is added after.
+    closed: std::sync::atomic::AtomicBool,
     rooms: RwLock<HashMap<Arc<str>, Members>>,
     /// Connects answered and sockets that left (`herald_connects_total`, `herald_disconnects_total`).
     pub(crate) metrics: crate::metrics::NamespaceMetrics,
@@ -70,11 +75,22 @@ impl Namespace {
     pub(crate) fn new(name: &str, handler: Arc<dyn NamespaceHandler>) -> Self {
         Namespace {
             name: name.into(),
-            handler,
+            handler: RwLock::new(handler),
             sockets: RwLock::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             rooms: RwLock::new(HashMap::new()),
             metrics: crate::metrics::NamespaceMetrics::new(name),
         }
+    }
+
+    /// The namespace's handler now. Callers hold it for one call: a reload may put another in its place.
+    pub(crate) fn handler(&self) -> Arc<dyn NamespaceHandler> {
+        Arc::clone(&self.handler.read())
+    }
+
+    /// Puts `handler` in place for what comes next (connects, events, disconnects), keeping every socket.
+    pub(crate) fn set_handler(&self, handler: Arc<dyn NamespaceHandler>) {
+        *self.handler.write() = handler;
     }
 
     /// The namespace name, `/` or `/<name>`.
@@ -100,6 +116,14 @@ impl Namespace {
     /// Every connected socket.
     pub fn sockets(&self) -> Vec<Arc<Socket>> {
         self.sockets.read().values().cloned().collect()
+    }
+
+    /// Takes no socket from now on (a connect in flight is refused); returns the sockets it has.
+    pub(crate) fn close(&self) -> Vec<Arc<Socket>> {
+        let sockets = self.sockets.write();
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        sockets.values().cloned().collect()
     }
 
     /// Calls `f` with every connected socket, under the sockets' read lock, without copying the list (counts at
@@ -202,10 +226,13 @@ impl Namespace {
     /// Adds a socket, unless it was disconnected meanwhile or the namespace is full. The check and the insert
     /// share the lock that `remove` takes after marking the socket, so a socket is never left behind.
     pub(crate) fn add(&self, socket: &Arc<Socket>) -> Added {
-        let limit = self.handler.max_sockets();
+        let limit = self.handler().max_sockets();
         let mut sockets = self.sockets.write();
         if !socket.connected() {
             return Added::Disconnected;
+        }
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Added::Closed;
         }
         if let Some(limit) = limit.filter(|&l| sockets.len() >= l) {
             return Added::Full(limit);
@@ -280,7 +307,7 @@ impl Namespace {
             self.metrics.disconnected(reason);
         }
         if was_added && socket.leaving(reason) {
-            self.handler.on_disconnect(socket, reason);
+            self.handler().on_disconnect(socket, reason);
         }
     }
 }

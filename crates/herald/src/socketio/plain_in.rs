@@ -71,7 +71,7 @@ fn event(session: &Arc<Session<Conn>>, mut value: Value, id: Option<u64>) {
         binaries: Vec::new(),
         ack: id.map(|id| AckSender::new(&socket, id)),
     };
-    socket.namespace().handler.on_event(&socket, event);
+    socket.namespace().handler().on_event(&socket, event);
 }
 
 fn refuse(session: &Session<Conn>, id: Option<u64>, error: &str) {
