@@ -8,24 +8,11 @@
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { MISSING, hasChromium, launchChromium } from "./browser-helpers.mjs";
 import { api, startGateway } from "./gateway-helpers.mjs";
 import { reply, startBackend } from "./two-way-helpers.mjs";
 import { QUIET_MS, STEP_TIMEOUT_MS, isOffset, sleep } from "./util.mjs";
 
-const CHROMIUM = "/usr/bin/chromium";
-const MISSING = `${CHROMIUM} is missing: these tests need Debian's Chromium (apt-get install -y chromium)`;
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const KEY = "browser-key-0123456789";
 // An EventSource without a `retry:` from the server waits its default reconnection time (3 s in Chromium)
 // after its stream ends; this leaves room for that and the reconnect itself.
@@ -61,13 +48,12 @@ describe("browser-native clients in headless Chromium", () => {
   const streamRequests = [];
 
   before(async () => {
-    // Each test fails with this (a failing hook would only cancel them).
-    if (!existsSync(CHROMIUM)) return;
+    if (!hasChromium()) return;
     backend = await startBackend({
       "/events/bid": (call, res) => reply(res, 200, { reply: [{ accepted: call.body.args[0], socket: call.body.socket.id }] }),
     });
     gw = await startGateway({ configYaml: configYaml(backend) });
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+    browser = await launchChromium();
     page = await browser.newPage();
     page.on("request", (request) => {
       if (new URL(request.url()).pathname.startsWith("/sse/")) {
@@ -87,7 +73,7 @@ describe("browser-native clients in headless Chromium", () => {
   });
 
   it("an EventSource gets events by name and, when its stream ends, comes back with Last-Event-ID and gets exactly what it missed", { timeout: TEST_TIMEOUT_MS }, async () => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     await page.evaluate(() => {
       const source = new EventSource("/sse/news?deviceId=browser-1");
       window.stream = { source, welcomes: [], ticks: [], errors: 0, opens: 0 };
@@ -142,7 +128,7 @@ describe("browser-native clients in headless Chromium", () => {
   });
 
   it("a browser WebSocket gets its welcome and events, and its client event is answered with a reply", { timeout: TEST_TIMEOUT_MS }, async () => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     await page.evaluate(() => {
       const ws = new WebSocket(`ws://${location.host}/ws/news?deviceId=browser-2`);
       window.plain = { ws, frames: [], texts: [], closed: null };

@@ -374,7 +374,8 @@ fn forward_config(config: &Config) -> ForwardConfig {
 }
 
 impl Gateway {
-    /// Every route: socket.io, the publish API, health and readiness, and the demo page.
+    /// Every route: socket.io, the publish API, the plain endpoints, the browser client kit, health and
+    /// readiness, and the demo page.
     pub fn router(&self) -> axum::Router {
         let api = api::router(ApiState {
             sites: self.sites.clone(),
@@ -399,7 +400,8 @@ impl Gateway {
             sites: self.sites.clone(),
             sse_ping: self.sse_ping,
         });
-        let mut router = self.engine.router().merge(api).merge(plain);
+        let kit = crate::kit::router(&self.engine.config().path);
+        let mut router = self.engine.router().merge(api).merge(plain).merge(kit);
         // Off (`server.metrics: false`): no route, so `/metrics` is a 404.
         if let Some(metrics) = &self.metrics {
             router = router.merge(metrics.clone().router());

@@ -12,6 +12,7 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod kit;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;
