@@ -50,6 +50,8 @@ LIMITS = [
     "client_events_in_flight",
     "max_client_event_bytes",
     "max_retained",
+    "connects_per_ip_per_sec",
+    "publishes_per_key_per_sec",
 ]
 
 REDIS = ("127.0.0.1", 6379)

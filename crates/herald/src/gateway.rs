@@ -28,6 +28,7 @@ use crate::mailbox::{
 };
 use crate::metrics::{SiteMetrics, Source, Webhook};
 use crate::publish::Publisher;
+use crate::rate::{ConnectRate, PublishRate, Rate};
 use crate::recovery::{Comeback, SiteRecovery};
 use crate::retained::{RetainedStore, SiteRetained};
 use crate::secret::Secret;
@@ -78,6 +79,8 @@ pub struct Gateway {
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
     /// `GET /metrics`, unless `server.metrics` is off.
     pub metrics: Option<crate::metrics::Endpoint>,
+    /// `limits.publishes_per_key_per_sec`, when set (the connect rate is the engine's).
+    publish_rate: Option<Arc<PublishRate>>,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
     /// Tells the broker bridges the process stops (`stop_bridges`).
@@ -319,6 +322,11 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         emitter,
         bridges,
         metrics,
+        publish_rate: Rate::from_settings(
+            config.server.limits.publishes_per_key_per_sec,
+            config.server.limits.publishes_per_key_burst,
+        )
+        .map(PublishRate::start),
         // An idle stream moves a byte only with its keep-alive comment, which must come before the idle timeout.
         sse_ping: Duration::from_millis(
             config
@@ -353,6 +361,11 @@ fn engine_config(config: &Config, node: &str) -> EngineConfig {
         outbox_frames: server.limits.outbox_frames,
         allowed_origins: server.engine.allowed_origins.clone(),
         max_handshake_bytes: server.limits.max_handshake_bytes,
+        connect_rate: Rate::from_settings(
+            server.limits.connects_per_ip_per_sec,
+            server.limits.connects_per_ip_burst,
+        )
+        .map(ConnectRate::start),
         ..EngineConfig::default()
     }
 }
@@ -382,6 +395,7 @@ impl Gateway {
             publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
             bridges: Arc::clone(&self.bridges),
+            publish_rate: self.publish_rate.clone(),
         });
         let ready = Arc::clone(&self.ready);
         let readiness = move || {

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod plain;
 pub mod publish;
+pub mod rate;
 mod recovery;
 pub mod retained;
 pub mod secret;

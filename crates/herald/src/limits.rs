@@ -38,9 +38,13 @@ pub enum Limit {
     ClientEventBytes,
     /// `max_retained` / `max_retained_bytes`: a site's retained state was full.
     Retained,
+    /// `connects_per_ip_per_sec`: a client address opened new sessions too fast.
+    ConnectRate,
+    /// `publishes_per_key_per_sec`: an API key published too fast.
+    PublishRate,
 }
 
-const ALL: [Limit; 16] = [
+const ALL: [Limit; 18] = [
     Limit::HeaderReadTimeout,
     Limit::IdleTimeout,
     Limit::HttpConnections,
@@ -57,13 +61,15 @@ const ALL: [Limit; 16] = [
     Limit::ClientEventsInFlight,
     Limit::ClientEventBytes,
     Limit::Retained,
+    Limit::ConnectRate,
+    Limit::PublishRate,
 ];
 
 static COUNTS: [AtomicU64; ALL.len()] = [const { AtomicU64::new(0) }; ALL.len()];
 
 impl Limit {
     /// Every limit, in the order of its slot.
-    pub const ALL: [Limit; 16] = ALL;
+    pub const ALL: [Limit; ALL.len()] = ALL;
 
     /// The setting's name, as the config file spells it.
     pub fn name(self) -> &'static str {
@@ -84,6 +90,8 @@ impl Limit {
             Limit::ClientEventsInFlight => "client_events_in_flight",
             Limit::ClientEventBytes => "max_client_event_bytes",
             Limit::Retained => "max_retained",
+            Limit::ConnectRate => "connects_per_ip_per_sec",
+            Limit::PublishRate => "publishes_per_key_per_sec",
         }
     }
 

@@ -12,7 +12,8 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use crate::engine::{Engine, Transport};
+use crate::engine::{Engine, Refused, SessionRefused, Transport};
+use crate::rate::RetryAfter;
 use crate::sites::Sites;
 use crate::socketio::SocketIo;
 
@@ -80,22 +81,53 @@ fn auth_payload(headers: &HeaderMap, last_event_id: bool) -> Option<Value> {
 }
 
 /// Opens a plain session for the request and asks the site's namespace to let its client in, with `auth`.
-#[allow(clippy::result_large_err)] // the refusal is the handler's answer, returned at once
 fn connect(
     state: &PlainState,
     site: &str,
     parts: &axum::http::request::Parts,
     transport: Transport,
     auth: Option<Value>,
-) -> Result<std::sync::Arc<crate::engine::Session<crate::socketio::Conn>>, Response> {
-    let Some(session) = state.engine.open_plain(parts, transport) else {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "herald is full or draining",
-        ));
-    };
+) -> Result<std::sync::Arc<crate::engine::Session<crate::socketio::Conn>>, SessionRefused> {
+    let session = state.engine.open_plain(parts, transport)?;
     state.io.connect_plain(&session, &format!("/{site}"), auth);
     Ok(session)
+}
+
+/// The answer when no session could be opened: 503 while draining or full, 429 with `Retry-After` over the
+/// connect rate (what an event stream gets; a plain WebSocket gets [`rate_limited_websocket`]).
+fn unavailable(why: SessionRefused) -> Response {
+    let SessionRefused::RateLimited(retry_after) = why else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "herald is full or draining",
+        );
+    };
+    let body = serde_json::json!({ "error": RATE_LIMITED, "retryAfter": retry_after.secs() });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, retry_after.secs().into());
+    response
+}
+
+/// What a client over `limits.connects_per_ip_per_sec` is told, with the seconds to wait as `retryAfter`.
+const RATE_LIMITED: &str = "rate limited";
+
+/// A plain WebSocket over the connect rate: upgraded, then an error frame `{"type":"error","error":"rate
+/// limited","retryAfter":n}` and close 1008 "rate limited", the shape of any refusal, which a browser can read.
+fn rate_limited_websocket(
+    state: &PlainState,
+    request: Request<Body>,
+    retry_after: RetryAfter,
+) -> Response {
+    let frame = serde_json::json!({
+        "type": "error",
+        "error": RATE_LIMITED,
+        "retryAfter": retry_after.secs(),
+    });
+    state
+        .engine
+        .refuse_plain_websocket(request, frame.to_string(), Refused::policy(RATE_LIMITED))
 }
 
 async fn websocket(
@@ -121,7 +153,10 @@ async fn websocket(
     let (parts, body) = request.into_parts();
     let session = match connect(&state, &site, &parts, Transport::PlainWebSocket, auth) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(SessionRefused::RateLimited(retry_after)) => {
+            return rate_limited_websocket(&state, Request::from_parts(parts, body), retry_after)
+        }
+        Err(why) => return unavailable(why),
     };
     state
         .engine
@@ -145,7 +180,7 @@ async fn event_stream(
     let (parts, _) = request.into_parts();
     let session = match connect(&state, &site, &parts, Transport::EventStream, auth) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(why) => return unavailable(why),
     };
     drop(parts);
     let response = state

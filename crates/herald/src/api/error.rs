@@ -1,7 +1,7 @@
 //! `ApiError`: every way a publish or admin request fails, and its one mapping to an HTTP answer. 4xx bodies
 //! say exactly what was wrong; 5xx bodies hide internals.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -35,6 +35,21 @@ pub enum ApiError {
     /// The site keeps as much retained state as its limits allow; clear some rooms or raise the limit.
     #[error("{0}")]
     RetainedFull(String),
+    /// Over `limits.publishes_per_key_per_sec`: answered 429 with `Retry-After`.
+    #[error(
+        "rate limited: this API key may publish {per_sec} times a second (bursts of {burst}); retry in \
+         {retry_after} s"
+    )]
+    RateLimited {
+        per_sec: u32,
+        burst: u32,
+        retry_after: u64,
+    },
+    /// A batch of more messages than the key's burst, which no wait lets through.
+    #[error(
+        "a batch of {publishes} messages is over this API key's burst of {burst} publishes; send smaller batches"
+    )]
+    BatchOverBurst { publishes: u32, burst: u32 },
     #[error("the socket is not on this node and {0} other node(s) did not answer; retry")]
     NodesUnavailable(usize),
     /// The cluster bus failed: the publish may have reached some nodes and not others; retry.
@@ -58,6 +73,22 @@ impl From<crate::publish::PublishError> for ApiError {
                 detail: e.to_string(),
             },
             PublishError::Retained(e) => ApiError::retained(e),
+        }
+    }
+}
+
+impl From<crate::rate::PublishRefused> for ApiError {
+    fn from(refused: crate::rate::PublishRefused) -> Self {
+        use crate::rate::PublishRefused;
+        match refused {
+            PublishRefused::Wait { retry_after, rate } => ApiError::RateLimited {
+                per_sec: rate.per_sec.get(),
+                burst: rate.burst.get(),
+                retry_after: retry_after.secs(),
+            },
+            PublishRefused::OverBurst { publishes, burst } => {
+                ApiError::BatchOverBurst { publishes, burst }
+            }
         }
     }
 }
@@ -86,13 +117,16 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::MissingSiteOrKey | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MissingSiteOrKey
+            | ApiError::BadRequest(_)
+            | ApiError::BatchOverBurst { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidLegacyKey | ApiError::MissingKey | ApiError::InvalidKey(_) => {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RetainedFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StoreUnavailable { .. }
             | ApiError::BusUnavailable { .. }
@@ -110,7 +144,13 @@ impl IntoResponse for ApiError {
             tracing::error!(detail = %detail, "publish API error");
         }
         let body = serde_json::json!({ "error": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
     }
 }
 

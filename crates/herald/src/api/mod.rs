@@ -33,6 +33,24 @@ pub struct ApiState {
     pub max_publish_bytes: usize,
     /// The broker bridges' states, for `/api/v1/status`.
     pub bridges: std::sync::Arc<Vec<std::sync::Arc<crate::bridges::status::BridgeStatus>>>,
+    /// `limits.publishes_per_key_per_sec`, when set.
+    pub publish_rate: Option<std::sync::Arc<crate::rate::PublishRate>>,
+}
+
+impl ApiState {
+    /// Charges `publishes` (a batch's messages, else 1) to the budget of `api_key`, which authenticated for
+    /// `site`; refused over `limits.publishes_per_key_per_sec`.
+    pub(crate) fn charge(
+        &self,
+        api_key: &str,
+        site: &str,
+        publishes: usize,
+    ) -> Result<(), ApiError> {
+        match &self.publish_rate {
+            Some(rate) => Ok(rate.charge(api_key, site, publishes)?),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The publish and admin routes.

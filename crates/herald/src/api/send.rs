@@ -39,6 +39,7 @@ pub async fn send(
         .get(&site_name)
         .filter(|site| site.accepts_key(&key))
         .ok_or(ApiError::InvalidLegacyKey)?;
+    state.charge(&key, &site_name, 1)?;
     let body = super::read_body(body, &headers, state.max_publish_bytes).await?;
     let request = parse(&headers, &body)?;
     // crossroads tests `req.query.resync` for truthiness: any non-empty value turns it on.

@@ -68,6 +68,8 @@ pub async fn publish(
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
+    // Before the body is read: a key over its rate costs no more than this.
+    state.charge(api_key(&headers), &site.config.name, 1)?;
     let request: PublishRequest = json_body(&state, &headers, body).await?;
     let outcome = state
         .publisher
@@ -101,6 +103,8 @@ pub async fn batch(
             .map_err(|e| ApiError::BadRequest(format!("messages[{i}]: {e}")))?;
         messages.push(message);
     }
+    // Each message is a publish, so a batch is no way around the key's rate.
+    state.charge(api_key(&headers), &site.config.name, messages.len())?;
     let mut results = Vec::with_capacity(messages.len());
     for message in &messages {
         results.push(

@@ -148,6 +148,14 @@ pub enum ConfigError {
     },
     #[error("{field} must be greater than 0")]
     ServerZero { field: &'static str },
+    /// An optional limit set to 0, which might have been meant as "off".
+    #[error("{field} must be greater than 0 (leave it out for no limit)")]
+    ServerZeroLimit { field: &'static str },
+    #[error("{field} is set without {needs}")]
+    ServerNeeds {
+        field: &'static str,
+        needs: &'static str,
+    },
     #[error("server.mailbox.store is redis but no redis_url (REDIS_URL) is set")]
     MailboxNeedsRedis,
     #[error("server.redis_url must start with redis:// or rediss://")]
@@ -226,6 +234,8 @@ impl ConfigError {
         matches!(
             self,
             ConfigError::ServerZero { .. }
+                | ConfigError::ServerZeroLimit { .. }
+                | ConfigError::ServerNeeds { .. }
                 | ConfigError::EnginePath { .. }
                 | ConfigError::ServerOrder { .. }
         )

@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn errors_name_their_source() {
         // (server file, sites file, environment, expected error)
-        let cases: [(&str, &str, Vars, &str); 12] = [
+        let cases: [(&str, &str, Vars, &str); 15] = [
             (
                 "server:\n  listn: 0.0.0.0:1\n",
                 "",
@@ -584,6 +584,32 @@ mod tests {
                 "herald.yml: server.engine.path '/socket.io' must start and end with '/'",
             ),
             ("", "", &[("DEVICE_TTL", "12x")], "environment DEVICE_TTL: '12x' is not a number of seconds"),
+            (
+                "server:\n  limits: {connects_per_second: 5}\n",
+                "",
+                &[],
+                "herald.yml: server.limits: unknown field `connects_per_second`, expected one of \
+                 `max_payload_bytes`, `max_publish_bytes`, `max_connections`, `outbox_frames`, \
+                 `header_read_timeout_ms`, `idle_timeout_ms`, `max_http_connections`, `max_header_bytes`, \
+                 `max_handshake_bytes`, `max_auth_attempts`, `max_concurrent_auth`, `max_devices_per_user`, \
+                 `client_events_per_sec`, `client_events_in_flight`, `max_client_event_bytes`, `max_retained`, \
+                 `max_retained_bytes`, `connects_per_ip_per_sec`, `connects_per_ip_burst`, \
+                 `publishes_per_key_per_sec`, `publishes_per_key_burst` at line 2 column 12",
+            ),
+            (
+                "server:\n  limits: {publishes_per_key_per_sec: -1}\n",
+                "",
+                &[],
+                "herald.yml: server.limits.publishes_per_key_per_sec: invalid type: integer, expected u32 at line \
+                 2 column 39",
+            ),
+            (
+                "server:\n  limits: {connects_per_ip_per_sec: 0}\n",
+                "",
+                &[],
+                "herald.yml: server.limits.connects_per_ip_per_sec must be greater than 0 (leave it out for no \
+                 limit)",
+            ),
         ];
         for (server, sites, vars, expected) in cases {
             let err = load_with(server, sites, vars, Overrides::default()).unwrap_err();

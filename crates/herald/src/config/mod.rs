@@ -171,6 +171,20 @@ pub struct LimitsConfig {
     pub max_retained: u64,
     /// Most bytes (room, event and arguments) one site's retained values take. Default 16 MiB.
     pub max_retained_bytes: u64,
+    /// New client sessions one address may open per second on this node, on average: socket.io handshakes
+    /// (polling or WebSocket), `/ws/<site>` and `/sse/<site>` connects. Past it a handshake is answered 429 with
+    /// `Retry-After` (socket.io clients retry by themselves), a plain WebSocket gets an error frame and close
+    /// 1008. IPv6 addresses count by their /64. The address is the TCP peer's: behind a proxy or balancer every
+    /// client has the proxy's, which is why it is off unless set. Default none (off).
+    pub connects_per_ip_per_sec: Option<u32>,
+    /// New sessions one address may open at once on top of `connects_per_ip_per_sec`. Default: the rate.
+    pub connects_per_ip_burst: Option<u32>,
+    /// Publishes one API key may make per second on this node, on average: `/api/v1/sites/{site}/publish`, each
+    /// message of a `/batch`, and `/send`. Past it the API answers 429 with `Retry-After`. Default none (off).
+    pub publishes_per_key_per_sec: Option<u32>,
+    /// Publishes one key may make at once on top of `publishes_per_key_per_sec`; a batch of more messages is
+    /// refused (400). Default: the rate.
+    pub publishes_per_key_burst: Option<u32>,
 }
 
 impl Default for LimitsConfig {
@@ -193,6 +207,10 @@ impl Default for LimitsConfig {
             max_client_event_bytes: 64 << 10,
             max_retained: 10_000,
             max_retained_bytes: 16 << 20,
+            connects_per_ip_per_sec: None,
+            connects_per_ip_burst: None,
+            publishes_per_key_per_sec: None,
+            publishes_per_key_burst: None,
         }
     }
 }

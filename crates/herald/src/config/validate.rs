@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use crate::auth::{AuthConfig, JwtConfig, WebhookConfig};
 use crate::config::error::KeysFound;
 use crate::config::{
-    BridgeConfig, BridgeKind, BrokerTarget, Config, ConfigError, MailboxStoreKind, ServerConfig,
-    SiteConfig, DEMO_SITE,
+    BridgeConfig, BridgeKind, BrokerTarget, Config, ConfigError, LimitsConfig, MailboxStoreKind,
+    ServerConfig, SiteConfig, DEMO_SITE,
 };
 
 /// The JWT algorithms a site may name. `none` is not one of them.
@@ -24,7 +24,8 @@ pub const JWT_ALGORITHMS: &[&str] = &[
 ///   no TLS yet, its placeholders known), relay or retained;
 /// - a JWT site sets exactly one of `secret`, `public_key_pem`, `jwks_url`, and its algorithm is known and fits
 ///   that key (HS* with a secret; RS*, PS*, ES* with a PEM key or a JWKS);
-/// - limits, heartbeat times and the webhook timeout are greater than 0; the engine path starts and ends with `/`.
+/// - limits, heartbeat times and the webhook timeout are greater than 0 (the optional rates too, when set, and a
+///   burst only with its rate); the engine path starts and ends with `/`.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_server(&config.server)?;
     for (index, bridge) in config.bridges.iter().enumerate() {
@@ -47,6 +48,46 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         if forwards_cookie && config.server.engine.allowed_origins.is_none() {
             return Err(ConfigError::CookieSiteNeedsOrigins {
                 site: site.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The optional rates: unset is off, 0 is refused, and a burst needs its rate.
+fn validate_rates(limits: &LimitsConfig) -> Result<(), ConfigError> {
+    let rates = [
+        (
+            (
+                "server.limits.connects_per_ip_per_sec",
+                limits.connects_per_ip_per_sec,
+            ),
+            (
+                "server.limits.connects_per_ip_burst",
+                limits.connects_per_ip_burst,
+            ),
+        ),
+        (
+            (
+                "server.limits.publishes_per_key_per_sec",
+                limits.publishes_per_key_per_sec,
+            ),
+            (
+                "server.limits.publishes_per_key_burst",
+                limits.publishes_per_key_burst,
+            ),
+        ),
+    ];
+    for ((rate_field, rate), (burst_field, burst)) in rates {
+        for (field, value) in [(rate_field, rate), (burst_field, burst)] {
+            if value == Some(0) {
+                return Err(ConfigError::ServerZeroLimit { field });
+            }
+        }
+        if burst.is_some() && rate.is_none() {
+            return Err(ConfigError::ServerNeeds {
+                field: burst_field,
+                needs: rate_field,
             });
         }
     }
@@ -149,6 +190,7 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
     if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
         return Err(ConfigError::ServerZero { field });
     }
+    validate_rates(limits)?;
     // A long-polling GET waits up to a ping interval with no byte moving.
     if limits.idle_timeout_ms <= engine.ping_interval_ms {
         return Err(ConfigError::ServerOrder {
@@ -1084,7 +1126,26 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 18] = [
+        let cases: [(Edit, &str); 22] = [
+            (
+                |s| s.limits.connects_per_ip_per_sec = Some(0),
+                "server.limits.connects_per_ip_per_sec must be greater than 0 (leave it out for no limit)",
+            ),
+            (
+                |s| {
+                    s.limits.publishes_per_key_per_sec = Some(10);
+                    s.limits.publishes_per_key_burst = Some(0);
+                },
+                "server.limits.publishes_per_key_burst must be greater than 0 (leave it out for no limit)",
+            ),
+            (
+                |s| s.limits.connects_per_ip_burst = Some(10),
+                "server.limits.connects_per_ip_burst is set without server.limits.connects_per_ip_per_sec",
+            ),
+            (
+                |s| s.limits.publishes_per_key_burst = Some(10),
+                "server.limits.publishes_per_key_burst is set without server.limits.publishes_per_key_per_sec",
+            ),
             (
                 |s| s.metrics_token = Some(crate::secret::Secret::new("")),
                 "server.metrics_token (HERALD_METRICS_TOKEN) must hold no whitespace and not be empty",

@@ -1,15 +1,20 @@
 //! The HTTP face of the engine: query parsing, Engine.IO's JSON error answers, CORS and Origin checks, and
 //! dispatch to the polling or WebSocket transport.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ::http::header::{self, HeaderValue};
 use ::http::{Method, Request, Response, StatusCode};
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use herald_protocol::engineio::{Handshake, OutFrame, Version};
 
 use super::session::{Session, Transport};
-use super::{new_sid, polling, websocket, Engine, EngineHandler, ForwardError, FORWARDED};
+use super::{
+    new_sid, polling, websocket, Engine, EngineHandler, ForwardError, SessionRefused, FORWARDED,
+};
+use crate::rate::RetryAfter;
 
 /// Engine.IO's error codes, sent as `{"code":n,"message":"..."}` with status 400 (403 for `Forbidden`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,17 +206,25 @@ async fn foreign<H: EngineHandler>(
 }
 
 impl<H: EngineHandler> Engine<H> {
-    /// Starts a session: queues its `open` packet and tells the handler. `None` when the engine is full.
+    /// Admits and starts a session: queues its `open` packet and tells the handler.
     pub(super) fn open_session(
         &self,
         parts: &::http::request::Parts,
         version: Version,
         transport: Transport,
-    ) -> Option<Arc<Session<H::Conn>>> {
+    ) -> Result<Arc<Session<H::Conn>>, SessionRefused> {
+        self.admit_session(parts)?;
+        Ok(self.start_session(parts, version, transport))
+    }
+
+    /// Starts a session [`admit_session`](Self::admit_session) admitted.
+    pub(super) fn start_session(
+        &self,
+        parts: &::http::request::Parts,
+        version: Version,
+        transport: Transport,
+    ) -> Arc<Session<H::Conn>> {
         let inner = &self.inner;
-        if !self.admit_session() {
-            return None;
-        }
         let conn = inner.handler.new_conn(parts, version, transport);
         let session = Arc::new(Session::new(
             new_sid(&inner.config.sid_prefix),
@@ -243,29 +256,43 @@ impl<H: EngineHandler> Engine<H> {
             self.track(&session);
         }
         inner.handler.on_open(&session);
-        Some(session)
+        session
     }
 
-    /// Counts a new session unless the engine is draining or full; false when refused.
-    pub(super) fn admit_session(&self) -> bool {
+    /// The one gate of every new session, whatever its transport: refused while draining, over the client
+    /// address's connect rate (one keyed limiter call), or at `max_sessions`; otherwise counted, and the caller
+    /// starts it or gives the place back ([`release_admission`](Self::release_admission)).
+    pub(super) fn admit_session(
+        &self,
+        parts: &::http::request::Parts,
+    ) -> Result<(), SessionRefused> {
         let inner = &self.inner;
         if self.is_draining() {
-            return false;
+            return Err(SessionRefused::Draining);
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        if let (Some(rate), Some(ConnectInfo(peer))) = (&inner.config.connect_rate, peer) {
+            rate.admit(peer.ip()).map_err(SessionRefused::RateLimited)?;
         }
         let live = inner
             .live
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if live >= inner.config.max_sessions {
-            inner
-                .live
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.release_admission();
             tracing::warn!(
                 limit = inner.config.max_sessions,
                 "refused a session: the session limit is reached"
             );
-            return false;
+            return Err(SessionRefused::Full);
         }
-        true
+        Ok(())
+    }
+
+    /// Gives back the place of an admitted session that was never started (its WebSocket upgrade failed).
+    pub(super) fn release_admission(&self) {
+        self.inner
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records a session no sid lookup needs (WebSocket, plain), so that `close_all` reaches it.
@@ -277,17 +304,31 @@ impl<H: EngineHandler> Engine<H> {
     }
 }
 
-/// The answer when no session can be opened: the session limit is reached, or the server is draining.
-pub(crate) fn server_full<H: EngineHandler>(engine: &Engine<H>) -> Response<Body> {
-    if !engine.is_draining() {
-        crate::limits::Limit::Sessions.hit();
-    }
-    let body = if engine.is_draining() {
-        "{\"code\":3,\"message\":\"server is shutting down\"}"
-    } else {
-        "{\"code\":3,\"message\":\"server is at its session limit\"}"
+/// The answer when no session can be opened: 503 while draining or at the session limit, 429 with
+/// `Retry-After` over the connect rate (socket.io clients see a transport error and retry with backoff).
+pub(crate) fn refused(why: SessionRefused) -> Response<Body> {
+    let message = match why {
+        SessionRefused::Draining => "server is shutting down",
+        SessionRefused::Full => {
+            crate::limits::Limit::Sessions.hit();
+            "server is at its session limit"
+        }
+        SessionRefused::RateLimited(retry_after) => return rate_limited(retry_after),
     };
+    let body = format!("{{\"code\":3,\"message\":\"{message}\"}}");
     respond(StatusCode::SERVICE_UNAVAILABLE, "application/json", body)
+}
+
+/// 429 for a handshake over the connect rate: `Retry-After` in whole seconds, and Engine.IO's error JSON with
+/// the same number as `retryAfter`.
+fn rate_limited(retry_after: RetryAfter) -> Response<Body> {
+    let secs = retry_after.secs();
+    let body = format!("{{\"code\":3,\"message\":\"rate limited\",\"retryAfter\":{secs}}}");
+    let mut response = respond(StatusCode::TOO_MANY_REQUESTS, "application/json", body);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
 }
 
 /// Bytes a new session would keep from its handshake: the query string and the `Cookie` header(s).

@@ -94,6 +94,17 @@ pub enum ForwardError {
 /// so two nodes that disagree about who holds a session cannot bounce a request between them.
 pub const FORWARDED: &str = "x-herald-forwarded";
 
+/// Why no new session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// The engine is draining for a shutdown.
+    Draining,
+    /// `max_sessions` are open.
+    Full,
+    /// The client's address opened sessions faster than `connect_rate` allows.
+    RateLimited(crate::rate::RetryAfter),
+}
+
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
@@ -140,6 +151,9 @@ pub struct EngineConfig {
     /// Start of every sid this engine issues: the cluster's node id, so any node can tell which node holds a
     /// session from its sid alone. Default empty (a node alone).
     pub sid_prefix: String,
+    /// New sessions per client address (`limits.connects_per_ip_per_sec`), checked once per new session; the
+    /// address is the peer's `ConnectInfo` (a request without one is not limited). Default `None` (no limit).
+    pub connect_rate: Option<Arc<crate::rate::ConnectRate>>,
 }
 
 impl Default for EngineConfig {
@@ -160,6 +174,7 @@ impl Default for EngineConfig {
             allowed_origins: None,
             max_handshake_bytes: 16 << 10,
             sid_prefix: String::new(),
+            connect_rate: None,
         }
     }
 }

@@ -23,7 +23,7 @@ use super::heartbeat::{Due, Heartbeat};
 use super::http::{allow_origin, handshake_bytes, handshake_too_large, respond};
 use super::session::{CloseReason, Session, Transport};
 use super::websocket::{accept_key, switching_protocols, upgraded, ws_error_reason, Ws};
-use super::{new_sid, Engine, EngineHandler};
+use super::{new_sid, Engine, EngineHandler, SessionRefused};
 
 /// What goes on a plain session's wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,15 +70,18 @@ pub enum PlainError {
 }
 
 impl<H: EngineHandler> Engine<H> {
-    /// Opens a plain session from its request; `None` when the engine is draining or full.
+    /// Opens a plain session (`transport` is a plain one) from its request, unless the engine refuses a new
+    /// session.
     pub fn open_plain(
         &self,
         parts: &::http::request::Parts,
         transport: Transport,
-    ) -> Option<Arc<Session<H::Conn>>> {
-        if !transport.is_plain() || !self.admit_session() {
-            return None;
-        }
+    ) -> Result<Arc<Session<H::Conn>>, SessionRefused> {
+        debug_assert!(
+            transport.is_plain(),
+            "{transport:?} is not a plain transport"
+        );
+        self.admit_session(parts)?;
         let inner = &self.inner;
         let conn = inner.handler.new_conn(parts, Version::V4, transport);
         let session = Arc::new(Session::new(
@@ -90,7 +93,7 @@ impl<H: EngineHandler> Engine<H> {
         ));
         self.track(&session);
         inner.handler.on_open(&session);
-        Some(session)
+        Ok(session)
     }
 
     /// Whether a request's `Origin` may connect (every origin, unless `allowed_origins` lists them).
@@ -148,6 +151,37 @@ impl<H: EngineHandler> Engine<H> {
                 None => session.close(CloseReason::TransportError),
             }
             engine.finalize(&session);
+        });
+        switching_protocols(accept)
+    }
+
+    /// Answers a WebSocket handshake with one text `frame` (why it is refused) and a close with `close`'s code
+    /// and reason, without opening a session. A browser's `WebSocket` reads a refusal only this way: an HTTP
+    /// status before the upgrade reaches its page as close code 1006 and no reason.
+    pub fn refuse_plain_websocket(
+        &self,
+        mut request: Request<Body>,
+        frame: String,
+        close: Refused,
+    ) -> Response<Body> {
+        let accept = accept_key(&request);
+        let on_upgrade = request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>();
+        let (Some(accept), Some(on_upgrade)) = (accept, on_upgrade) else {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "expected a WebSocket handshake",
+            );
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Some(mut ws) = upgraded(&engine, on_upgrade).await {
+                let sent = ws.send(WsMessage::Text(Utf8Bytes::from(frame)));
+                let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
+                goodbye(&mut ws, close).await;
+            }
         });
         switching_protocols(accept)
     }

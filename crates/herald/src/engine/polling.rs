@@ -13,7 +13,7 @@ use herald_protocol::engineio::{
 use http_body_util::BodyExt;
 
 use super::heartbeat::{Due, Heartbeat};
-use super::http::{error, respond, server_full, EngineQuery, ErrorCode};
+use super::http::{error, refused, respond, EngineQuery, ErrorCode};
 use super::inbound::Heard;
 use super::session::{CloseReason, Session, Transport};
 use super::{Engine, EngineHandler};
@@ -31,8 +31,9 @@ pub(super) async fn handle<H: EngineHandler>(
             return error(ErrorCode::BadHandshakeMethod);
         }
         let (parts, _) = request.into_parts();
-        let Some(session) = engine.open_session(&parts, version, Transport::Polling) else {
-            return server_full(engine);
+        let session = match engine.open_session(&parts, version, Transport::Polling) {
+            Ok(session) => session,
+            Err(why) => return refused(why),
         };
         tokio::spawn(drive(engine.clone(), Arc::clone(&session)));
         return poll(&session).await;

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::heartbeat::{Due, Heartbeat};
-use super::http::{error, server_full, EngineQuery, ErrorCode};
+use super::http::{error, refused, EngineQuery, ErrorCode};
 use super::inbound::Heard;
 use super::session::{CloseReason, Session, Transport};
 use super::{Engine, EngineHandler};
@@ -63,10 +63,11 @@ pub(super) fn handle<H: EngineHandler>(
             tokio::spawn(upgrade_task(engine, session, on_upgrade));
         }
         None => {
-            if engine.is_draining() || engine.session_count() >= engine.inner.config.max_sessions {
-                return server_full(&engine);
-            }
+            // Admitted before the upgrade, so a refusal is an HTTP answer (429, 503) the client can read.
             let (parts, _) = request.into_parts();
+            if let Err(why) = engine.admit_session(&parts) {
+                return refused(why);
+            }
             tokio::spawn(connect_task(engine, on_upgrade, Box::new(parts), version));
         }
     }
@@ -81,7 +82,7 @@ pub(super) fn handle<H: EngineHandler>(
 // `async move` body where clippy would suggest `async fn`: as `async fn`s, `run` and `connect_task` measured
 // 1080 and 1128 bytes instead of 736 and 768.
 
-/// A WebSocket that opens a new session: the task of its whole life.
+/// A WebSocket that opens a new session, admitted before its upgrade: the task of its whole life.
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 fn connect_task<H: EngineHandler>(
     engine: Engine<H>,
@@ -90,12 +91,13 @@ fn connect_task<H: EngineHandler>(
     version: Version,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let Some(ws) = upgraded(&engine, on_upgrade).await else {
+        let ws = upgraded(&engine, on_upgrade).await;
+        // A drain that began during the upgrade refuses it, as it refuses any new session.
+        let Some(ws) = ws.filter(|_| !engine.is_draining()) else {
+            engine.release_admission();
             return;
         };
-        let Some(session) = engine.open_session(&parts, version, Transport::WebSocket) else {
-            return;
-        };
+        let session = engine.start_session(&parts, version, Transport::WebSocket);
         drop(parts);
         run(engine, session, ws).await;
     }

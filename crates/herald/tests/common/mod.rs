@@ -295,7 +295,42 @@ pub async fn http_unbounded(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    exchange(stream, addr, method, target, headers, body).await
+}
+
+/// [`http`] from the local address `source` (any of 127.0.0.0/8 reaches a server on 127.0.0.1), for tests
+/// that need clients at different addresses.
+pub async fn http_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    let stream = timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    timeout(WAIT, exchange(stream, addr, method, target, headers, body))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {target} got no answer in time"))
+}
+
+/// Writes one request on `stream` and reads the answer to the end.
+async fn exchange(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut request = format!(
         "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
