@@ -14,6 +14,7 @@ mod direct;
 mod emitter;
 mod events;
 mod fanout;
+mod floor;
 mod plain;
 mod poll_forward;
 mod polling;
@@ -285,6 +286,24 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         drain_secs: u64,
     },
+    /// The floor, no server: one thread writes each frame to N loopback TCP sockets, a reader pinned to another
+    /// core drains them. CPU per delivery and the time of one broadcast, to read the fan-out rows against.
+    /// `--addr` and `--pid` are not used.
+    Floor {
+        #[arg(long, default_value_t = 1_000)]
+        subs: usize,
+        #[arg(long, default_value_t = 500)]
+        messages: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Broadcasts per second; 0 sends them back to back.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 0)]
+        sender_core: usize,
+        #[arg(long, default_value_t = 1)]
+        reader_core: usize,
+    },
     /// Prints BENCHMARKS.md tables from a file of JSON lines.
     Report { file: PathBuf },
 }
@@ -305,6 +324,7 @@ async fn main() -> anyhow::Result<()> {
             | Scenario::Fanout { .. }
             | Scenario::Cluster { .. }
             | Scenario::Report { .. }
+            | Scenario::Floor { .. }
     );
     if args.transport.is_plain() && !subscribers_only {
         anyhow::bail!(
@@ -327,6 +347,33 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             print!("{}", report::render(&text)?);
             return Ok(());
+        }
+        Scenario::Floor {
+            subs,
+            messages,
+            size,
+            rate,
+            sender_core,
+            reader_core,
+        } => {
+            let plan = floor::Plan {
+                subs,
+                messages,
+                size,
+                rate,
+                sender_core,
+                reader_core,
+            };
+            let pace = if rate > 0.0 {
+                format!("{rate} msg/s")
+            } else {
+                "unpaced".into()
+            };
+            (
+                "floor",
+                format!("{subs} sockets, {pace}"),
+                tokio::task::spawn_blocking(move || floor::floor(plan)).await??,
+            )
         }
         Scenario::Idle {
             conns,

@@ -64,6 +64,14 @@ const STORM: &[Metric] = &[
     ),
 ];
 
+const FLOOR: &[Metric] = &[
+    metric("CPU per delivery (µs)", "/cpu_per_delivery_us", false),
+    metric("one broadcast p50 (ms)", "/broadcast_us/p50", false),
+    metric("one broadcast p99 (ms)", "/broadcast_us/p99", false),
+    metric("latency p99 (ms)", "/latency_us/p99", false),
+    metric("latency p99.9 (ms)", "/latency_us/p999", false),
+];
+
 const FANOUT: &[Metric] = &[
     metric("delivered msg/s", "/msgs_per_sec", true),
     metric(
@@ -193,6 +201,7 @@ fn metrics_of(scenario: &str) -> &'static [Metric] {
     match scenario {
         "idle" => IDLE,
         "storm" => STORM,
+        "floor" => FLOOR,
         "fanout" => FANOUT,
         "cluster" => CLUSTER,
         "cluster-poll" => CLUSTER_POLL,
