@@ -71,6 +71,8 @@ pub struct Gateway {
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
     /// `GET /metrics`, unless `server.metrics` is off.
     pub metrics: Option<crate::metrics::Endpoint>,
+    /// The admin console, when `server.admin_token` is set.
+    pub admin: Option<crate::admin::Admin>,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
     /// Tells the broker bridges the process stops (`stop_bridges`).
@@ -341,6 +343,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         sites: sites.clone(),
         cluster,
         source: Source::Api,
+        tap: Default::default(),
     };
     let _ = publisher_slot.set(publisher.with_source(Source::Client));
     publisher.start().await?;
@@ -365,6 +368,11 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         bridges: Arc::clone(&bridges),
         directory: Arc::clone(&publisher.cluster.directory),
     });
+    let admin = config
+        .server
+        .admin_token
+        .clone()
+        .map(|token| crate::admin::Admin::start(token, sites.clone()));
     Ok(Gateway {
         io,
         engine,
@@ -375,6 +383,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         emitter,
         bridges,
         metrics,
+        admin,
         // An idle stream moves a byte only with its keep-alive comment, which must come before the idle timeout.
         sse_ping: Duration::from_millis(
             config
@@ -422,14 +431,25 @@ fn forward_config(config: &Config) -> ForwardConfig {
 }
 
 impl Gateway {
-    /// Every route: socket.io, the publish API, health and readiness, and the demo page.
+    /// Every route: socket.io, the publish API, health and readiness, the demo page, and the admin console
+    /// when it is on.
     pub fn router(&self) -> axum::Router {
-        let api = api::router(ApiState {
+        let api_state = ApiState {
             sites: self.sites.clone(),
             publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
             bridges: Arc::clone(&self.bridges),
+        };
+        let admin = self.admin.as_ref().map(|admin| {
+            crate::admin::router(crate::admin::AdminState {
+                guard: Arc::clone(&admin.guard),
+                api: api_state.clone(),
+                samples: Arc::clone(&admin.samples),
+                keep_alive: self.sse_ping,
+                started_at_ms: admin.started_at_ms,
+            })
         });
+        let api = api::router(api_state);
         let ready = Arc::clone(&self.ready);
         let readiness = move || {
             let ready = ready.load(Ordering::Acquire);
@@ -452,6 +472,10 @@ impl Gateway {
         if let Some(metrics) = &self.metrics {
             router = router.merge(metrics.clone().router());
         }
+        // Off (no `server.admin_token`): no route, so `/admin` and `/api/v1/admin` are 404.
+        if let Some(admin) = admin {
+            router = router.merge(admin);
+        }
         router
             .route("/readyz", axum::routing::get(readiness))
             .route(
@@ -469,10 +493,11 @@ impl Gateway {
     }
 
     /// Closes every client's session with a close packet, so clients reconnect (to another node); sessions
-    /// that joined no site are closed too.
+    /// that joined no site are closed too. The admin console's tails end.
     pub fn close_all(&self) {
         self.engine
             .close_all(crate::engine::CloseReason::ServerClose);
+        self.publisher.tap.close_all();
     }
 
     /// Stops the broker bridges, waiting at most `within` for those that clean up on their broker (the MQTT

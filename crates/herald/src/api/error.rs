@@ -1,7 +1,7 @@
 //! `ApiError`: every way a publish or admin request fails, and its one mapping to an HTTP answer. 4xx bodies
 //! say exactly what was wrong; 5xx bodies hide internals.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -35,6 +35,23 @@ pub enum ApiError {
     /// The site keeps as much retained state as its limits allow; clear some rooms or raise the limit.
     #[error("{0}")]
     RetainedFull(String),
+    /// No admin token, or a wrong one (`/api/v1/admin`).
+    #[error(
+        "the admin token is missing or wrong: send 'Authorization: Bearer <server.admin_token>', or log in at /admin"
+    )]
+    AdminUnauthorized,
+    /// Too many wrong admin tokens are being answered at once.
+    #[error("too many wrong admin tokens at once; retry in a second")]
+    AdminSlowDown,
+    /// A cookie-authenticated change asked from another origin.
+    #[error("the admin API takes changes from its own origin only")]
+    CrossOrigin,
+    /// The admin API knows every site, so it names the missing one (the v1 API answers 401 instead).
+    #[error("unknown site '{0}'")]
+    UnknownSite(String),
+    /// Something the node has a fixed number of (tails) is all in use.
+    #[error("{0}")]
+    Busy(String),
     #[error("the socket is not on this node and {0} other node(s) did not answer; retry")]
     NodesUnavailable(usize),
     /// The cluster bus failed: the publish may have reached some nodes and not others; retry.
@@ -87,10 +104,13 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingSiteOrKey | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidLegacyKey | ApiError::MissingKey | ApiError::InvalidKey(_) => {
-                StatusCode::UNAUTHORIZED
-            }
-            ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidLegacyKey
+            | ApiError::MissingKey
+            | ApiError::InvalidKey(_)
+            | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminSlowDown | ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::CrossOrigin => StatusCode::FORBIDDEN,
+            ApiError::UnknownSocket(_) | ApiError::UnknownSite(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RetainedFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +130,18 @@ impl IntoResponse for ApiError {
             tracing::error!(detail = %detail, "publish API error");
         }
         let body = serde_json::json!({ "error": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::AdminUnauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::AdminSlowDown | ApiError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

@@ -11,6 +11,9 @@ use crate::config::{
 };
 
 /// The JWT algorithms a site may name. `none` is not one of them.
+/// The fewest characters `server.admin_token` may have.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 pub const JWT_ALGORITHMS: &[&str] = &[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
     "ES384",
@@ -187,6 +190,14 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
         let token = token.expose();
         if token.is_empty() || token.chars().any(char::is_whitespace) {
             return Err(ConfigError::MetricsToken);
+        }
+    }
+    // The console's token guards every socket and a publish to any site: too short a one could be guessed even
+    // at the pace the console allows wrong tokens.
+    if let Some(token) = &server.admin_token {
+        let token = token.expose();
+        if token.chars().count() < MIN_ADMIN_TOKEN || token.chars().any(char::is_whitespace) {
+            return Err(ConfigError::AdminToken);
         }
     }
     if server.mailbox_store() == MailboxStoreKind::Redis && server.redis_url.is_none() {
@@ -1084,7 +1095,15 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 18] = [
+        let cases: [(Edit, &str); 20] = [
+            (
+                |s| s.admin_token = Some(crate::secret::Secret::new("short-token")),
+                "server.admin_token (HERALD_ADMIN_TOKEN) must be at least 16 characters, without whitespace",
+            ),
+            (
+                |s| s.admin_token = Some(crate::secret::Secret::new("a long token with spaces")),
+                "server.admin_token (HERALD_ADMIN_TOKEN) must be at least 16 characters, without whitespace",
+            ),
             (
                 |s| s.metrics_token = Some(crate::secret::Secret::new("")),
                 "server.metrics_token (HERALD_METRICS_TOKEN) must hold no whitespace and not be empty",
