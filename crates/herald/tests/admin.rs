@@ -413,6 +413,17 @@ async fn the_console_shows_a_socket_and_moves_and_disconnects_it() {
     )
     .await;
     assert_eq!(none["sockets"], json!([]));
+    let (_newer_client, newer) = join_shop(addr, "phone-3").await;
+    let (_, newest) = admin(
+        addr,
+        "GET",
+        "/api/v1/admin/sites/shop/sockets?limit=1",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(newest["total"], 2, "{newest}");
+    assert_eq!(newest["sockets"].as_array().map(Vec::len), Some(1));
+    assert_eq!(newest["sockets"][0]["id"], json!(newer), "the newest first");
 
     let (_, outcome) = common::api_json(
         addr,
@@ -459,7 +470,8 @@ async fn the_console_shows_a_socket_and_moves_and_disconnects_it() {
     );
     assert_eq!(
         taken.last().map(|s| &s["connections"]),
-        Some(&json!([0, 0, 0, 0]))
+        Some(&json!([0, 1, 0, 0])),
+        "now: phone-3 on a WebSocket"
     );
     assert_eq!(
         taken.last().map(|s| &s["publishes"]),

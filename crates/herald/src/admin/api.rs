@@ -161,7 +161,9 @@ pub fn detailed(socket: &Socket, node: &str) -> Value {
     described
 }
 
-/// The site's sockets on every node, newest first, with their details; `?room=`, `?q=` and `?limit=` narrow it.
+/// The site's sockets on every node, newest first, with their details; `?room=`, `?q=` and `?limit=` narrow
+/// it, and `total` counts every match. Each node sorts and cuts its own before it describes them, so a
+/// listing costs `limit` descriptions per node however many sockets there are.
 pub async fn sockets(
     _: AdminAuth,
     State(state): State<AdminState>,
@@ -174,9 +176,8 @@ pub async fn sockets(
         Some(room) => site.namespace.room_sockets(room),
         None => site.namespace.sockets(),
     };
-    let node = &state.api.publisher.cluster.node;
-    let listed = sockets
-        .iter()
+    let mut matching: Vec<Arc<Socket>> = sockets
+        .into_iter()
         .filter(|s| {
             let info = s.data::<ClientInfo>();
             query.matches(&[
@@ -185,25 +186,28 @@ pub async fn sockets(
                 info.and_then(|i| i.device_id.as_deref()),
             ])
         })
-        .map(|s| detailed(s, node))
         .collect();
+    let here = matching.len() as u64;
+    let limit = query.limit();
+    matching.sort_by_key(|s| std::cmp::Reverse(s.session().opened_at()));
+    matching.truncate(limit);
+    let node = &state.api.publisher.cluster.node;
+    let listed = matching.iter().map(|s| detailed(s, node)).collect();
     let target = format!(
         "/api/v1/admin/sites/{}/sockets?{}",
         escape(&site.config.name),
         query.encoded()
     );
     let peers = admin_peers(&state, &headers);
-    let mut answer = v1::gather(&state.api, listed, &target, "sockets", &peers).await;
-    let limit = query.limit();
-    if let Some(Value::Array(sockets)) = answer.get_mut("sockets") {
-        sockets.sort_by(|a, b| {
-            let newest = b["connectedAt"].as_u64().cmp(&a["connectedAt"].as_u64());
-            newest.then_with(|| a["id"].as_str().cmp(&b["id"].as_str()))
-        });
-        let total = sockets.len();
-        sockets.truncate(limit);
-        answer["total"] = json!(total);
-    }
+    let mut gathered = v1::gather(&state.api, listed, &target, "sockets", &peers).await;
+    gathered.items.sort_by(|a, b| {
+        let newest = b["connectedAt"].as_u64().cmp(&a["connectedAt"].as_u64());
+        newest.then_with(|| a["id"].as_str().cmp(&b["id"].as_str()))
+    });
+    gathered.items.truncate(limit);
+    let total = here + gathered.peer_totals;
+    let mut answer = gathered.answer("sockets");
+    answer["total"] = json!(total);
     Ok(Json(answer))
 }
 
@@ -249,7 +253,9 @@ async fn ask_for_socket(state: &AdminState, target: &str, peers: &Peers<'_>) -> 
         })
 }
 
-/// The site's rooms on every node with their member counts, the largest first; `?q=` and `?limit=` narrow it.
+/// The site's rooms with their member counts on every node, the largest first; `?q=` and `?limit=` narrow
+/// it. Each node sends its `limit` largest, so a room that is small on every node but large in all may be
+/// missed; `total` counts the rooms each node has (a room on two nodes counts twice).
 pub async fn rooms(
     _: AdminAuth,
     State(state): State<AdminState>,
@@ -258,11 +264,18 @@ pub async fn rooms(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let site = site_named(&state, &site)?;
-    let listed = site
+    let mut sizes: Vec<(String, usize)> = site
         .namespace
         .room_sizes()
         .into_iter()
         .filter(|(room, _)| query.matches(&[Some(room)]))
+        .collect();
+    let here = sizes.len() as u64;
+    let limit = query.limit();
+    sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sizes.truncate(limit);
+    let listed = sizes
+        .into_iter()
         .map(|(room, members)| json!({"room": room, "members": members}))
         .collect();
     let target = format!(
@@ -271,13 +284,13 @@ pub async fn rooms(
         query.encoded()
     );
     let peers = admin_peers(&state, &headers);
-    let mut answer = v1::gather(&state.api, listed, &target, "rooms", &peers).await;
-    if let Some(Value::Array(rooms)) = answer.get_mut("rooms") {
-        let merged = merge_rooms(std::mem::take(rooms));
-        let total = merged.len();
-        *rooms = merged.into_iter().take(query.limit()).collect();
-        answer["total"] = json!(total);
-    }
+    let mut gathered = v1::gather(&state.api, listed, &target, "rooms", &peers).await;
+    let mut merged = merge_rooms(std::mem::take(&mut gathered.items));
+    merged.truncate(limit);
+    gathered.items = merged;
+    let total = here + gathered.peer_totals;
+    let mut answer = gathered.answer("rooms");
+    answer["total"] = json!(total);
     Ok(Json(answer))
 }
 

@@ -163,11 +163,11 @@ pub async fn list_sockets(
     let peers = Peers::of(&headers);
     let node = &state.publisher.cluster.node;
     let listed = sockets.iter().map(|s| describe(s, node)).collect();
-    let mut answer = gather(&state, listed, &target, "sockets", &peers).await;
-    if let Some(Value::Array(sockets)) = answer.get_mut("sockets") {
-        sockets.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    }
-    Ok(Json(answer))
+    let mut gathered = gather(&state, listed, &target, "sockets", &peers).await;
+    gathered
+        .items
+        .sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(gathered.answer("sockets")))
 }
 
 /// How a request about sockets reaches the other nodes: with which bearer key, and whether it came from a peer
@@ -188,53 +188,75 @@ impl<'a> Peers<'a> {
     }
 }
 
-/// `{<field>: this node's items and every live peer's (the `<field>` array of its answer to `GET target`)}`,
-/// with `partial: true` and the `unreachable` nodes when some did not answer in time.
+/// What a listing gathered from this node and its live peers.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    /// This node's items, then each peer's.
+    pub items: Vec<Value>,
+    /// The peers' `total` fields added up (a peer's item count when it sent none).
+    pub peer_totals: u64,
+    /// Peers that did not answer in time.
+    pub unreachable: Vec<String>,
+}
+
+impl Gathered {
+    /// `{<field>: items}`, with `partial: true` and the `unreachable` nodes when some did not answer.
+    pub(crate) fn answer(self, field: &str) -> Value {
+        let mut answer = Value::Object(serde_json::Map::from_iter([(
+            field.to_string(),
+            Value::Array(self.items),
+        )]));
+        if !self.unreachable.is_empty() {
+            answer["partial"] = json!(true);
+            answer["unreachable"] = json!(self.unreachable);
+        }
+        answer
+    }
+}
+
+/// This node's `listed` items and every live peer's (the `<field>` array of its answer to `GET target`).
 pub(crate) async fn gather(
     state: &ApiState,
-    mut listed: Vec<Value>,
+    listed: Vec<Value>,
     target: &str,
     field: &str,
     peers: &Peers<'_>,
-) -> Value {
-    let mut unreachable = Vec::new();
-    if !peers.local_only {
-        let request = PeerRequest {
-            method: reqwest::Method::GET,
-            target,
-            api_key: peers.key,
-            body: None,
+) -> Gathered {
+    let mut gathered = Gathered {
+        items: listed,
+        ..Gathered::default()
+    };
+    if peers.local_only {
+        return gathered;
+    }
+    let request = PeerRequest {
+        method: reqwest::Method::GET,
+        target,
+        api_key: peers.key,
+        body: None,
+    };
+    for peer in ask_all(state.publisher.cluster.directory.as_ref(), &request).await {
+        let mut body = match &peer.answer {
+            Ok((200, body)) => serde_json::from_slice::<Value>(body).ok(),
+            _ => None,
         };
-        for peer in ask_all(state.publisher.cluster.directory.as_ref(), &request).await {
-            let theirs = match &peer.answer {
-                Ok((200, body)) => serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|mut v| v.get_mut(field).map(Value::take))
-                    .and_then(|v| match v {
-                        Value::Array(items) => Some(items),
-                        _ => None,
-                    }),
-                _ => None,
-            };
-            match theirs {
-                Some(items) => listed.extend(items),
-                None => {
-                    tracing::warn!(node = %peer.node, answer = ?peer.answer.as_ref().map(|(status, _)| status),
-                        "a node did not answer a listing");
-                    unreachable.push(peer.node.to_string());
-                }
+        let items = body
+            .as_mut()
+            .and_then(|v| v.get_mut(field).map(Value::take));
+        match items {
+            Some(Value::Array(items)) => {
+                let total = body.as_ref().and_then(|v| v["total"].as_u64());
+                gathered.peer_totals += total.unwrap_or(items.len() as u64);
+                gathered.items.extend(items);
+            }
+            _ => {
+                tracing::warn!(node = %peer.node, answer = ?peer.answer.as_ref().map(|(status, _)| status),
+                    "a node did not answer a listing");
+                gathered.unreachable.push(peer.node.to_string());
             }
         }
     }
-    let mut answer = Value::Object(serde_json::Map::from_iter([(
-        field.to_string(),
-        Value::Array(listed),
-    )]));
-    if !unreachable.is_empty() {
-        answer["partial"] = json!(true);
-        answer["unreachable"] = json!(unreachable);
-    }
-    answer
+    gathered
 }
 
 /// Passes a request about socket `id`, which is not on this node, to every peer: the answer of the one that
