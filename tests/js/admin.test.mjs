@@ -1,9 +1,9 @@
 // The admin console at /admin in a real headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core) against the real `herald` binary, with a real socket.io-client 4.x as the client being
 // watched. The steps build on each other: log in through the form (a wrong token first), see the client appear
-// in the sockets table and the connections chart, open its details, publish from the form and see the event
-// reach the client and the live tail, disconnect the client from the console and see it leave, look up a
-// user's devices and what their mailboxes hold, log out.
+// in the sockets table and the connections chart, open its details, publish from the form (retained) and see
+// the event reach the client, the live tail and the room's retained values, disconnect the client from the
+// console and see it leave, look up a user's devices and what their mailboxes hold, log out.
 //
 // Each step saves a full-page screenshot to tests/js/output/admin/ (gitignored) and names its path in the test
 // log (`# screenshot …`). Without /usr/bin/chromium each test fails, saying how to install it.
@@ -155,12 +155,13 @@ describe("the admin console in headless Chromium", () => {
     await page.fill("#pub-rooms", "lobby");
     await page.fill("#pub-event", "greeting");
     await page.fill("#pub-args", '[{"text": "hello from the console"}, 42]');
+    await page.check("#pub-retain");
     await page.click("#publish");
     // The site recovers connections: the client gets the packet's offset as a last argument.
     const args = await received;
     assert.ok(isOffset(args.at(-1)), JSON.stringify(args));
     assert.deepEqual(args.slice(0, -1), [{ text: "hello from the console" }, 42]);
-    await waitFor(() => /reached 1 socket/.test(document.getElementById("publish-result").textContent));
+    await waitFor(() => /reached 1 socket.*retained value changed/.test(document.getElementById("publish-result").textContent));
     await visible("#tail li[data-event='greeting']");
     const tailed = await page.textContent("#tail li[data-event='greeting']");
     assert.match(tailed, /admin/);
@@ -173,6 +174,11 @@ describe("the admin console in headless Chromium", () => {
     await other;
     await visible("#tail li[data-event='from-api']");
     assert.match(await page.textContent("#tail li[data-event='from-api']"), /api/);
+
+    // The room keeps what the console retained: picking it shows its value (and only its sockets).
+    await page.click("#rooms tr[data-room='lobby']");
+    await waitFor(() => /greeting.*hello from the console/.test(document.getElementById("retained-list").textContent));
+    await visible(`#sockets tr[data-id="${client.id}"]`);
     await screenshot(t, "published-and-tailed");
   });
 

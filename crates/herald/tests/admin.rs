@@ -313,6 +313,19 @@ async fn a_publish_from_the_console_reaches_the_client_and_the_tail_sees_every_s
         )
     );
     assert_eq!(seen["outcome"]["matched"], 1);
+    let (status, kept) = admin(
+        addr,
+        "GET",
+        "/api/v1/admin/sites/shop/rooms/lobby/retained",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&kept["retained"][0]["event"], &kept["retained"][0]["args"]),
+        (&json!("news"), &json!([{"a": 1}, "two"])),
+        "the console's retain kept the value: {kept}"
+    );
 
     // Any source reaches the tail: the v1 API, and a publish to the socket's id is not the room's.
     let (status, _) = common::api_json(

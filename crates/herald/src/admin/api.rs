@@ -1,6 +1,7 @@
-//! The console's JSON API under `/api/v1/admin`: what it shows (overview, connection samples, sockets, rooms, a
-//! user's devices and their pending entries) and what it does (publish, disconnect, join and leave). The
-//! actions are the v1 API's own operations (`api/v1.rs`) and the one publish pipeline, counted as `admin`.
+//! The console's JSON API under `/api/v1/admin`: what it shows (overview, connection samples, sockets, rooms
+//! and what they retain, a user's devices and their pending entries) and what it does (publish, disconnect,
+//! join and leave). The actions are the v1 API's own operations (`api/v1.rs`) and the one publish pipeline,
+//! counted as `admin`.
 //!
 //! Listings cover the cluster: a node asks its peers' admin API with the admin token and `x-herald-local`, so
 //! the nodes must share the token; disconnect, join and leave reach a peer's v1 API with the site's key.
@@ -308,6 +309,18 @@ fn merge_rooms(listed: Vec<Value>) -> Vec<Value> {
         .into_iter()
         .map(|(room, members)| json!({"room": room, "members": members}))
         .collect()
+}
+
+/// What a room retains (the v1 listing).
+pub async fn retained(
+    _: AdminAuth,
+    State(state): State<AdminState>,
+    ApiPath((site, room)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let site = site_named(&state, &site)?;
+    crate::api::retained::retained_in(&site, &room)
+        .await
+        .map(Json)
 }
 
 /// A user's devices (the v1 listing) and the oldest entries each has pending.

@@ -86,6 +86,10 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/api/v1/admin/sites/{site}/rooms", get(api::rooms))
         .route(
+            "/api/v1/admin/sites/{site}/rooms/{room}/retained",
+            get(api::retained),
+        )
+        .route(
             "/api/v1/admin/sites/{site}/users/{user}/devices",
             get(api::user_devices),
         )

@@ -3,7 +3,7 @@
 
 mod error;
 mod extract;
-mod retained;
+pub(crate) mod retained;
 mod send;
 mod status;
 pub(crate) mod v1;

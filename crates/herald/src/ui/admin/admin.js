@@ -57,6 +57,7 @@ async function refreshSite() {
   drawCharts();
   drawSockets(sockets);
   drawRooms(rooms);
+  await drawRetained(site, state.room);
   if (state.selected) await refreshSocket();
   if (state.user) await refreshDevices();
 }
@@ -206,6 +207,19 @@ function drawRooms(listing) {
   const largest = listing.rooms[0];
   $("stat-rooms-sub").textContent = largest ? `largest: ${view.preview(largest.room, 24)} · ${view.plural(largest.members, "member")}` : "\u00a0";
   view.fill($("rooms"), listing.rooms.map((room) => view.roomRow(room, pickRoom)), $("rooms-empty"));
+}
+
+/** What the picked room retains, under the rooms. */
+async function drawRetained(site, room) {
+  $("retained").classList.toggle("hidden", !room);
+  if (!room) return;
+  const { retained } = await api.retained(site, room);
+  if (site !== state.site || room !== state.room) return;
+  $("retained-room").textContent = room;
+  const items = retained.map((r) =>
+    el("li", { title: view.fullTime(r.at) }, el("b", {}, r.event), " ", el("code", {}, view.preview(r.args, 160)), el("span", { class: "muted" }, ` · ${view.ago(r.at)}`)),
+  );
+  $("retained-list").replaceChildren(...(items.length ? items : [el("li", { class: "muted" }, "Nothing: publish with Retain to keep a value here.")]));
 }
 
 function pickRoom(room) {

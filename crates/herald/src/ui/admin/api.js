@@ -46,6 +46,7 @@ export const api = {
   sockets: (name, { room, q } = {}) => call("GET", `${site(name)}/sockets${query({ room, q })}`),
   socket: (name, id) => call("GET", `${site(name)}/sockets/${encodeURIComponent(id)}`),
   rooms: (name, { q } = {}) => call("GET", `${site(name)}/rooms${query({ q })}`),
+  retained: (name, room) => call("GET", `${site(name)}/rooms/${encodeURIComponent(room)}/retained`),
   devices: (name, user) => call("GET", `${site(name)}/users/${encodeURIComponent(user)}/devices`),
   publish: (name, body) => call("POST", `${site(name)}/publish`, body),
   disconnect: (name, id) => call("DELETE", `${site(name)}/sockets/${encodeURIComponent(id)}`),
