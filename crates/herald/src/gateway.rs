@@ -81,6 +81,8 @@ pub struct Gateway {
     pub metrics: Option<crate::metrics::Endpoint>,
     /// `limits.publishes_per_key_per_sec`, when set (the connect rate is the engine's).
     publish_rate: Option<Arc<PublishRate>>,
+    /// The admin console, when `server.admin_token` is set.
+    pub admin: Option<crate::admin::Admin>,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
     /// Tells the broker bridges the process stops (`stop_bridges`).
@@ -288,6 +290,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         sites: sites.clone(),
         cluster,
         source: Source::Api,
+        tap: Default::default(),
     };
     let _ = publisher_slot.set(publisher.with_source(Source::Client));
     publisher.start().await?;
@@ -312,6 +315,11 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         bridges: Arc::clone(&bridges),
         directory: Arc::clone(&publisher.cluster.directory),
     });
+    let admin = config
+        .server
+        .admin_token
+        .clone()
+        .map(|token| crate::admin::Admin::start(token, sites.clone()));
     Ok(Gateway {
         io,
         engine,
@@ -327,6 +335,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
             config.server.limits.publishes_per_key_burst,
         )
         .map(PublishRate::start),
+        admin,
         // An idle stream moves a byte only with its keep-alive comment, which must come before the idle timeout.
         sse_ping: Duration::from_millis(
             config
@@ -340,6 +349,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         ready: Arc::new(AtomicBool::new(true)),
         reloader: Arc::new(Reloader {
             factory,
+            started: config.clone(),
             running: tokio::sync::Mutex::new(Running {
                 config: config.clone(),
                 rules,
@@ -386,17 +396,36 @@ fn forward_config(config: &Config) -> ForwardConfig {
     }
 }
 
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("node", &self.publisher.cluster.node)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Gateway {
     /// Every route: socket.io, the publish API, the plain endpoints, the browser client kit, health and
-    /// readiness, and the demo page.
+    /// readiness, the demo page, and the admin console when it is on.
     pub fn router(&self) -> axum::Router {
-        let api = api::router(ApiState {
+        let api_state = ApiState {
             sites: self.sites.clone(),
             publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
             bridges: Arc::clone(&self.bridges),
             publish_rate: self.publish_rate.clone(),
+        };
+        let admin = self.admin.as_ref().map(|admin| {
+            crate::admin::router(crate::admin::AdminState {
+                guard: Arc::clone(&admin.guard),
+                api: api_state.clone(),
+                samples: Arc::clone(&admin.samples),
+                keep_alive: self.sse_ping,
+                started_at_ms: admin.started_at_ms,
+                gateway: self.clone(),
+            })
         });
+        let api = api::router(api_state);
         let ready = Arc::clone(&self.ready);
         let readiness = move || {
             let ready = ready.load(Ordering::Acquire);
@@ -420,6 +449,10 @@ impl Gateway {
         if let Some(metrics) = &self.metrics {
             router = router.merge(metrics.clone().router());
         }
+        // Off (no `server.admin_token`): no route, so `/admin` and `/api/v1/admin` are 404.
+        if let Some(admin) = admin {
+            router = router.merge(admin);
+        }
         router
             .route("/readyz", axum::routing::get(readiness))
             .route(
@@ -437,10 +470,11 @@ impl Gateway {
     }
 
     /// Closes every client's session with a close packet, so clients reconnect (to another node); sessions
-    /// that joined no site are closed too.
+    /// that joined no site are closed too. The admin console's tails end.
     pub fn close_all(&self) {
         self.engine
             .close_all(crate::engine::CloseReason::ServerClose);
+        self.publisher.tap.close_all();
     }
 
     /// Stops the broker bridges, waiting at most `within` for those that clean up on their broker (the MQTT

@@ -1,6 +1,7 @@
 //! herald: a real-time push gateway. This library holds the socket.io-compatible server (`engine` for
 //! Engine.IO transports, `socketio` for namespaces, rooms and acks); the binary is a thin shell over it.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bridges;

@@ -192,6 +192,9 @@ async fn run(config: Config, gateway: herald::gateway::Gateway) -> anyhow::Resul
     let addr = listener.local_addr()?;
     let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(%addr, ?sites, "herald listening; open http://{addr}/ for the demo page");
+    if gateway.admin.is_some() {
+        tracing::info!("the admin console is at http://{addr}/admin (server.admin_token)");
+    }
     // The accept loop runs on a worker thread, not on the thread in `block_on`: connection tasks it spawns then
     // start on that worker's own queue instead of waking another thread for each accept.
     herald::lifecycle::reload_on_hangup(gateway.clone());

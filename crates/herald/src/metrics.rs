@@ -104,7 +104,7 @@ fn describe() {
         PUBLISHES,
         "Publishes that went through the publish pipeline on this node, by source: api (v1 publish and \
          batch), send (/send), emitter (socket.io Redis emitter), bridge (broker bridges), client (event \
-         relays and webhook answers)."
+         relays and webhook answers), admin (the admin console)."
     );
     describe_histogram!(
         PUBLISH_DURATION,
@@ -164,15 +164,18 @@ pub enum Source {
     Bridge,
     /// A client: a relayed event, or the publishes of an event route's webhook answer.
     Client,
+    /// The admin console's publish form (`/api/v1/admin`).
+    Admin,
 }
 
 impl Source {
-    const ALL: [Source; 5] = [
+    const ALL: [Source; 6] = [
         Source::Api,
         Source::Send,
         Source::Emitter,
         Source::Bridge,
         Source::Client,
+        Source::Admin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -182,6 +185,7 @@ impl Source {
             Source::Emitter => "emitter",
             Source::Bridge => "bridge",
             Source::Client => "client",
+            Source::Admin => "admin",
         }
     }
 }
@@ -254,6 +258,37 @@ pub struct SiteMetrics {
     pub publish_duration: Histogram,
     /// Not per site, as `publish_duration`.
     pub mailbox_appends: Counter,
+    /// What the admin console charts, kept whether or not Prometheus is on.
+    pub totals: Arc<Totals>,
+}
+
+/// A site's publishes and deliveries since the start, which the admin console samples into rates. Counted per
+/// publish (and per broadcast the bus brings), never per recipient, and outside `fan_out`.
+#[derive(Debug, Default)]
+pub struct Totals {
+    publishes: std::sync::atomic::AtomicU64,
+    deliveries: std::sync::atomic::AtomicU64,
+}
+
+impl Totals {
+    /// A publish went through, reaching `delivered` sockets and devices on this node.
+    pub fn published(&self, delivered: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.publishes.fetch_add(1, Relaxed);
+        self.deliveries.fetch_add(delivered as u64, Relaxed);
+    }
+
+    /// A broadcast from another node was queued for `delivered` sockets here.
+    pub fn delivered(&self, delivered: usize) {
+        self.deliveries
+            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (publishes, deliveries) so far.
+    pub fn read(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.publishes.load(Relaxed), self.deliveries.load(Relaxed))
+    }
 }
 
 impl SiteMetrics {
@@ -270,6 +305,7 @@ impl SiteMetrics {
             webhooks: Webhook::ALL.map(|kind| webhook_duration(&site, kind)),
             publish_duration: metrics::histogram!(PUBLISH_DURATION),
             mailbox_appends: metrics::counter!(MAILBOX_APPENDS),
+            totals: Arc::default(),
         }
     }
 
@@ -282,6 +318,7 @@ impl SiteMetrics {
             webhooks: Webhook::ALL.map(|_| Histogram::noop()),
             publish_duration: Histogram::noop(),
             mailbox_appends: Counter::noop(),
+            totals: Arc::default(),
         }
     }
 
@@ -379,8 +416,8 @@ impl NamespaceMetrics {
     }
 }
 
-/// The transports a socket's session may have, in `herald_connections`' order.
-const TRANSPORTS: [Transport; 4] = [
+/// The transports a socket's session may have, in `herald_connections`' order (and the admin console's).
+pub const TRANSPORTS: [Transport; 4] = [
     Transport::Polling,
     Transport::WebSocket,
     Transport::PlainWebSocket,

@@ -50,6 +50,23 @@ pub enum ApiError {
         "a batch of {publishes} messages is over this API key's burst of {burst} publishes; send smaller batches"
     )]
     BatchOverBurst { publishes: u32, burst: u32 },
+    /// No admin token, or a wrong one (`/api/v1/admin`).
+    #[error(
+        "the admin token is missing or wrong: send 'Authorization: Bearer <server.admin_token>', or log in at /admin"
+    )]
+    AdminUnauthorized,
+    /// Too many wrong admin tokens are being answered at once.
+    #[error("too many wrong admin tokens at once; retry in a second")]
+    AdminSlowDown,
+    /// A cookie-authenticated change asked from another origin.
+    #[error("the admin API takes changes from its own origin only")]
+    CrossOrigin,
+    /// The admin API knows every site, so it names the missing one (the v1 API answers 401 instead).
+    #[error("unknown site '{0}'")]
+    UnknownSite(String),
+    /// Something the node has a fixed number of (tails) is all in use.
+    #[error("{0}")]
+    Busy(String),
     #[error("the socket is not on this node and {0} other node(s) did not answer; retry")]
     NodesUnavailable(usize),
     /// The cluster bus failed: the publish may have reached some nodes and not others; retry.
@@ -120,10 +137,13 @@ impl ApiError {
             ApiError::MissingSiteOrKey
             | ApiError::BadRequest(_)
             | ApiError::BatchOverBurst { .. } => StatusCode::BAD_REQUEST,
-            ApiError::InvalidLegacyKey | ApiError::MissingKey | ApiError::InvalidKey(_) => {
-                StatusCode::UNAUTHORIZED
-            }
-            ApiError::UnknownSocket(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidLegacyKey
+            | ApiError::MissingKey
+            | ApiError::InvalidKey(_)
+            | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminSlowDown | ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::CrossOrigin => StatusCode::FORBIDDEN,
+            ApiError::UnknownSocket(_) | ApiError::UnknownSite(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RetainedFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -145,10 +165,18 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": self.to_string() });
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after, .. } = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        let headers = response.headers_mut();
+        match self {
+            ApiError::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            ApiError::AdminUnauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::AdminSlowDown | ApiError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

@@ -3,10 +3,10 @@
 
 mod error;
 mod extract;
-mod retained;
+pub(crate) mod retained;
 mod send;
 mod status;
-mod v1;
+pub(crate) mod v1;
 
 use axum::http::{header, HeaderMap};
 use axum::routing::{delete, get, post};
@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 
 pub use crate::publish::PublishRequest;
 pub use error::{human_size, ApiError};
+pub(crate) use extract::{ApiPath, ApiQuery};
 
 use crate::publish::Publisher;
 use crate::sites::Sites;

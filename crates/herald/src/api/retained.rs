@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::extract::ApiPath;
 use super::v1::authorized;
 use super::ApiState;
+use crate::sites::Site;
 
 /// `{"retained": [{"event", "args", "at"}]}`, by event name.
 pub async fn list(
@@ -17,18 +18,19 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
-    let values = site
-        .retained
-        .list(&room)
-        .await
-        .map_err(ApiError::retained)?;
+    retained_in(&site, &room).await.map(Json)
+}
+
+/// What `room` of `site` retains: `{"retained": [{"event", "args", "at"}]}`.
+pub(crate) async fn retained_in(site: &Site, room: &str) -> Result<Value, ApiError> {
+    let values = site.retained.list(room).await.map_err(ApiError::retained)?;
     let mut retained = Vec::with_capacity(values.len());
     for value in values {
         let args: Value = serde_json::from_str(&value.args)
             .map_err(|e| ApiError::Internal(format!("a retained value is corrupt: {e}")))?;
         retained.push(json!({ "event": value.event, "args": args, "at": value.at }));
     }
-    Ok(Json(json!({ "retained": retained })))
+    Ok(json!({ "retained": retained }))
 }
 
 /// Forgets every value `room` retains: `{"cleared": n}`.

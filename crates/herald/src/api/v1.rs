@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
 use super::{read_body, ApiState};
 use crate::cluster::peers::{ask_all, escape, PeerRequest, LOCAL_HEADER};
-use crate::mailbox::store::valid_name;
+use crate::mailbox::store::{valid_name, DeviceStatus};
 use crate::publish::PublishRequest;
 use crate::sites::{describe_socket, Site};
 use crate::socketio::Socket;
@@ -49,7 +49,7 @@ async fn json_body<T: DeserializeOwned>(
 
 /// `value` as `T` if it is a JSON object. serde alone would also read a struct from an array of its fields in
 /// order (`[]` as `{}`); the API takes objects only, as its OpenAPI document says.
-fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+pub(crate) fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, String> {
     let kind = match &value {
         Value::Object(_) => return T::deserialize(value).map_err(|e| e.to_string()),
         Value::Array(_) => "an array",
@@ -129,7 +129,7 @@ fn describe(socket: &Socket, node: &str) -> Value {
 }
 
 /// Whether the caller is a peer asking about this node's own sockets only.
-fn local_only(headers: &HeaderMap) -> bool {
+pub(crate) fn local_only(headers: &HeaderMap) -> bool {
     headers.contains_key(LOCAL_HEADER)
 }
 
@@ -156,64 +156,123 @@ pub async fn list_sockets(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
-    let cluster = &state.publisher.cluster;
     let sockets = match &query.room {
         Some(room) => site.namespace.room_sockets(room),
         None => site.namespace.sockets(),
     };
-    let mut listed: Vec<Value> = sockets.iter().map(|s| describe(s, &cluster.node)).collect();
-    let mut unreachable = Vec::new();
-    if !local_only(&headers) {
-        let mut target = format!("/api/v1/sites/{}/sockets", escape(&site.config.name));
-        if let Some(room) = &query.room {
-            target.push_str(&format!("?room={}", escape(room)));
+    let mut target = format!("/api/v1/sites/{}/sockets", escape(&site.config.name));
+    if let Some(room) = &query.room {
+        target.push_str(&format!("?room={}", escape(room)));
+    }
+    let peers = Peers::of(&headers);
+    let node = &state.publisher.cluster.node;
+    let listed = sockets.iter().map(|s| describe(s, node)).collect();
+    let mut gathered = gather(&state, listed, &target, "sockets", &peers).await;
+    gathered
+        .items
+        .sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(gathered.answer("sockets")))
+}
+
+/// How a request about sockets reaches the other nodes: with which bearer key, and whether it came from a peer
+/// (which wants this node's sockets only, so a request never fans out twice).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peers<'a> {
+    pub key: &'a str,
+    pub local_only: bool,
+}
+
+impl<'a> Peers<'a> {
+    /// The request's own key, passed on as it came.
+    fn of(headers: &'a HeaderMap) -> Self {
+        Peers {
+            key: api_key(headers),
+            local_only: local_only(headers),
         }
-        let request = PeerRequest {
-            method: reqwest::Method::GET,
-            target: &target,
-            api_key: api_key(&headers),
-            body: None,
+    }
+}
+
+/// What a listing gathered from this node and its live peers.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    /// This node's items, then each peer's.
+    pub items: Vec<Value>,
+    /// The peers' `total` fields added up (a peer's item count when it sent none).
+    pub peer_totals: u64,
+    /// Peers that did not answer in time.
+    pub unreachable: Vec<String>,
+}
+
+impl Gathered {
+    /// `{<field>: items}`, with `partial: true` and the `unreachable` nodes when some did not answer.
+    pub(crate) fn answer(self, field: &str) -> Value {
+        let mut answer = Value::Object(serde_json::Map::from_iter([(
+            field.to_string(),
+            Value::Array(self.items),
+        )]));
+        if !self.unreachable.is_empty() {
+            answer["partial"] = json!(true);
+            answer["unreachable"] = json!(self.unreachable);
+        }
+        answer
+    }
+}
+
+/// This node's `listed` items and every live peer's (the `<field>` array of its answer to `GET target`).
+pub(crate) async fn gather(
+    state: &ApiState,
+    listed: Vec<Value>,
+    target: &str,
+    field: &str,
+    peers: &Peers<'_>,
+) -> Gathered {
+    let mut gathered = Gathered {
+        items: listed,
+        ..Gathered::default()
+    };
+    if peers.local_only {
+        return gathered;
+    }
+    let request = PeerRequest {
+        method: reqwest::Method::GET,
+        target,
+        api_key: peers.key,
+        body: None,
+    };
+    for peer in ask_all(state.publisher.cluster.directory.as_ref(), &request).await {
+        let mut body = match &peer.answer {
+            Ok((200, body)) => serde_json::from_slice::<Value>(body).ok(),
+            _ => None,
         };
-        for peer in ask_all(cluster.directory.as_ref(), &request).await {
-            let theirs = match &peer.answer {
-                Ok((200, body)) => serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|mut v| v.get_mut("sockets").map(Value::take))
-                    .and_then(|v| match v {
-                        Value::Array(sockets) => Some(sockets),
-                        _ => None,
-                    }),
-                _ => None,
-            };
-            match theirs {
-                Some(sockets) => listed.extend(sockets),
-                None => {
-                    tracing::warn!(node = %peer.node, answer = ?peer.answer.as_ref().map(|(status, _)| status),
-                        "a node did not answer a socket listing");
-                    unreachable.push(peer.node.to_string());
-                }
+        let items = body
+            .as_mut()
+            .and_then(|v| v.get_mut(field).map(Value::take));
+        match items {
+            Some(Value::Array(items)) => {
+                let total = body.as_ref().and_then(|v| v["total"].as_u64());
+                gathered.peer_totals += total.unwrap_or(items.len() as u64);
+                gathered.items.extend(items);
+            }
+            _ => {
+                tracing::warn!(node = %peer.node, answer = ?peer.answer.as_ref().map(|(status, _)| status),
+                    "a node did not answer a listing");
+                gathered.unreachable.push(peer.node.to_string());
             }
         }
     }
-    listed.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    let mut answer = json!({ "sockets": listed });
-    if !unreachable.is_empty() {
-        answer["partial"] = json!(true);
-        answer["unreachable"] = json!(unreachable);
-    }
-    Ok(Json(answer))
+    gathered
 }
 
 /// Passes a request about socket `id`, which is not on this node, to every peer: the answer of the one that
 /// has it, else 404 when every peer answered that it does not, else 503.
 async fn on_peer(
     state: &ApiState,
-    headers: &HeaderMap,
+    local_only: bool,
     site: &Site,
     id: &str,
     request: PeerRequest<'_>,
 ) -> Result<(u16, Bytes), ApiError> {
-    if local_only(headers) {
+    if local_only {
         return Err(ApiError::UnknownSocket(id.to_string()));
     }
     let answers = ask_all(state.publisher.cluster.directory.as_ref(), &request).await;
@@ -243,22 +302,32 @@ pub async fn disconnect(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let site = authorized(&state, &headers, &site)?;
-    if let Some(socket) = site.namespace.socket(&id) {
+    disconnect_socket(&state, &site, &id, Peers::of(&headers)).await
+}
+
+/// Disconnects socket `id` of `site` here, or asks the peers to (`DELETE` on their v1 API, with `peers.key`).
+pub(crate) async fn disconnect_socket(
+    state: &ApiState,
+    site: &Site,
+    id: &str,
+    peers: Peers<'_>,
+) -> Result<StatusCode, ApiError> {
+    if let Some(socket) = site.namespace.socket(id) {
         socket.disconnect();
         return Ok(StatusCode::NO_CONTENT);
     }
     let target = format!(
         "/api/v1/sites/{}/sockets/{}",
         escape(&site.config.name),
-        escape(&id)
+        escape(id)
     );
     let request = PeerRequest {
         method: reqwest::Method::DELETE,
         target: &target,
-        api_key: api_key(&headers),
+        api_key: peers.key,
         body: None,
     };
-    let (status, _) = on_peer(&state, &headers, &site, &id, request).await?;
+    let (status, _) = on_peer(state, peers.local_only, site, id, request).await?;
     Ok(StatusCode::from_u16(status).unwrap_or(StatusCode::NO_CONTENT))
 }
 
@@ -277,9 +346,21 @@ pub async fn rooms(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
     let site = authorized(&state, &headers, &site)?;
     let bytes = read_body(body, &headers, state.max_publish_bytes).await?;
+    change_rooms(&state, &site, &id, bytes, Peers::of(&headers)).await
+}
+
+/// Applies a `{join, leave}` body to socket `id` of `site` here, or asks the peers to (their v1 API, with
+/// `peers.key`); answers the socket's rooms.
+pub(crate) async fn change_rooms(
+    state: &ApiState,
+    site: &Site,
+    id: &str,
+    bytes: Bytes,
+    peers: Peers<'_>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let request: MembershipRequest = serde_json::from_slice(&bytes)
         .map_err(|e| e.to_string())
         .and_then(from_object)
@@ -291,19 +372,19 @@ pub async fn rooms(
             bad.escape_debug()
         )));
     }
-    let Some(socket) = site.namespace.socket(&id) else {
+    let Some(socket) = site.namespace.socket(id) else {
         let target = format!(
             "/api/v1/sites/{}/sockets/{}/rooms",
             escape(&site.config.name),
-            escape(&id)
+            escape(id)
         );
         let forwarded = PeerRequest {
             method: reqwest::Method::POST,
             target: &target,
-            api_key: api_key(&headers),
+            api_key: peers.key,
             body: Some(bytes),
         };
-        let (status, body) = on_peer(&state, &headers, &site, &id, forwarded).await?;
+        let (status, body) = on_peer(state, peers.local_only, site, id, forwarded).await?;
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
         return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
     };
@@ -322,13 +403,28 @@ pub async fn user_devices(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let site = authorized(&state, &headers, &site)?;
-    let Some(mailbox) = &site.mailbox else {
-        return Err(ApiError::BadRequest(format!(
+    let (room, devices) = devices_of(&site, &user).await?;
+    let listed: Vec<Value> = devices.iter().map(describe_device).collect();
+    Ok(Json(json!({ "user": room, "devices": listed })))
+}
+
+/// The mailbox service of `site`, or why it has none.
+pub(crate) fn mailbox_of(site: &Site) -> Result<&Arc<crate::mailbox::Mailbox>, ApiError> {
+    site.mailbox.as_ref().ok_or_else(|| {
+        ApiError::BadRequest(format!(
             "site '{}' keeps no mailboxes: it needs a user_room_prefix and a device_ttl_secs above 0",
             site.config.name
-        )));
-    };
-    let room = match site.user_room(&user) {
+        ))
+    })
+}
+
+/// `user`'s room on `site` (the user room itself, or the id after the prefix) and its unexpired devices.
+pub(crate) async fn devices_of(
+    site: &Site,
+    user: &str,
+) -> Result<(String, Vec<DeviceStatus>), ApiError> {
+    let mailbox = mailbox_of(site)?;
+    let room = match site.user_room(user) {
         Some(room) => room.to_string(),
         None => format!(
             "{}{user}",
@@ -342,18 +438,17 @@ pub async fn user_devices(
         .devices(&site.config.name, &room)
         .await
         .map_err(ApiError::store)?;
-    let listed: Vec<Value> = devices
-        .iter()
-        .map(|d| {
-            json!({
-                "deviceId": d.device,
-                "connected": d.connected,
-                "pending": d.pending,
-                "bytes": d.bytes,
-                "overflowed": d.overflowed,
-                "expiresAtMs": d.expires_at_ms,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "user": room, "devices": listed })))
+    Ok((room, devices))
+}
+
+/// A device as the API shows it: `{deviceId, connected, pending, bytes, overflowed, expiresAtMs}`.
+pub(crate) fn describe_device(device: &DeviceStatus) -> Value {
+    json!({
+        "deviceId": device.device,
+        "connected": device.connected,
+        "pending": device.pending,
+        "bytes": device.bytes,
+        "overflowed": device.overflowed,
+        "expiresAtMs": device.expires_at_ms,
+    })
 }

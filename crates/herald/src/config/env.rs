@@ -61,6 +61,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "the bearer token GET /metrics asks for (server.metrics_token)",
     ),
     (
+        "HERALD_ADMIN_TOKEN",
+        "the admin console's token; without one /admin is off (server.admin_token)",
+    ),
+    (
         "HERALD_CONFIG",
         "path of the server file (YAML); the --config flag wins",
     ),
@@ -93,6 +97,7 @@ pub(crate) struct EnvConfig {
     pub redis_url: Option<String>,
     pub node_url: Option<String>,
     pub metrics_token: Option<Secret>,
+    pub admin_token: Option<Secret>,
     pub site: Option<EnvSite>,
 }
 
@@ -130,6 +135,7 @@ pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigE
         redis_url: get("REDIS_URL"),
         node_url: get("HERALD_NODE_URL"),
         metrics_token: get("HERALD_METRICS_TOKEN").map(Secret::new),
+        admin_token: get("HERALD_ADMIN_TOKEN").map(Secret::new),
         site: parse_site(&get)?,
     })
 }
@@ -190,6 +196,9 @@ impl EnvConfig {
         }
         if let Some(token) = &self.metrics_token {
             server.metrics_token = Some(token.clone());
+        }
+        if let Some(token) = &self.admin_token {
+            server.admin_token = Some(token.clone());
         }
     }
 }
@@ -342,6 +351,17 @@ mod tests {
         let token = server.metrics_token.expect("the token is set");
         assert!(token.matches("scrape-0123456789"));
         assert_eq!(format!("{token:?}"), "****89", "never shown in the clear");
+    }
+
+    #[test]
+    fn the_admin_token_is_a_secret() {
+        let parsed =
+            parse(&env(&[("HERALD_ADMIN_TOKEN", "admin-0123456789ab")])).expect("a token parses");
+        let mut server = ServerConfig::default();
+        parsed.apply_server(&mut server);
+        let token = server.admin_token.expect("the token is set");
+        assert!(token.matches("admin-0123456789ab"));
+        assert_eq!(format!("{token:?}"), "****ab", "never shown in the clear");
     }
 
     #[test]

@@ -170,6 +170,11 @@ pub enum ConfigError {
         "server.metrics_token (HERALD_METRICS_TOKEN) must hold no whitespace and not be empty"
     )]
     MetricsToken,
+    #[error(
+        "server.admin_token (HERALD_ADMIN_TOKEN) must be at least {min} characters, without whitespace",
+        min = crate::config::MIN_ADMIN_TOKEN
+    )]
+    AdminToken,
     #[error("server.engine.path '{path}' must start and end with '/'", path = one_line(path))]
     EnginePath { path: String },
     #[error("{field} ({value} ms) must be {relation} {other} ({other_value} ms)")]

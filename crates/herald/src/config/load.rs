@@ -526,7 +526,7 @@ mod tests {
                 "",
                 &[],
                 "herald.yml: server: unknown field `listn`, expected one of `listen`, `data_dir`, `log`, \
-                 `limits`, `engine`, `redis_url`, `cluster`, `mailbox`, `shutdown_grace_ms`, `drain_delay_ms`, `metrics`, `metrics_token` at line 2 column 3",
+                 `limits`, `engine`, `redis_url`, `cluster`, `mailbox`, `shutdown_grace_ms`, `drain_delay_ms`, `metrics`, `metrics_token`, `admin_token` at line 2 column 3",
             ),
             (
                 "server:\n  listen: nowhere\n",

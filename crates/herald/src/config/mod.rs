@@ -33,7 +33,7 @@ pub(crate) use load::load_from;
 pub use load::{load, process_env, Overrides, Sources};
 pub use outbound::{AmqpRoute, BrokerKind, BrokerTarget, MqttRoute, NatsRoute};
 pub use render::render_masked;
-pub use validate::{validate, JWT_ALGORITHMS};
+pub use validate::{validate, JWT_ALGORITHMS, MIN_ADMIN_TOKEN};
 
 /// The embedded default's site. A site of this name may start without an API key: `ensure_demo_key` gives it
 /// one, kept in the data directory.
@@ -84,6 +84,10 @@ pub struct ServerConfig {
     /// The bearer token `GET /metrics` asks for (`HERALD_METRICS_TOKEN`); without one anyone may scrape.
     /// Default none.
     pub metrics_token: Option<Secret>,
+    /// The token of the admin console at `/admin` and its API under `/api/v1/admin` (`HERALD_ADMIN_TOKEN`): sent
+    /// as `Authorization: Bearer <token>` or typed into the console's login form. At least 16 characters, no
+    /// whitespace. Without one the console and its API are off (404). Default none.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             drain_delay_ms: 2000,
             metrics: true,
             metrics_token: None,
+            admin_token: None,
         }
     }
 }

@@ -129,6 +129,7 @@ mod tests {
         let mut config = Config::default();
         config.server.redis_url = Some("redis://:redis-pass-1@r:6379".into());
         config.server.metrics_token = Some(Secret::new("metrics-token-11"));
+        config.server.admin_token = Some(Secret::new("admin-token-000012"));
         config.sites[0].api_keys = vec![Secret::new("demo-key-0123456789")];
         let mut hooked = SiteConfig::new("shop".into());
         hooked.api_keys = vec![Secret::new("shop-key-0123456789"), Secret::new("k2")];
@@ -214,6 +215,7 @@ mod tests {
             "jwt-secret-0123456789",
             "redis-pass-1",
             "metrics-token-11",
+            "admin-token-000012",
             "hook-pass-2",
             "hook-pass-4",
             "signing-secret-5",
@@ -248,6 +250,7 @@ mod tests {
             let mut server = config.server.clone();
             server.redis_url = Some("redis://:****@r:6379".into());
             server.metrics_token = Some(Secret::new("****11"));
+            server.admin_token = Some(Secret::new("****12"));
             server
         });
     }

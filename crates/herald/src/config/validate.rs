@@ -11,6 +11,9 @@ use crate::config::{
 };
 
 /// The JWT algorithms a site may name. `none` is not one of them.
+/// The fewest characters `server.admin_token` may have.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 pub const JWT_ALGORITHMS: &[&str] = &[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
     "ES384",
@@ -229,6 +232,14 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
         let token = token.expose();
         if token.is_empty() || token.chars().any(char::is_whitespace) {
             return Err(ConfigError::MetricsToken);
+        }
+    }
+    // The console's token guards every socket and a publish to any site: too short a one could be guessed even
+    // at the pace the console allows wrong tokens.
+    if let Some(token) = &server.admin_token {
+        let token = token.expose();
+        if token.chars().count() < MIN_ADMIN_TOKEN || token.chars().any(char::is_whitespace) {
+            return Err(ConfigError::AdminToken);
         }
     }
     if server.mailbox_store() == MailboxStoreKind::Redis && server.redis_url.is_none() {
@@ -1126,7 +1137,7 @@ mod tests {
     #[test]
     fn server_settings() {
         type Edit = fn(&mut ServerConfig);
-        let cases: [(Edit, &str); 22] = [
+        let cases: [(Edit, &str); 24] = [
             (
                 |s| s.limits.connects_per_ip_per_sec = Some(0),
                 "server.limits.connects_per_ip_per_sec must be greater than 0 (leave it out for no limit)",
@@ -1145,6 +1156,14 @@ mod tests {
             (
                 |s| s.limits.publishes_per_key_burst = Some(10),
                 "server.limits.publishes_per_key_burst is set without server.limits.publishes_per_key_per_sec",
+            ),
+            (
+                |s| s.admin_token = Some(crate::secret::Secret::new("short-token")),
+                "server.admin_token (HERALD_ADMIN_TOKEN) must be at least 16 characters, without whitespace",
+            ),
+            (
+                |s| s.admin_token = Some(crate::secret::Secret::new("a long token with spaces")),
+                "server.admin_token (HERALD_ADMIN_TOKEN) must be at least 16 characters, without whitespace",
             ),
             (
                 |s| s.metrics_token = Some(crate::secret::Secret::new("")),

@@ -48,6 +48,8 @@ pub struct ReloadReport {
 /// The running configuration and how to read it again. One reload runs at a time.
 pub(super) struct Reloader {
     pub factory: SiteFactory,
+    /// The configuration herald started with: its settings outside the sites are the ones that run.
+    pub started: Config,
     pub running: tokio::sync::Mutex<Running>,
     pub sources: parking_lot::Mutex<Option<Sources>>,
 }
@@ -85,7 +87,7 @@ impl Gateway {
         let mut running = reloader.running.lock().await;
         let current = &running.config;
         let mut report = ReloadReport {
-            restart_needed: restart_needed(current, &config),
+            restart_needed: restart_needed(&reloader.started, &config),
             ..ReloadReport::default()
         };
         let brokers_changed = broker_routes(current) != broker_routes(&config);
@@ -189,7 +191,7 @@ fn broker_routes(config: &Config) -> Vec<(&str, &str, &crate::config::EventRoute
         .collect()
 }
 
-/// The settings outside the sites that differ, as dotted paths (`server.redis_url`, `bridges`), less the
+/// The settings outside the sites that differ from the ones herald started with, as dotted paths (`server.redis_url`, `bridges`), less the
 /// limits a reload applies.
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let mut changed = Vec::new();

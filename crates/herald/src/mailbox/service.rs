@@ -10,7 +10,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::delivery::{self, Wake};
-use super::store::{Caps, DeviceKey, DeviceStatus, Entry, MailboxStore, NewEntry, StoreError};
+use super::store::{
+    Caps, DeviceKey, DeviceStatus, Entry, MailboxStore, NewEntry, Page, StoreError,
+};
 use crate::config::MailboxSettings;
 use crate::sites::RoomFilter;
 use crate::socketio::Socket;
@@ -279,6 +281,18 @@ impl Mailbox {
     /// `user`'s devices and what each has pending.
     pub async fn devices(&self, site: &str, user: &str) -> Result<Vec<DeviceStatus>, StoreError> {
         self.bounded(self.store.devices(site, user)).await
+    }
+
+    /// The oldest `max_entries` entries `key` has pending (at most `max_bytes` of payload), without acking
+    /// anything: what the admin console shows of a device's mailbox.
+    pub async fn pending(
+        &self,
+        key: &DeviceKey,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError> {
+        self.bounded(self.store.read(key, 0, max_entries, max_bytes))
+            .await
     }
 }
 

@@ -3,6 +3,8 @@
 //! for connection-state recovery and hand it to the cluster bus, then fan it out to this node's sockets. Other
 //! nodes fan out what the bus brings them (`Publisher::start`).
 
+pub mod tap;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,6 +150,8 @@ pub struct Publisher {
     pub cluster: Arc<Cluster>,
     /// Who publishes through this handle, for `herald_publishes_total` (`with_source`). Default `Api`.
     pub source: Source,
+    /// The admin console's live tails of what goes through.
+    pub tap: tap::Tap,
 }
 
 impl Publisher {
@@ -158,13 +162,18 @@ impl Publisher {
         };
         let sites = self.sites.clone();
         let node = Arc::clone(&self.cluster.node);
+        let tap = self.tap.clone();
         tokio::spawn(async move {
             while let Some(broadcast) = incoming.recv().await {
                 if broadcast.origin == node {
                     continue;
                 }
                 if let Some(site) = sites.get(&broadcast.site) {
-                    fan_out(&site, &broadcast);
+                    let matched = fan_out(&site, &broadcast);
+                    site.metrics.totals.delivered(matched);
+                    if tap.is_active() {
+                        tap.carried(&broadcast, matched);
+                    }
                 }
             }
         });
@@ -202,8 +211,20 @@ impl Publisher {
         let started = Instant::now();
         let result = self.publish_timed(site, request, resync).await;
         site.metrics.publish_duration.record(started.elapsed());
-        if result.is_ok() {
+        if let Ok(outcome) = &result {
             site.metrics.published(source);
+            site.metrics
+                .totals
+                .published(outcome.matched + outcome.online);
+        }
+        if self.tap.is_active() {
+            self.tap.published(
+                source,
+                &self.cluster.node,
+                &site.config.name,
+                request,
+                &result,
+            );
         }
         result
     }

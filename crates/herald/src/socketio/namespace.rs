@@ -132,6 +132,16 @@ impl Namespace {
         self.sockets.read().values().for_each(f);
     }
 
+    /// Every room with its member count, under the rooms' read lock (the admin console's listing). Socket ids
+    /// are not among them.
+    pub fn room_sizes(&self) -> Vec<(String, usize)> {
+        self.rooms
+            .read()
+            .iter()
+            .map(|(room, members)| (room.to_string(), members.len()))
+            .collect()
+    }
+
     /// The sockets in `room`.
     pub fn room_sockets(&self, room: &str) -> Vec<Arc<Socket>> {
         let mut found: Vec<_> = self
