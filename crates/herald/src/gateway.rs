@@ -76,7 +76,7 @@ pub struct Gateway {
     /// The socket.io Redis emitter bridge, when it runs.
     pub emitter: Option<crate::bridges::emitter::Emitter>,
     /// The broker bridges' states, then the event routes to brokers'.
-    pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
+    pub bridges: crate::bridges::status::Statuses,
     /// `GET /metrics`, unless `server.metrics` is off.
     pub metrics: Option<crate::metrics::Endpoint>,
     /// `limits.publishes_per_key_per_sec`, when set (the connect rate is the engine's).
@@ -301,18 +301,19 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         stop: crate::bridges::Stop::default(),
     };
     let bridge_stop = bridge_context.stop.clone();
-    let mut bridges = crate::bridges::start_inbound(
-        config,
-        &publisher.with_source(Source::Bridge),
-        &bridge_context,
+    let bridges = crate::bridges::status::Statuses::new(
+        crate::bridges::start_inbound(
+            config,
+            &publisher.with_source(Source::Bridge),
+            &bridge_context,
+        ),
+        rules.brokers.statuses(),
     );
-    bridges.extend(rules.brokers.statuses());
-    let bridges = Arc::new(bridges);
     let metrics = recorder.map(|handle| crate::metrics::Endpoint {
         handle,
         token: config.server.metrics_token.clone(),
         sites: sites.clone(),
-        bridges: Arc::clone(&bridges),
+        bridges: bridges.clone(),
         directory: Arc::clone(&publisher.cluster.directory),
     });
     let admin = config
@@ -412,7 +413,7 @@ impl Gateway {
             sites: self.sites.clone(),
             publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
-            bridges: Arc::clone(&self.bridges),
+            bridges: self.bridges.clone(),
             publish_rate: self.publish_rate.clone(),
         };
         let admin = self.admin.as_ref().map(|admin| {

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::bridges::status::BridgeStatus;
 use crate::cluster::Directory;
 use crate::engine::Transport;
 use crate::secret::Secret;
@@ -431,7 +430,7 @@ pub struct Endpoint {
     /// `server.metrics_token`: when set, a scrape must carry `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
     pub sites: Sites,
-    pub bridges: Arc<Vec<Arc<BridgeStatus>>>,
+    pub bridges: crate::bridges::status::Statuses,
     pub directory: Arc<dyn Directory>,
 }
 
@@ -487,7 +486,7 @@ impl Endpoint {
         }
         metrics::gauge!(MAILBOX_PENDING).set(pending as f64);
         metrics::gauge!(CLUSTER_NODES).set((1 + self.directory.peers().len()) as f64);
-        for bridge in self.bridges.iter() {
+        for bridge in self.bridges.all() {
             let counts = bridge.describe();
             for result in ["published", "rejected", "retried"] {
                 let count = counts[result].as_u64().unwrap_or(0);

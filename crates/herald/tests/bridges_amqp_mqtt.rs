@@ -87,7 +87,7 @@ async fn wait_up(gateway: &Gateway) {
 }
 
 async fn wait_state(gateway: &Gateway, state: State) {
-    let status = &gateway.bridges[0];
+    let status = &gateway.bridges.all()[0];
     timeout(WAIT, async {
         while status.state() != state {
             sleep(Duration::from_millis(20)).await;
@@ -99,7 +99,7 @@ async fn wait_state(gateway: &Gateway, state: State) {
 
 /// Waits until the bridge's counters are `published` and `rejected`; answers its status.
 async fn wait_counts(gateway: &Gateway, published: u64, rejected: u64) -> Value {
-    let status = &gateway.bridges[0];
+    let status = &gateway.bridges.all()[0];
     timeout(WAIT, async {
         loop {
             let described = status.describe();
@@ -398,7 +398,7 @@ async fn amqp_bridge_reports_a_broker_it_cannot_reach_without_the_password() {
         ..Config::default()
     };
     let (_, gateway) = common::start_gateway(config).await;
-    let status = &gateway.bridges[0];
+    let status = &gateway.bridges.all()[0];
     timeout(WAIT, async {
         while status.state() != State::Down {
             sleep(Duration::from_millis(20)).await;
@@ -486,7 +486,7 @@ async fn mqtt_raw_mode_takes_the_room_from_the_topic_and_retains() {
         retained(addr, "focus", &room).await,
         [json!({"event": "state", "args": ["paused"]})]
     );
-    assert_eq!(gateway.bridges[0].describe()["rejected"], 0);
+    assert_eq!(gateway.bridges.all()[0].describe()["rejected"], 0);
 }
 
 /// A gateway of a cluster on Redis database 14, with `bridge`.
@@ -551,7 +551,11 @@ async fn mqtt_cluster_nodes_share_the_subscription() {
     expected.sort();
     assert_eq!(received, expected);
     assert_quiet(&mut client).await;
-    let count = |g: &Gateway| g.bridges[0].describe()["published"].as_u64().unwrap_or(0);
+    let count = |g: &Gateway| {
+        g.bridges.all()[0].describe()["published"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     assert_eq!(count(&a) + count(&b), total, "each message on one node");
     assert!(
         count(&a) > 0 && count(&b) > 0,
@@ -565,7 +569,7 @@ async fn mqtt_cluster_nodes_share_the_subscription() {
 
 /// Waits until the bridge has retried at least once.
 async fn wait_retried(gateway: &Gateway) {
-    let status = &gateway.bridges[0];
+    let status = &gateway.bridges.all()[0];
     timeout(WAIT, async {
         while status.describe()["retried"] == 0 {
             sleep(Duration::from_millis(20)).await;
@@ -588,7 +592,7 @@ async fn amqp_retries_in_order_while_the_store_is_down() {
         amqp_publish(&channel, "", &queue, format!("{n}").as_bytes()).await;
     }
     wait_retried(&gateway).await;
-    assert_eq!(gateway.bridges[0].describe()["published"], 0);
+    assert_eq!(gateway.bridges.all()[0].describe()["published"], 0);
     relay.set_cut(false);
 
     // Requeued, not lost, and taken again in the queue's order: the last one is what the room keeps.
@@ -615,7 +619,7 @@ async fn mqtt_retries_in_order_while_the_store_is_down() {
         mqtt_publish(&publisher, &topic, format!("{n}").as_bytes()).await;
     }
     wait_retried(&gateway).await;
-    assert_eq!(gateway.bridges[0].describe()["published"], 0);
+    assert_eq!(gateway.bridges.all()[0].describe()["published"], 0);
     relay.set_cut(false);
 
     wait_counts(&gateway, 3, 0).await;
@@ -639,7 +643,7 @@ where
     let (mut client, _) = join(addr, "shop").await;
     relay.set_cut(true);
     wait_state(&gateway, State::Down).await;
-    let error = gateway.bridges[0].describe()["last_error"].to_string();
+    let error = gateway.bridges.all()[0].describe()["last_error"].to_string();
     assert!(
         !error.contains("hunter2") && !error.contains("://"),
         "{error}"

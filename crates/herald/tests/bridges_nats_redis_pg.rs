@@ -93,7 +93,7 @@ async fn gateway(site: &SiteConfig, bridges: Vec<BridgeConfig>) -> (SocketAddr, 
         ..Config::default()
     };
     let (addr, gateway) = common::start_gateway(config).await;
-    for index in 0..gateway.bridges.len() {
+    for index in 0..gateway.bridges.all().len() {
         wait_state(&gateway, index, &[State::Up]).await;
     }
     (addr, gateway)
@@ -101,7 +101,7 @@ async fn gateway(site: &SiteConfig, bridges: Vec<BridgeConfig>) -> (SocketAddr, 
 
 /// Waits until bridge `index` of `gateway` is in one of `states`.
 async fn wait_state(gateway: &Gateway, index: usize, states: &[State]) -> State {
-    let status = &gateway.bridges[index];
+    let status = &gateway.bridges.all()[index];
     timeout(WAIT, async {
         loop {
             let state = status.state();
@@ -156,7 +156,7 @@ async fn assert_quiet(client: &mut WsClient) {
 
 /// The counter `field` of bridge `index`.
 fn counter(gateway: &Gateway, index: usize, field: &str) -> u64 {
-    gateway.bridges[index].describe()[field]
+    gateway.bridges.all()[index].describe()[field]
         .as_u64()
         .expect("a counter")
 }
@@ -568,7 +568,7 @@ async fn a_cluster_publishes_each_message_once() {
             states.push(wait_state(gateway, index, &[State::Up, State::Standby]).await);
         }
         timeout(WAIT, async {
-            while a.bridges[index].state() == b.bridges[index].state() {
+            while a.bridges.all()[index].state() == b.bridges.all()[index].state() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

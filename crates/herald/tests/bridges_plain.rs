@@ -85,7 +85,7 @@ async fn start(site_name: &str, bridge: BridgeConfig) -> (SocketAddr, Gateway) {
     };
     config.server.engine.sse_ping_ms = SSE_PING_MS;
     let (addr, gateway) = common::start_gateway(config).await;
-    let status = &gateway.bridges[0];
+    let status = &gateway.bridges.all()[0];
     timeout(WAIT, async {
         while status.state() != State::Up {
             sleep(Duration::from_millis(20)).await;
@@ -99,7 +99,7 @@ async fn start(site_name: &str, bridge: BridgeConfig) -> (SocketAddr, Gateway) {
 /// Waits until the bridge's counters are `published` and `rejected` (a counter moves just after the frame it
 /// counts went out).
 async fn wait_counts(gateway: &Gateway, published: u64, rejected: u64) {
-    let status = &gateway.bridges[0];
+    let status = &gateway.bridges.all()[0];
     timeout(WAIT, async {
         loop {
             let described = status.describe();

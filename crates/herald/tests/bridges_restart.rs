@@ -128,7 +128,7 @@ impl Harness {
             ..Config::default()
         };
         let (addr, gateway) = common::start_gateway(config).await;
-        let status = Arc::clone(&gateway.bridges[0]);
+        let status = Arc::clone(&gateway.bridges.all()[0]);
         timeout(WAIT, async {
             while status.state() != State::Up {
                 sleep(Duration::from_millis(20)).await;
@@ -183,7 +183,7 @@ impl Harness {
     }
 
     fn status(&self) -> Value {
-        self.gateway.bridges[0].describe()
+        self.gateway.bridges.all()[0].describe()
     }
 
     /// Waits until `done`; fails saying `what` with what the client got and the bridge's status.
@@ -469,7 +469,7 @@ async fn mqtt_stopping_herald_removes_its_persistent_session() {
         ..Config::default()
     };
     let (_, gateway) = common::start_gateway(config).await;
-    let status = Arc::clone(&gateway.bridges[0]);
+    let status = Arc::clone(&gateway.bridges.all()[0]);
     let mut clients = sys_clients_total(broker.port);
     let wait_clients = |clients: &mut tokio::sync::watch::Receiver<Option<u64>>, n: u64| {
         let mut clients = clients.clone();

@@ -215,6 +215,7 @@ fn status_of(gateway: &Gateway, event: &str) -> Value {
     let prefix = format!("{event} →");
     gateway
         .bridges
+        .all()
         .iter()
         .map(|s| s.describe())
         .find(|s| s["bridge"].as_str().is_some_and(|l| l.starts_with(&prefix)))
@@ -860,4 +861,50 @@ async fn nats_link_reconnects_after_losing_the_server() {
         .expect("the subscription is open");
     let body: Value = serde_json::from_slice(&message.payload).expect("JSON");
     assert_eq!(body["args"], json!(["back"]));
+}
+
+// ---------------------------------------------------------------------------------------------------- reload
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_a_route_to_another_subject_and_keeps_the_socket() {
+    let base = unique("herald.test.reload.");
+    let server = nats_client().await;
+    let mut subscriber = server
+        .subscribe(format!("{base}.>"))
+        .await
+        .expect("subscribe");
+    server.flush().await.expect("flush");
+    let mut site = site(vec![("bid", nats(NATS_URL, &format!("{base}.old")))]);
+    let (addr, gateway) = gateway(&site).await;
+    let mut client = join(addr, &site, &unique("u"), "lot").await;
+    assert_eq!(client.emit("bid", &[json!(1)]).await, QUEUED());
+    let first = timeout(WAIT, subscriber.next()).await.expect("in time");
+    assert_eq!(first.expect("open").subject.as_str(), format!("{base}.old"));
+
+    site.events
+        .insert("bid".into(), nats(NATS_URL, &format!("{base}.new")));
+    let report = gateway
+        .reload(Config {
+            sites: vec![site.clone()],
+            ..Config::default()
+        })
+        .await
+        .expect("the reload is taken");
+    assert_eq!(report.changed, [site.name.clone()]);
+    let label = status_of(&gateway, "bid")["bridge"].to_string();
+    assert!(label.contains(&format!("{base}.new")), "{label}");
+    assert_eq!(
+        gateway.bridges.all().len(),
+        1,
+        "the old route's status is gone"
+    );
+
+    // The same socket, its next event on the new subject.
+    assert_eq!(client.emit("bid", &[json!(2)]).await, QUEUED());
+    let second = timeout(WAIT, subscriber.next()).await.expect("in time");
+    assert_eq!(
+        second.expect("open").subject.as_str(),
+        format!("{base}.new")
+    );
+    client.assert_connected().await;
 }

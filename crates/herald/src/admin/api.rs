@@ -61,7 +61,13 @@ pub async fn overview(_: AdminAuth, State(state): State<AdminState>) -> Json<Val
             .into_iter()
             .map(|(id, url)| json!({"id": &*id, "url": url, "self": false})),
     );
-    let bridges: Vec<Value> = state.api.bridges.iter().map(|b| b.describe()).collect();
+    let bridges: Vec<Value> = state
+        .api
+        .bridges
+        .all()
+        .iter()
+        .map(|b| b.describe())
+        .collect();
     Json(json!({
         "node": &*cluster.node,
         "version": env!("CARGO_PKG_VERSION"),

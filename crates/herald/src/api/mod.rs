@@ -33,7 +33,7 @@ pub struct ApiState {
     /// Largest request body, in bytes.
     pub max_publish_bytes: usize,
     /// The broker bridges' states, for `/api/v1/status`.
-    pub bridges: std::sync::Arc<Vec<std::sync::Arc<crate::bridges::status::BridgeStatus>>>,
+    pub bridges: crate::bridges::status::Statuses,
     /// `limits.publishes_per_key_per_sec`, when set.
     pub publish_rate: Option<std::sync::Arc<crate::rate::PublishRate>>,
 }

@@ -27,6 +27,7 @@ pub async fn status(
     }
     let bridges: Vec<Value> = state
         .bridges
+        .all()
         .iter()
         .filter(|b| sites.contains(&b.site.as_str()))
         .map(|b| b.describe())

@@ -11,6 +11,34 @@ use serde_json::{json, Value};
 
 use super::inbound::Handled;
 
+/// Every bridge's status, then every broker route's, as one list: the bridges run as long as the process, the
+/// routes are made again when a reload changes them (`set_routes`). Clones share the list.
+#[derive(Debug, Clone, Default)]
+pub struct Statuses {
+    bridges: Arc<Vec<Arc<BridgeStatus>>>,
+    routes: Arc<arc_swap::ArcSwap<Vec<Arc<BridgeStatus>>>>,
+}
+
+impl Statuses {
+    pub fn new(bridges: Vec<Arc<BridgeStatus>>, routes: Vec<Arc<BridgeStatus>>) -> Self {
+        Statuses {
+            bridges: Arc::new(bridges),
+            routes: Arc::new(arc_swap::ArcSwap::from_pointee(routes)),
+        }
+    }
+
+    /// The bridges', then the routes' statuses, as they are now.
+    pub fn all(&self) -> Vec<Arc<BridgeStatus>> {
+        let routes = self.routes.load();
+        self.bridges.iter().chain(routes.iter()).cloned().collect()
+    }
+
+    /// The broker routes' statuses after a reload made them again.
+    pub(crate) fn set_routes(&self, routes: Vec<Arc<BridgeStatus>>) {
+        self.routes.store(Arc::new(routes));
+    }
+}
+
 /// Where a bridge's connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

@@ -140,6 +140,9 @@ impl Gateway {
             report.removed.push(site.config.name.clone());
         }
         report.removed.sort();
+        if brokers_changed {
+            self.bridges.set_routes(rules.brokers.statuses());
+        }
         log(&report);
         *running = Running { config, rules };
         Ok(report)
