@@ -20,6 +20,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod outbound;
 pub mod plain;
+pub mod probe;
 pub mod publish;
 mod recovery;
 pub mod retained;
