@@ -113,6 +113,7 @@ pub fn load_config(
         sites_file: sites_file.map(|_| SITES.into()),
         env,
         flags: Overrides::default(),
+        ..Sources::default()
     };
     crate::config::load_from(&sources, |path: &Path| {
         let text = if path == Path::new(SERVER) {
@@ -122,6 +123,7 @@ pub fn load_config(
         };
         Ok(text.unwrap_or_default().to_owned())
     })
+    .map(|loaded| loaded.config)
 }
 
 #[cfg(test)]

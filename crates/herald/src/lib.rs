@@ -22,6 +22,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod outbound;
 pub mod plain;
+pub mod probe;
 pub mod publish;
 pub mod rate;
 mod recovery;

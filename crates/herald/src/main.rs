@@ -1,14 +1,14 @@
 //! The `herald` binary: parses the command line, loads the config (reporting a bad one in one line, exit 64,
-//! before any port is bound), and runs the library: `serve`, `check-config`, `send`, `token`.
+//! before any port is bound), and runs the library: `serve`, `check-config`, `send`, `token`, `healthcheck`.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use herald::config::{self, Config, Overrides, Sources};
+use herald::config::{self, Config, Notice, Overrides, Sources};
 
 /// A configuration that cannot run: reported in one line before any port is bound.
 const EXIT_CONFIG: u8 = 64;
@@ -34,9 +34,12 @@ enum Command {
     Send(SendArgs),
     /// Mint a JWT for a site with a JWT secret, for testing.
     Token(TokenArgs),
+    /// Exit 0 when the running herald answers 200 at /healthcheck, else 1 (a container's HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
 }
 
-/// Where the configuration comes from: file < environment < these flags.
+/// Where the configuration comes from: files < environment < these flags. Without --config, crossroads'
+/// config.yml and sites.yml are also read from the working directory, as crossroads read them.
 #[derive(Debug, Args)]
 struct SourceFlags {
     /// Server config file (YAML). Also HERALD_CONFIG.
@@ -45,6 +48,9 @@ struct SourceFlags {
     /// Sites file, crossroads' sites.yml format. Also HERALD_SITES.
     #[arg(long, global = true, env = "HERALD_SITES")]
     sites: Option<PathBuf>,
+    /// crossroads' config.yml; NODE_ENV picks its section (default production). Also HERALD_CROSSROADS_CONFIG.
+    #[arg(long, global = true, env = "HERALD_CROSSROADS_CONFIG")]
+    crossroads_config: Option<PathBuf>,
     /// Address to listen on, e.g. 0.0.0.0:3000.
     #[arg(long, global = true)]
     listen: Option<std::net::SocketAddr>,
@@ -86,6 +92,16 @@ struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+struct HealthcheckArgs {
+    /// The URL to GET; default http://<the configured listen address>/healthcheck, on loopback for 0.0.0.0.
+    #[arg(long)]
+    url: Option<String>,
+    /// Seconds the answer may take.
+    #[arg(long, default_value_t = 3)]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
 struct TokenArgs {
     #[arg(long)]
     site: String,
@@ -107,6 +123,17 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&cli.sources),
         Command::Send(args) => send(args),
         Command::Token(args) => token(&cli.sources, args),
+        // Docker reads any exit code but 0 and 1 as a fault of the check itself, so a check that cannot run
+        // (a bad config, no answer) is 1: unhealthy.
+        Command::Healthcheck(args) => {
+            return match healthcheck(&cli.sources, &args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("herald healthcheck: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,11 +164,14 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// The configuration's sources the flags name, read again on a reload.
+/// The sources the flags and the environment name, with crossroads' files from the working directory; read
+/// again on a reload.
 fn sources(flags: &SourceFlags) -> Sources {
     Sources {
         server_file: flags.config.clone(),
         sites_file: flags.sites.clone(),
+        crossroads_file: flags.crossroads_config.clone(),
+        found_in_cwd: Vec::new(),
         env: config::process_env(),
         flags: Overrides {
             listen: flags.listen,
@@ -151,10 +181,15 @@ fn sources(flags: &SourceFlags) -> Sources {
             log_level: flags.log_level.clone(),
         },
     }
+    // The empty path is the working directory, and the files found are named `config.yml` in messages.
+    .find_crossroads_files(Path::new(""))
 }
 
-fn load(flags: &SourceFlags) -> Result<Config, Failure> {
-    let mut config = config::load(&sources(flags)).map_err(|e| Failure::Config(e.to_string()))?;
+/// The configuration to run, with the notices to log once logging is set up.
+fn load(flags: &SourceFlags) -> Result<(Config, Vec<Notice>), Failure> {
+    let loaded =
+        config::load_with_notices(&sources(flags)).map_err(|e| Failure::Config(e.to_string()))?;
+    let mut config = loaded.config;
     if let Some(key) =
         config::ensure_demo_key(&mut config).map_err(|e| Failure::Config(e.to_string()))?
     {
@@ -162,18 +197,33 @@ fn load(flags: &SourceFlags) -> Result<Config, Failure> {
         println!("demo site API key: {}", key.expose());
     }
     config::validate(&config).map_err(|e| Failure::Config(e.to_string()))?;
-    Ok(config)
+    Ok((config, loaded.notices))
 }
 
 fn check_config(flags: &SourceFlags) -> Result<(), Failure> {
-    let config = load(flags)?;
+    let (config, notices) = load(flags)?;
+    for notice in notices {
+        let kind = if notice.is_warning() {
+            "warning"
+        } else {
+            "note"
+        };
+        eprintln!("herald: {kind}: {notice}");
+    }
     print!("{}", config::render_masked(&config));
     Ok(())
 }
 
 fn serve(flags: &SourceFlags) -> Result<(), Failure> {
-    let config = load(flags)?;
+    let (config, notices) = load(flags)?;
     herald::logging::init(config.server.log.json, &config.server.log.level);
+    for notice in notices {
+        if notice.is_warning() {
+            tracing::warn!("{notice}");
+        } else {
+            tracing::info!("{notice}");
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         // The mailbox store opens here, so a store that cannot open is reported before any port is bound.
@@ -265,8 +315,24 @@ fn send(args: SendArgs) -> Result<(), Failure> {
     }
 }
 
+/// Probes `--url`, or the address the configuration listens on: the same files and environment as the server
+/// (a container's PORT included), without writing anything.
+fn healthcheck(flags: &SourceFlags, args: &HealthcheckArgs) -> Result<(), String> {
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => {
+            let config = config::load(&sources(flags)).map_err(|e| e.to_string())?;
+            if config.server.listen.port() == 0 {
+                return Err("the configured port is 0 (any free port): give --url".into());
+            }
+            herald::probe::local_url(config.server.listen)
+        }
+    };
+    herald::probe::probe(&url, Duration::from_secs(args.timeout)).map_err(|e| e.to_string())
+}
+
 fn token(flags: &SourceFlags, args: TokenArgs) -> Result<(), Failure> {
-    let config = load(flags)?;
+    let (config, _) = load(flags)?;
     let site = config
         .sites
         .iter()

@@ -86,14 +86,31 @@ impl Visitor<'_> for KeyVisitor {
     }
 }
 
-/// Parses the text of a sites file into sites, in the file's order; `path` only names it in errors.
-pub(crate) fn parse_sites(path: &Path, text: &str) -> Result<Vec<SiteConfig>, ConfigError> {
+/// Parses the text of a sites file into sites, in the file's order; `path` only names it in errors. A site
+/// without `deviceTtl` keeps mailboxes for `default_ttl` seconds when given (crossroads' `config.yml` sets it for
+/// every site), else for `SiteConfig`'s default.
+pub(crate) fn parse_sites(
+    path: &Path,
+    text: &str,
+    default_ttl: Option<u64>,
+) -> Result<Vec<SiteConfig>, ConfigError> {
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: redact(&e.to_string()),
+    })?;
+    sites_from_value(path, value, default_ttl)
+}
+
+/// [`parse_sites`] over YAML already read: a sites file, or the `sites:` of a crossroads `config.yml` section.
+pub(crate) fn sites_from_value(
+    path: &Path,
+    value: Value,
+    default_ttl: Option<u64>,
+) -> Result<Vec<SiteConfig>, ConfigError> {
     let parse_error = |message: String| ConfigError::ParseFile {
         path: path.to_owned(),
         message,
     };
-    let value: Value =
-        serde_yaml_ng::from_str(text).map_err(|e| parse_error(redact(&e.to_string())))?;
     let mapping = match value {
         // An empty file (or one with only comments) defines no site.
         Value::Null => return Ok(Vec::new()),
@@ -110,7 +127,7 @@ pub(crate) fn parse_sites(path: &Path, text: &str) -> Result<Vec<SiteConfig>, Co
             let name = site_name(&name).ok_or_else(|| {
                 parse_error("a site name must be a string (a key of the top-level map)".into())
             })?;
-            to_site(path, name, body)
+            to_site(path, name, body, default_ttl)
         })
         .collect()
 }
@@ -124,7 +141,12 @@ fn site_name(key: &Value) -> Option<String> {
     }
 }
 
-fn to_site(path: &Path, name: String, body: Value) -> Result<SiteConfig, ConfigError> {
+fn to_site(
+    path: &Path,
+    name: String,
+    body: Value,
+    default_ttl: Option<u64>,
+) -> Result<SiteConfig, ConfigError> {
     let body = if body.is_null() {
         Value::Mapping(Default::default())
     } else {
@@ -136,11 +158,16 @@ fn to_site(path: &Path, name: String, body: Value) -> Result<SiteConfig, ConfigE
             site: name.clone(),
             message: redact(&e.to_string()),
         })?;
-    parsed.into_site(path, name)
+    parsed.into_site(path, name, default_ttl)
 }
 
 impl CrossroadsSite {
-    fn into_site(self, path: &Path, name: String) -> Result<SiteConfig, ConfigError> {
+    fn into_site(
+        self,
+        path: &Path,
+        name: String,
+        default_ttl: Option<u64>,
+    ) -> Result<SiteConfig, ConfigError> {
         let auth = self.auth_config(path, &name)?;
         let mut site = SiteConfig::new(name);
         site.auth = auth;
@@ -153,7 +180,7 @@ impl CrossroadsSite {
         site.user_room_prefix = self.user_room_prefix;
         site.update_user_url = self.update_user_url;
         site.public_channel = self.public_channel;
-        if let Some(ttl) = self.device_ttl {
+        if let Some(ttl) = self.device_ttl.or(default_ttl) {
             site.device_ttl_secs = ttl;
         }
         site.max_connections = self.max_connections;
@@ -194,7 +221,7 @@ mod tests {
     use crate::auth::{JwtConfig, WebhookConfig};
 
     fn parse(text: &str) -> Result<Vec<SiteConfig>, ConfigError> {
-        parse_sites(Path::new("sites.yml"), text)
+        parse_sites(Path::new("sites.yml"), text, None)
     }
 
     #[test]

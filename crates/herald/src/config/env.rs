@@ -72,6 +72,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "HERALD_SITES",
         "path of the sites file (crossroads' sites.yml); the --sites flag wins",
     ),
+    (
+        "HERALD_CROSSROADS_CONFIG",
+        "path of crossroads' config.yml; the --crossroads-config flag wins",
+    ),
+    (
+        "NODE_ENV",
+        "the section of crossroads' config.yml to read (default `production`)",
+    ),
 ];
 
 /// The names that define or override the one environment site; any of them set makes `SITE_NAME` default to
@@ -98,6 +106,8 @@ pub(crate) struct EnvConfig {
     pub node_url: Option<String>,
     pub metrics_token: Option<Secret>,
     pub admin_token: Option<Secret>,
+    /// `NODE_ENV`: the section of crossroads' `config.yml` to read.
+    pub node_env: Option<String>,
     pub site: Option<EnvSite>,
 }
 
@@ -136,6 +146,7 @@ pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigE
         node_url: get("HERALD_NODE_URL"),
         metrics_token: get("HERALD_METRICS_TOKEN").map(Secret::new),
         admin_token: get("HERALD_ADMIN_TOKEN").map(Secret::new),
+        node_env: get("NODE_ENV"),
         site: parse_site(&get)?,
     })
 }

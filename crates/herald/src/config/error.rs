@@ -69,6 +69,25 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    /// A crossroads `config.yml` without the section of the environment herald reads.
+    #[error(
+        "{}: no `{environment}` section (NODE_ENV picks the section, production by default); {}",
+        one_line(path.display()),
+        SectionList(found),
+        environment = one_line(environment)
+    )]
+    CrossroadsNoSection {
+        path: PathBuf,
+        environment: String,
+        found: Vec<String>,
+    },
+    /// A key of a crossroads `config.yml` whose value herald cannot use; the value (maybe a secret) is not shown.
+    #[error("{}: {key}: expected {expected}", one_line(path.display()), key = one_line(key))]
+    CrossroadsValue {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+    },
     #[error(
         "environment AUTH_SCHEME: site '{site}' has no auth webhook; set AUTH_URL too",
         site = one_line(site)
@@ -250,11 +269,11 @@ impl ConfigError {
 /// Text from a file, the environment or the command line (a site name, a value, a path, a field name in a
 /// parser's message) as an error shows it: control characters, line breaks among them, are escaped (`\n`,
 /// `\u{1b}`), so the error stays one line.
-fn one_line<T: fmt::Display>(text: T) -> OneLine<T> {
+pub(crate) fn one_line<T: fmt::Display>(text: T) -> OneLine<T> {
     OneLine(text)
 }
 
-struct OneLine<T>(T);
+pub(crate) struct OneLine<T>(T);
 
 impl<T: fmt::Display> fmt::Display for OneLine<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -274,6 +293,22 @@ impl<T: fmt::Display> fmt::Display for OneLine<T> {
         }
 
         fmt::Write::write_fmt(&mut Escaped(f), format_args!("{}", self.0))
+    }
+}
+
+/// The sections a crossroads `config.yml` has, for [`ConfigError::CrossroadsNoSection`].
+struct SectionList<'a>(&'a [String]);
+
+impl fmt::Display for SectionList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((first, rest)) = self.0.split_first() else {
+            return f.write_str("it has none");
+        };
+        write!(f, "its sections: {}", one_line(first))?;
+        for name in rest {
+            write!(f, ", {}", one_line(name))?;
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
 //! herald's configuration: one `Config` tree, every field documented with its unit and default. `Default` is
 //! the embedded default `herald` runs with out of the box. Loading (file < environment < flags) lives in
-//! `load.rs`, the environment in `env.rs`, crossroads' `sites.yml` in `crossroads.rs`, the rules in
-//! `validate.rs`, the demo site's generated key in `demo_key.rs` and `check-config`'s output in `render.rs`.
+//! `load.rs`, the environment in `env.rs`, crossroads' `sites.yml` in `crossroads.rs` and its `config.yml` in
+//! `crossroads_config.rs`, what loading notes in `notice.rs`, the rules in `validate.rs`, the demo site's
+//! generated key in `demo_key.rs` and `check-config`'s output in `render.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,10 +15,12 @@ use crate::secret::Secret;
 
 mod bridge;
 mod crossroads;
+mod crossroads_config;
 mod demo_key;
 mod env;
 mod error;
 mod load;
+mod notice;
 mod outbound;
 mod render;
 mod validate;
@@ -30,7 +33,11 @@ pub use demo_key::{ensure_demo_key, DEMO_KEY_FILE};
 pub use env::{DEFAULT_ENV_SITE, ENVIRONMENT};
 pub use error::{ConfigError, KeysFound};
 pub(crate) use load::load_from;
-pub use load::{load, process_env, Overrides, Sources};
+pub use load::{
+    load, load_with_notices, process_env, Loaded, Overrides, Sources, CROSSROADS_CONFIG_FILE,
+    CROSSROADS_SITES_FILE,
+};
+pub use notice::Notice;
 pub use outbound::{AmqpRoute, BrokerKind, BrokerTarget, MqttRoute, NatsRoute};
 pub use render::render_masked;
 pub use validate::{validate, JWT_ALGORITHMS, MIN_ADMIN_TOKEN};

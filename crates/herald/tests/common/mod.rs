@@ -1,9 +1,10 @@
 //! Shared helpers of herald's integration tests: an in-process socket.io server on 127.0.0.1:0 with a recording
 //! namespace handler, a hand-written HTTP/1.1 client, and raw WebSocket clients (with and without a pump task);
-//! `broker`: private brokers that the tests can restart.
+//! `broker`: private brokers that the tests can restart; `herald_process`: the `herald` binary as a process.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod broker;
+pub mod herald_process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
