@@ -36,14 +36,17 @@ use crate::socketio::{
     Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, PendingCatchUp,
     Refusal, Socket, SocketIo, SocketIoConfig,
 };
+use crate::tls::{ServerTls, Trust};
 
 /// A site's configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("site '{site}': {source}")]
     Auth { site: String, source: AuthError },
-    #[error("cannot create the HTTP client for auth webhooks: {0}")]
+    #[error("cannot create an HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot open the mailbox store: {0}")]
     Mailbox(#[from] StoreError),
     #[error("cannot read retained state: {0}")]
@@ -71,6 +74,10 @@ pub struct Gateway {
     pub bridges: Arc<Vec<Arc<crate::bridges::status::BridgeStatus>>>,
     /// `GET /metrics`, unless `server.metrics` is off.
     pub metrics: Option<crate::metrics::Endpoint>,
+    /// The certificate served, with `server.tls`; `lifecycle::reload` re-reads it.
+    pub tls: Option<ServerTls>,
+    /// The client the socket API asks other nodes with.
+    peers: crate::cluster::peers::Peers,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
     /// Tells the broker bridges the process stops (`stop_bridges`).
@@ -107,10 +114,10 @@ struct Stores {
 
 /// Opens the configured store. The embedded one first marks the devices a killed herald left connected as
 /// disconnected: none is connected before we serve.
-async fn open_stores(config: &Config) -> Result<Stores, GatewayError> {
+async fn open_stores(config: &Config, trust: &Trust) -> Result<Stores, GatewayError> {
     let server = &config.server;
     if let (MailboxStoreKind::Redis, Some(url)) = (server.mailbox_store(), &server.redis_url) {
-        let store = Arc::new(RedisStore::connect(url).await?);
+        let store = Arc::new(RedisStore::connect(url, trust).await?);
         return Ok(Stores {
             mailbox: store.clone(),
             retained: store,
@@ -175,17 +182,22 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         .map(|s| format!("/{}", s.name))
         .collect();
     io.add_namespace("/", RootNamespace::new(&site_names));
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+    // The files first: a bad certificate is reported before anything connects.
+    let (tls, trust) = crate::tls::load(&config.server)?;
+    let http = trust
+        .http_client()
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
-    let stores = open_stores(config).await?;
+    let peers =
+        crate::cluster::peers::Peers::new(&trust).map_err(|e| GatewayError::Http(e.to_string()))?;
+    let stores = open_stores(config, &trust).await?;
     let mailbox = open_mailbox(config, &stores).await?;
     let node = crate::cluster::new_node_id();
     let registry = match &config.server.redis_url {
         Some(url) => Some(
             Registry::connect(
                 url,
+                &trust,
                 Arc::clone(&node),
                 config.server.node_url(),
                 Duration::from_millis(config.server.cluster.node_ttl_ms),
@@ -215,7 +227,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 timeout: Duration::from_millis(config.server.mailbox.store_timeout_ms),
                 max_packets: config.server.cluster.recovery_max_packets,
             };
-            let bus = RedisBus::connect(url, options).await?;
+            let bus = RedisBus::connect(url, &trust, options).await?;
             let targets = config
                 .sites
                 .iter()
@@ -237,7 +249,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                     ttls,
                 }));
             }
-            let sessions = RedisSessions::connect(url, &node).await?;
+            let sessions = RedisSessions::connect(url, &trust, &node).await?;
             registry.add_reaper(Arc::new(SessionReaper {
                 sessions: sessions.clone(),
                 windows: recovery_windows(config),
@@ -325,17 +337,10 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         });
     }
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
-    if config.server.redis_url.is_some() && cluster.url.starts_with("https://") {
-        tracing::warn!(
-            url = %cluster.url,
-            "peers forward polling requests and upgrades to this node over plain HTTP only: with an https:// \
-             node URL, a request that lands on another node fails and the client reconnects"
-        );
-    }
     engine.set_forward(Arc::new(Forwarder::new(
         Arc::clone(&cluster.directory),
-        forward_config(config),
-    )));
+        forward_config(config, &trust),
+    )?));
     let sites = Sites::new(sites);
     let publisher = Publisher {
         sites: sites.clone(),
@@ -344,10 +349,12 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     };
     let _ = publisher_slot.set(publisher.with_source(Source::Client));
     publisher.start().await?;
-    let emitter = crate::bridges::start(config, &publisher.with_source(Source::Emitter)).await?;
+    let emitter =
+        crate::bridges::start(config, &publisher.with_source(Source::Emitter), &trust).await?;
     let bridge_context = crate::bridges::BridgeContext {
         node: Arc::clone(&publisher.cluster.node),
         redis_url: config.server.redis_url.clone(),
+        trust: trust.clone(),
         stop: crate::bridges::Stop::default(),
     };
     let bridge_stop = bridge_context.stop.clone();
@@ -375,6 +382,8 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         emitter,
         bridges,
         metrics,
+        tls,
+        peers,
         // An idle stream moves a byte only with its keep-alive comment, which must come before the idle timeout.
         sse_ping: Duration::from_millis(
             config
@@ -407,8 +416,9 @@ fn engine_config(config: &Config, node: &str) -> EngineConfig {
 
 /// How this node forwards requests for other nodes' sessions: bodies up to `max_payload_bytes`, an answer
 /// within `idle_timeout_ms` (above the ping interval a long poll waits), pooled connections dropped well before
-/// the peer's `header_read_timeout_ms` closes them, and as many tunnels as sessions.
-fn forward_config(config: &Config) -> ForwardConfig {
+/// the peer's `header_read_timeout_ms` closes them, as many tunnels as sessions, and peers' certificates checked
+/// against herald's roots.
+fn forward_config(config: &Config, trust: &Trust) -> ForwardConfig {
     let limits = &config.server.limits;
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     ForwardConfig {
@@ -417,6 +427,7 @@ fn forward_config(config: &Config) -> ForwardConfig {
         pool_idle: Duration::from_millis(limits.header_read_timeout_ms / 2),
         tunnel_idle: idle,
         max_tunnels: limits.max_connections,
+        trust: trust.clone(),
         ..ForwardConfig::default()
     }
 }
@@ -429,6 +440,7 @@ impl Gateway {
             publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
             bridges: Arc::clone(&self.bridges),
+            peers: self.peers.clone(),
         });
         let ready = Arc::clone(&self.ready);
         let readiness = move || {

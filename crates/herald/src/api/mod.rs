@@ -33,6 +33,8 @@ pub struct ApiState {
     pub max_publish_bytes: usize,
     /// The broker bridges' states, for `/api/v1/status`.
     pub bridges: std::sync::Arc<Vec<std::sync::Arc<crate::bridges::status::BridgeStatus>>>,
+    /// Asks the other nodes about their sockets.
+    pub peers: crate::cluster::peers::Peers,
 }
 
 /// The publish and admin routes.

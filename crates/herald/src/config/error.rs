@@ -74,6 +74,11 @@ pub enum ConfigError {
         site = one_line(site)
     )]
     EnvSchemeWithoutWebhook { site: String },
+    #[error("environment {set} is set without {missing}: set both, or neither")]
+    EnvTlsHalf {
+        set: &'static str,
+        missing: &'static str,
+    },
 
     #[error("site '{site}': the name must match [A-Za-z0-9_-]+", site = one_line(site))]
     InvalidSiteName { site: String },
@@ -235,11 +240,11 @@ impl ConfigError {
 /// Text from a file, the environment or the command line (a site name, a value, a path, a field name in a
 /// parser's message) as an error shows it: control characters, line breaks among them, are escaped (`\n`,
 /// `\u{1b}`), so the error stays one line.
-fn one_line<T: fmt::Display>(text: T) -> OneLine<T> {
+pub(crate) fn one_line<T: fmt::Display>(text: T) -> OneLine<T> {
     OneLine(text)
 }
 
-struct OneLine<T>(T);
+pub(crate) struct OneLine<T>(T);
 
 impl<T: fmt::Display> fmt::Display for OneLine<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

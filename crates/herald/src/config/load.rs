@@ -520,13 +520,14 @@ mod tests {
     #[test]
     fn errors_name_their_source() {
         // (server file, sites file, environment, expected error)
-        let cases: [(&str, &str, Vars, &str); 12] = [
+        let cases: [(&str, &str, Vars, &str); 15] = [
             (
                 "server:\n  listn: 0.0.0.0:1\n",
                 "",
                 &[],
                 "herald.yml: server: unknown field `listn`, expected one of `listen`, `data_dir`, `log`, \
-                 `limits`, `engine`, `redis_url`, `cluster`, `mailbox`, `shutdown_grace_ms`, `drain_delay_ms`, `metrics`, `metrics_token` at line 2 column 3",
+                 `limits`, `engine`, `redis_url`, `cluster`, `mailbox`, `shutdown_grace_ms`, `drain_delay_ms`, `metrics`, \
+                 `metrics_token`, `tls`, `ca_file` at line 2 column 3",
             ),
             (
                 "server:\n  listen: nowhere\n",
@@ -584,6 +585,24 @@ mod tests {
                 "herald.yml: server.engine.path '/socket.io' must start and end with '/'",
             ),
             ("", "", &[("DEVICE_TTL", "12x")], "environment DEVICE_TTL: '12x' is not a number of seconds"),
+            (
+                "",
+                "",
+                &[("HERALD_TLS_CERT", "/etc/herald/cert.pem")],
+                "environment HERALD_TLS_CERT is set without HERALD_TLS_KEY: set both, or neither",
+            ),
+            (
+                "server:\n  tls: {cert: cert.pem}\n",
+                "",
+                &[],
+                "herald.yml: server.tls: missing field `key` at line 2 column 8",
+            ),
+            (
+                "server:\n  tls: {cert: cert.pem, key: key.pem, ca: ca.pem}\n",
+                "",
+                &[],
+                "herald.yml: server.tls: unknown field `ca`, expected `cert` or `key` at line 2 column 39",
+            ),
         ];
         for (server, sites, vars, expected) in cases {
             let err = load_with(server, sites, vars, Overrides::default()).unwrap_err();
