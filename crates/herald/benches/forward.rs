@@ -175,14 +175,14 @@ fn main() -> anyhow::Result<()> {
             Some(Forwarder::new(
                 Arc::clone(&directory),
                 ForwardConfig::default(),
-            )),
+            )?),
         )
         .await?;
         let no_pool = ForwardConfig {
             max_idle_per_peer: 0,
             ..ForwardConfig::default()
         };
-        let fresh = node("freshhhh", Some(Forwarder::new(directory, no_pool))).await?;
+        let fresh = node("freshhhh", Some(Forwarder::new(directory, no_pool)?)).await?;
         anyhow::Ok((owner, pooled, fresh))
     })?;
     let client = tokio::runtime::Builder::new_current_thread()

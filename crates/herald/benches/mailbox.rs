@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let o = options()?;
     let dir = std::env::temp_dir().join(format!("herald-mailbox-bench-{}", std::process::id()));
     let store: Arc<dyn MailboxStore> = match &o.redis {
-        Some(url) => Arc::new(RedisStore::connect(url).await?),
+        Some(url) => Arc::new(RedisStore::connect(url, &herald::tls::Trust::system()).await?),
         None => Arc::new(EmbeddedStore::open(&dir.join("mailbox.redb"))?),
     };
     let kind = if o.redis.is_some() {

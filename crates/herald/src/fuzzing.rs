@@ -66,7 +66,8 @@ impl Hs256Site {
             issuer: None,
             audience: None,
         };
-        let http = reqwest::Client::builder()
+        let http = crate::tls::Trust::system()
+            .http_client()
             .build()
             .map_err(|e| AuthError::Config(e.to_string()))?;
         jwt::JwtVerifier::new(&config, http).map(Hs256Site)

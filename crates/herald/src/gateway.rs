@@ -44,14 +44,17 @@ use crate::socketio::{
     Accepted, ConnectRequest, Decision, IncomingEvent, Namespace, NamespaceHandler, PendingCatchUp,
     Refusal, Socket, SocketIo, SocketIoConfig,
 };
+use crate::tls::{ServerTls, Trust};
 
 /// A site's configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("site '{site}': {source}")]
     Auth { site: String, source: AuthError },
-    #[error("cannot create the HTTP client for auth webhooks: {0}")]
+    #[error("cannot create an HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot open the mailbox store: {0}")]
     Mailbox(#[from] StoreError),
     #[error("cannot read retained state: {0}")]
@@ -83,6 +86,10 @@ pub struct Gateway {
     publish_rate: Option<Arc<PublishRate>>,
     /// The admin console, when `server.admin_token` is set.
     pub admin: Option<crate::admin::Admin>,
+    /// The certificate served, with `server.tls`; `lifecycle::reload` re-reads it.
+    pub tls: Option<ServerTls>,
+    /// The client the socket API asks other nodes with.
+    peers: crate::cluster::peers::Peers,
     /// Time between an event stream's keep-alive comments.
     sse_ping: Duration,
     /// Tells the broker bridges the process stops (`stop_bridges`).
@@ -120,10 +127,10 @@ struct Stores {
 
 /// Opens the configured store. The embedded one first marks the devices a killed herald left connected as
 /// disconnected: none is connected before we serve.
-async fn open_stores(config: &Config) -> Result<Stores, GatewayError> {
+async fn open_stores(config: &Config, trust: &Trust) -> Result<Stores, GatewayError> {
     let server = &config.server;
     if let (MailboxStoreKind::Redis, Some(url)) = (server.mailbox_store(), &server.redis_url) {
-        let store = Arc::new(RedisStore::connect(url).await?);
+        let store = Arc::new(RedisStore::connect(url, trust).await?);
         return Ok(Stores {
             mailbox: store.clone(),
             retained: store,
@@ -175,16 +182,21 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
             sites: sites.clone(),
         },
     );
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+    // The files first: a bad certificate is reported before anything connects.
+    let (tls, trust) = crate::tls::load(&config.server)?;
+    let http = trust
+        .http_client()
         .build()
         .map_err(|e| GatewayError::Http(e.to_string()))?;
-    let stores = open_stores(config).await?;
+    let peers =
+        crate::cluster::peers::Peers::new(&trust).map_err(|e| GatewayError::Http(e.to_string()))?;
+    let stores = open_stores(config, &trust).await?;
     let node = crate::cluster::new_node_id();
     let registry = match &config.server.redis_url {
         Some(url) => Some(
             Registry::connect(
                 url,
+                &trust,
                 Arc::clone(&node),
                 config.server.node_url(),
                 Duration::from_millis(config.server.cluster.node_ttl_ms),
@@ -217,7 +229,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                 timeout: Duration::from_millis(config.server.mailbox.store_timeout_ms),
                 max_packets: config.server.cluster.recovery_max_packets,
             };
-            let bus = RedisBus::connect(url, options).await?;
+            let bus = RedisBus::connect(url, &trust, options).await?;
             registry.add_reaper(Arc::new(PresenceReaper {
                 presence: Arc::clone(&presence),
                 targets: per_site(&sites, presence_target),
@@ -230,7 +242,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
                     }),
                 }));
             }
-            let sessions = RedisSessions::connect(url, &node).await?;
+            let sessions = RedisSessions::connect(url, &trust, &node).await?;
             registry.add_reaper(Arc::new(SessionReaper {
                 sessions: sessions.clone(),
                 windows: per_site(&sites, |s| {
@@ -275,17 +287,10 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     }
     sites.replace(made.into_iter().map(Arc::new));
     let engine = Engine::new(engine_config(config, &cluster.node), io.clone());
-    if config.server.redis_url.is_some() && cluster.url.starts_with("https://") {
-        tracing::warn!(
-            url = %cluster.url,
-            "peers forward polling requests and upgrades to this node over plain HTTP only: with an https:// \
-             node URL, a request that lands on another node fails and the client reconnects"
-        );
-    }
     engine.set_forward(Arc::new(Forwarder::new(
         Arc::clone(&cluster.directory),
-        forward_config(config),
-    )));
+        forward_config(config, &trust),
+    )?));
     let publisher = Publisher {
         sites: sites.clone(),
         cluster,
@@ -294,10 +299,12 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     };
     let _ = publisher_slot.set(publisher.with_source(Source::Client));
     publisher.start().await?;
-    let emitter = crate::bridges::start(config, &publisher.with_source(Source::Emitter)).await?;
+    let emitter =
+        crate::bridges::start(config, &publisher.with_source(Source::Emitter), &trust).await?;
     let bridge_context = crate::bridges::BridgeContext {
         node: Arc::clone(&publisher.cluster.node),
         redis_url: config.server.redis_url.clone(),
+        trust: trust.clone(),
         stop: crate::bridges::Stop::default(),
     };
     let bridge_stop = bridge_context.stop.clone();
@@ -337,6 +344,8 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
         )
         .map(PublishRate::start),
         admin,
+        tls,
+        peers,
         // An idle stream moves a byte only with its keep-alive comment, which must come before the idle timeout.
         sse_ping: Duration::from_millis(
             config
@@ -383,8 +392,9 @@ fn engine_config(config: &Config, node: &str) -> EngineConfig {
 
 /// How this node forwards requests for other nodes' sessions: bodies up to `max_payload_bytes`, an answer
 /// within `idle_timeout_ms` (above the ping interval a long poll waits), pooled connections dropped well before
-/// the peer's `header_read_timeout_ms` closes them, and as many tunnels as sessions.
-fn forward_config(config: &Config) -> ForwardConfig {
+/// the peer's `header_read_timeout_ms` closes them, as many tunnels as sessions, and peers' certificates checked
+/// against herald's roots.
+fn forward_config(config: &Config, trust: &Trust) -> ForwardConfig {
     let limits = &config.server.limits;
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     ForwardConfig {
@@ -393,6 +403,7 @@ fn forward_config(config: &Config) -> ForwardConfig {
         pool_idle: Duration::from_millis(limits.header_read_timeout_ms / 2),
         tunnel_idle: idle,
         max_tunnels: limits.max_connections,
+        trust: trust.clone(),
         ..ForwardConfig::default()
     }
 }
@@ -414,6 +425,7 @@ impl Gateway {
             publisher: self.publisher.clone(),
             max_publish_bytes: self.max_publish_bytes,
             bridges: self.bridges.clone(),
+            peers: self.peers.clone(),
             publish_rate: self.publish_rate.clone(),
         };
         let admin = self.admin.as_ref().map(|admin| {

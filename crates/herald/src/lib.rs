@@ -31,6 +31,7 @@ pub mod secret;
 pub mod server;
 pub mod sites;
 pub mod socketio;
+pub mod tls;
 
 /// The wire codecs, re-exported so users of the engine need no second dependency.
 pub use herald_protocol as protocol;

@@ -6,14 +6,17 @@
 //! 2. Drain: the listener closes, every session is closed (clients reconnect elsewhere), each HTTP
 //!    connection ends after its current request, and the broker bridges stop (at most 3 s).
 //! 3. Hard deadline, at `shutdown_grace_ms` from the signal: whatever is left is dropped.
+//!
+//! SIGHUP reloads what can change under a running herald (`reload`), and stops nothing.
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, ReloadError, ReloadReport};
 use crate::server::{ServeConfig, Server};
 
 /// The longest the bridges may take to stop.
@@ -37,12 +40,17 @@ pub async fn run(
     config: &Config,
     signal: impl Future<Output = ()>,
 ) {
-    let server = Server::new(listener, gateway.router(), serve_config(config));
+    let reloads = reload_on_hangup(&gateway);
+    let server =
+        Server::new(listener, gateway.router(), serve_config(config)).with_tls(gateway.tls.clone());
     let control = server.control();
     let mut serving = tokio::spawn(server.run());
     tokio::select! {
         () = signal => {}
-        _ = &mut serving => return,
+        _ = &mut serving => {
+            stop_reloads(reloads);
+            return;
+        }
     }
     let started = tokio::time::Instant::now();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
@@ -74,28 +82,61 @@ pub async fn run(
     if let Some(registry) = &gateway.registry {
         registry.deregister().await;
     }
+    stop_reloads(reloads);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shut down"
     );
 }
 
-/// Reloads the configuration on every SIGHUP ([`Gateway::reload_from_sources`]); a refused one is logged in
-/// one line and the running configuration goes on.
-pub fn reload_on_hangup(gateway: Gateway) {
-    use tokio::signal::unix::{signal, SignalKind};
+/// Listens for SIGHUP and runs [`reload`] at each one; the one place herald listens to it. The handler is in
+/// place when this returns, so a SIGHUP no longer ends the process (its default). `None` when it cannot be
+/// installed (logged).
+pub fn reload_on_hangup(gateway: &Gateway) -> Option<tokio::task::JoinHandle<()>> {
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload through the admin API only");
-            return;
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: nothing will reload");
+            return None;
         }
     };
-    tokio::spawn(async move {
+    let gateway = gateway.clone();
+    Some(tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            if let Err(e) = gateway.reload_from_sources().await {
+            tracing::info!("SIGHUP: reloading");
+            if let Err(e) = reload(&gateway).await {
                 tracing::error!(reason = %e, "reload refused; the running configuration goes on");
             }
         }
-    });
+    }))
+}
+
+/// Ends the SIGHUP task of a server that returned (it holds a clone of the gateway).
+fn stop_reloads(reloads: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
+}
+
+/// Re-reads what can change without a restart: the TLS certificate, then the configuration and its sites
+/// ([`Gateway::reload_from_sources`]). Each step logs its outcome in one line, and one that fails keeps what it
+/// had. SIGHUP and `POST /api/v1/admin/reload` run it.
+pub async fn reload(gateway: &Gateway) -> Result<ReloadReport, ReloadError> {
+    reload_tls(gateway);
+    gateway.reload_from_sources().await
+}
+
+/// The certificate and key files of `server.tls`: new handshakes get the new certificate, open connections
+/// keep theirs.
+fn reload_tls(gateway: &Gateway) {
+    let Some(tls) = &gateway.tls else {
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!(
+            cert = %tls.files().cert.display(),
+            "reloaded the TLS certificate: new connections get it"
+        ),
+        Err(error) => tracing::warn!(%error, "kept the TLS certificate in use"),
+    }
 }

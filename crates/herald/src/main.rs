@@ -89,6 +89,9 @@ struct SendArgs {
     /// The arguments as a JSON array; read from stdin when absent.
     #[arg(long)]
     args: Option<String>,
+    /// A PEM bundle of CA certificates to trust besides the system's, for an https:// URL. Also HERALD_CA_FILE.
+    #[arg(long, env = "HERALD_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +213,8 @@ fn check_config(flags: &SourceFlags) -> Result<(), Failure> {
         };
         eprintln!("herald: {kind}: {notice}");
     }
+    // The certificate, key and CA files too, as `serve` would read them.
+    herald::tls::load(&config.server).map_err(|e| Failure::Config(e.to_string()))?;
     print!("{}", config::render_masked(&config));
     Ok(())
 }
@@ -241,13 +246,13 @@ async fn run(config: Config, gateway: herald::gateway::Gateway) -> anyhow::Resul
         herald::listener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
-    tracing::info!(%addr, ?sites, "herald listening; open http://{addr}/ for the demo page");
+    let scheme = config.server.scheme();
+    tracing::info!(%addr, ?sites, "herald listening; open {scheme}://{addr}/ for the demo page");
     if gateway.admin.is_some() {
-        tracing::info!("the admin console is at http://{addr}/admin (server.admin_token)");
+        tracing::info!("the admin console is at {scheme}://{addr}/admin (server.admin_token)");
     }
     // The accept loop runs on a worker thread, not on the thread in `block_on`: connection tasks it spawns then
     // start on that worker's own queue instead of waking another thread for each accept.
-    herald::lifecycle::reload_on_hangup(gateway.clone());
     tokio::spawn(async move {
         herald::lifecycle::run(gateway, listener, &config, shutdown_signal()).await;
     })
@@ -294,9 +299,15 @@ fn send(args: SendArgs) -> Result<(), Failure> {
         args.url.trim_end_matches('/'),
         args.site
     );
+    let trust = herald::tls::Trust::load(args.ca_file.as_deref())
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let client = trust
+        .http_client()
+        .build()
+        .context("creating the HTTP client")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let answer = runtime.block_on(async {
-        let response = reqwest::Client::new()
+        let response = client
             .post(&url)
             .bearer_auth(&args.key)
             .json(&body)

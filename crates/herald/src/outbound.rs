@@ -55,7 +55,12 @@ pub async fn with_retry(
                 tracing::info!(site, status = %response.status(), attempt, what, "a backend call failed; retrying");
             }
             Err(e) => {
-                tracing::info!(site, error = %e.without_url(), attempt, what, "a backend is unreachable; retrying");
+                let e = e.without_url();
+                match crate::tls::refused_certificate(&e) {
+                    Some(reason) => tracing::warn!(site, reason, attempt, what,
+                        "a backend's TLS certificate is not trusted (a private CA goes in server.ca_file); retrying"),
+                    None => tracing::info!(site, error = %e, attempt, what, "a backend is unreachable; retrying"),
+                }
             }
         }
         if attempt < ATTEMPTS {

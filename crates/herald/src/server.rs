@@ -2,7 +2,8 @@
 //! state (headers, idle, a client that stops reading), and stops in steps with a hard deadline.
 //!
 //! axum's own `serve` sets no header timeout and waits for every connection at shutdown, so one slowloris
-//! client holds a SIGTERM forever; this is the same hyper connection with the deadlines set.
+//! client holds a SIGTERM forever; this is the same hyper connection with the deadlines set. With TLS
+//! (`tls::ServerTls`) each connection first makes its handshake, within the header deadline.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::limits::Limit;
+use crate::tls::ServerTls;
 
 /// Per-connection limits.
 #[derive(Debug, Clone)]
@@ -100,6 +102,7 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     config: ServeConfig,
+    tls: Option<ServerTls>,
     control: Control,
     phase: watch::Receiver<Phase>,
 }
@@ -111,9 +114,16 @@ impl Server {
             listener,
             router,
             config,
+            tls: None,
             control,
             phase,
         }
+    }
+
+    /// Serves HTTPS (and WSS) with `tls` instead of plain HTTP, when given.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The handle that drains or stops this server.
@@ -127,6 +137,7 @@ impl Server {
             listener,
             router,
             config,
+            tls,
             mut phase,
             ..
         } = self;
@@ -143,7 +154,13 @@ impl Server {
                 accepted = accept(&listener, &permits) => {
                     let Some((stream, permit)) = accepted else { continue };
                     let slot = ConnectionSlot(Arc::new(parking_lot::Mutex::new(Some(permit))));
-                    let task = connection(stream, router.clone(), Arc::clone(&config), phase.clone(), slot.clone());
+                    let served = Served {
+                        router: router.clone(),
+                        config: Arc::clone(&config),
+                        phase: phase.clone(),
+                        slot: slot.clone(),
+                    };
+                    let task = connection(stream, tls.clone(), served);
                     connections.spawn(async move {
                         task.await;
                         slot.release();
@@ -213,17 +230,56 @@ impl ConnectionSlot {
     }
 }
 
-/// Serves one connection until it ends, idles past `idle_timeout`, or the server stops.
-async fn connection(
-    stream: TcpStream,
+/// What serving one connection needs besides its stream.
+struct Served {
     router: Router,
     config: Arc<ServeConfig>,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     slot: ConnectionSlot,
-) {
-    let activity = Arc::new(Activity::new());
+}
+
+/// Serves one connection: over TLS when `tls` is given, once its handshake is done.
+async fn connection(stream: TcpStream, tls: Option<ServerTls>, served: Served) {
     // The client's address, for the `X-Forwarded-For` of a request forwarded to another node.
     let peer = stream.peer_addr().ok().map(ConnectInfo);
+    let Some(tls) = tls else {
+        return serve(stream, peer, served).await;
+    };
+    let mut phase = served.phase.clone();
+    // The handshake is the start of the first request: a client that sends nothing, or too little, is gone when
+    // its head would have been due.
+    let deadline = served.config.header_read_timeout;
+    tokio::select! {
+        handshake = tokio::time::timeout(deadline, tls.accept(stream)) => match handshake {
+            Ok(Some(stream)) => serve(stream, peer, served).await,
+            Ok(None) => {}
+            Err(_) => {
+                Limit::HeaderReadTimeout.hit();
+                tracing::debug!("closed a connection whose TLS handshake did not finish in time");
+            }
+        },
+        () = stopped(&mut phase) => {}
+    }
+}
+
+/// Resolves once the server stops (or is gone).
+async fn stopped(phase: &mut watch::Receiver<Phase>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, never held by the caller.
+    let _ = phase.wait_for(|p| *p == Phase::Stopped).await.is_ok();
+}
+
+/// Serves HTTP on `stream` until it ends, idles past `idle_timeout`, or the server stops.
+async fn serve<S>(stream: S, peer: Option<ConnectInfo<std::net::SocketAddr>>, served: Served)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Served {
+        router,
+        config,
+        mut phase,
+        slot,
+    } = served;
+    let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),

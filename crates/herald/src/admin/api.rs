@@ -251,7 +251,10 @@ async fn ask_for_socket(state: &AdminState, target: &str, peers: &Peers<'_>) -> 
         body: None,
     };
     let directory = state.api.publisher.cluster.directory.as_ref();
-    crate::cluster::peers::ask_all(directory, &request)
+    state
+        .api
+        .peers
+        .ask_all(directory, &request)
         .await
         .into_iter()
         .find_map(|peer| match peer.answer {
@@ -416,7 +419,7 @@ pub async fn socket_rooms(
 /// changed (`ReloadReport`), or 422 with the one-line reason, the running configuration kept.
 pub async fn reload(_: AdminAuth, State(state): State<AdminState>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match state.gateway.reload_from_sources().await {
+    match crate::lifecycle::reload(&state.gateway).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => {
             tracing::error!(reason = %e, "reload refused; the running configuration goes on");

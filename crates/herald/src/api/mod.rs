@@ -35,6 +35,8 @@ pub struct ApiState {
     /// The broker bridges' states, for `/api/v1/status`.
     pub bridges: crate::bridges::status::Statuses,
     /// `limits.publishes_per_key_per_sec`, when set.
+    /// Asks the other nodes about their sockets.
+    pub peers: crate::cluster::peers::Peers,
     pub publish_rate: Option<std::sync::Arc<crate::rate::PublishRate>>,
 }
 

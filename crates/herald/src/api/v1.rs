@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
 use super::{read_body, ApiState};
-use crate::cluster::peers::{ask_all, escape, PeerRequest, LOCAL_HEADER};
+use crate::cluster::peers::{escape, PeerRequest, LOCAL_HEADER};
 use crate::mailbox::store::{valid_name, DeviceStatus};
 use crate::publish::PublishRequest;
 use crate::sites::{describe_socket, Site};
@@ -239,7 +239,11 @@ pub(crate) async fn gather(
         api_key: peers.key,
         body: None,
     };
-    for peer in ask_all(state.publisher.cluster.directory.as_ref(), &request).await {
+    for peer in state
+        .peers
+        .ask_all(state.publisher.cluster.directory.as_ref(), &request)
+        .await
+    {
         let mut body = match &peer.answer {
             Ok((200, body)) => serde_json::from_slice::<Value>(body).ok(),
             _ => None,
@@ -275,7 +279,10 @@ async fn on_peer(
     if local_only {
         return Err(ApiError::UnknownSocket(id.to_string()));
     }
-    let answers = ask_all(state.publisher.cluster.directory.as_ref(), &request).await;
+    let answers = state
+        .peers
+        .ask_all(state.publisher.cluster.directory.as_ref(), &request)
+        .await;
     let mut silent = 0;
     for peer in answers {
         match peer.answer {

@@ -408,7 +408,9 @@ impl Jwks {
     async fn fetch(&self) -> Result<KeySet, &'static str> {
         let body = tokio::time::timeout(JWKS_TIMEOUT, async {
             let mut response = self.http.get(self.url.clone()).send().await.map_err(|e| {
-                if e.is_connect() {
+                if crate::tls::refused_certificate(&e).is_some() {
+                    "the key server's TLS certificate is not trusted (a private CA goes in server.ca_file)"
+                } else if e.is_connect() {
                     "connection failed"
                 } else {
                     "request failed"

@@ -113,6 +113,11 @@ impl Webhook {
                 return Err(AuthError::TimedOut);
             }
             Ok(Err(e)) => {
+                if let Some(reason) = crate::tls::refused_certificate(&e) {
+                    tracing::warn!(host = %self.host, reason,
+                        "auth webhook unavailable: its TLS certificate is not trusted (a private CA goes in server.ca_file)");
+                    return Err(AuthError::Unavailable);
+                }
                 // reqwest's error may print the full URL; log only its kind.
                 let kind = if e.is_connect() {
                     "connection failed"

@@ -282,6 +282,7 @@ mod tests {
         BridgeContext {
             node: "node0001".into(),
             redis_url: None,
+            trust: crate::tls::Trust::system(),
             stop: Default::default(),
         }
     }

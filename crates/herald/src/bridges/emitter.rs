@@ -96,9 +96,10 @@ impl Emitter {
     pub async fn start(
         publisher: Publisher,
         url: &str,
+        trust: &crate::tls::Trust,
         config: EmitterConfig,
     ) -> Result<Emitter, EmitterError> {
-        let client = redis::Client::open(url).map_err(|_| EmitterError::BadUrl)?;
+        let client = trust.redis_client(url).map_err(|_| EmitterError::BadUrl)?;
         let manager = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_connection_timeout(Some(CONNECT_TIMEOUT));

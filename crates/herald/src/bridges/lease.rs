@@ -251,7 +251,9 @@ impl BridgeLeader {
         let Some(url) = context.redis_url.as_deref() else {
             return Ok(Self::alone());
         };
-        let client = redis::Client::open(url)
+        let client = context
+            .trust
+            .redis_client(url)
             .map_err(|_| LeaseError::Redis("the Redis URL is not valid".into()))?;
         let settings = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -433,6 +435,7 @@ mod tests {
         let context = BridgeContext {
             node: "node-a".into(),
             redis_url: None,
+            trust: crate::tls::Trust::system(),
             stop: Default::default(),
         };
         let leader = BridgeLeader::new(&bridge("redis://host/0"), &context)
@@ -450,6 +453,7 @@ mod tests {
         let context = |node: &str| BridgeContext {
             node: node.into(),
             redis_url: Some("redis://127.0.0.1:6379/".into()),
+            trust: crate::tls::Trust::system(),
             stop: Default::default(),
         };
         let a = BridgeLeader::new(&config, &context("node-a"))

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use crate::config::{BridgeConfig, BridgeKind, Config};
 use crate::publish::Publisher;
+use crate::tls::Trust;
 
 /// What a broker bridge needs to know of its node: whether it shares the broker with other nodes (then it
 /// consumes so that the cluster gets each message once) and the Redis that elects a leader where the broker
@@ -33,6 +34,8 @@ pub struct BridgeContext {
     pub node: Arc<str>,
     /// Set in a cluster.
     pub redis_url: Option<String>,
+    /// The roots a bridge's `rediss://` connections trust.
+    pub trust: Trust,
     /// Says when the process stops.
     pub stop: Stop,
 }
@@ -152,6 +155,7 @@ fn spawn(bridge: BridgeConfig, inbound: inbound::Inbound, context: BridgeContext
 pub async fn start(
     config: &Config,
     publisher: &Publisher,
+    trust: &Trust,
 ) -> Result<Option<emitter::Emitter>, emitter::EmitterError> {
     let server = &config.server;
     let (true, Some(url)) = (server.cluster.emitter, server.redis_url.as_deref()) else {
@@ -161,7 +165,7 @@ pub async fn start(
         prefix: server.cluster.emitter_prefix.clone(),
         max_bytes: server.limits.max_publish_bytes,
     };
-    emitter::Emitter::start(publisher.clone(), url, settings)
+    emitter::Emitter::start(publisher.clone(), url, trust, settings)
         .await
         .map(Some)
 }

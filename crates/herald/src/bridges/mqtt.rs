@@ -455,6 +455,7 @@ mod tests {
         BridgeContext {
             node: "node0001".into(),
             redis_url: cluster.then(|| "redis://127.0.0.1:6379/".to_string()),
+            trust: crate::tls::Trust::system(),
             stop: Default::default(),
         }
     }

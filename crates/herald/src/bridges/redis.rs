@@ -52,7 +52,7 @@ type Subscription = (PubSubSink, PubSubStream);
 /// and subscribes again with backoff whenever the connection breaks.
 pub async fn run(bridge: BridgeConfig, inbound: Inbound, context: BridgeContext) {
     let status = &inbound.status;
-    let client = match redis::Client::open(bridge.url.as_str()) {
+    let client = match context.trust.redis_client(&bridge.url) {
         Ok(client) => client,
         Err(e) => {
             // Validation checks the scheme only; no retry makes a bad URL good.

@@ -1,7 +1,8 @@
 //! No sticky sessions: a polling request or a WebSocket upgrade for a session another node holds is sent to that
 //! node, found by the node id that starts every sid, and its answer streamed back. Polls go over a bounded
 //! keep-alive pool per peer; an upgrade becomes a tunnel that copies bytes both ways, so the probe and the
-//! session's whole WebSocket life run end to end with the owner.
+//! session's whole WebSocket life run end to end with the owner. A peer at an https:// node URL is reached
+//! over TLS, verified against herald's roots (`tls::Trust`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::{Directory, NODE_ID_LEN};
 use crate::engine::{Forward, ForwardError, Forwarded, FORWARDED};
 use crate::server::{Activity, Watched};
+use crate::tls::{TlsError, Trust};
 
 /// How a node forwards.
 #[derive(Debug, Clone)]
@@ -44,6 +47,8 @@ pub struct ForwardConfig {
     pub max_tunnels: usize,
     /// Longest a connection to a peer may take to open.
     pub connect_timeout: Duration,
+    /// The roots a peer's certificate is checked against, for https:// node URLs.
+    pub trust: Trust,
 }
 
 impl Default for ForwardConfig {
@@ -56,6 +61,7 @@ impl Default for ForwardConfig {
             tunnel_idle: Duration::from_secs(60),
             max_tunnels: 100_000,
             connect_timeout: Duration::from_secs(3),
+            trust: Trust::system(),
         }
     }
 }
@@ -68,7 +74,7 @@ pub struct Forwarder {
 
 struct Inner {
     directory: Arc<dyn Directory>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     config: ForwardConfig,
     tunnels: Arc<Semaphore>,
 }
@@ -82,23 +88,30 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(directory: Arc<dyn Directory>, config: ForwardConfig) -> Self {
+    pub fn new(directory: Arc<dyn Directory>, config: ForwardConfig) -> Result<Self, TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
+        // The TLS layer takes https:// URLs; the TCP connector under it must not refuse them.
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config.trust.client_config()?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle)
             .pool_max_idle_per_host(config.max_idle_per_peer)
             .build(connector);
-        Forwarder {
+        Ok(Forwarder {
             inner: Arc::new(Inner {
                 directory,
                 client,
                 tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
                 config,
             }),
-        }
+        })
     }
 }
 

@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use super::bus::{Broadcast, Bus, BusError, Offset};
 use super::embedded::parse_offset;
 use super::wire;
+use crate::tls::Trust;
 
 /// Broadcasts received and not yet fanned out; the subscription waits (Redis buffers) beyond this.
 const RECEIVE_QUEUE: usize = 4096;
@@ -90,9 +91,12 @@ fn meta_key(site: &str) -> String {
     format!("herald:bus:{{{site}}}:meta")
 }
 
-/// Opens a client for `url`; errors never repeat the URL (it may hold a password).
-pub(crate) fn open_client(url: &str) -> Result<redis::Client, String> {
-    redis::Client::open(url).map_err(|e| format!("the Redis URL is not valid: {}", redact(&e, url)))
+/// Opens a client for `url` (`rediss://` verified against `trust`); errors never repeat the URL (it may hold a
+/// password).
+pub(crate) fn open_client(url: &str, trust: &Trust) -> Result<redis::Client, String> {
+    trust
+        .redis_client(url)
+        .map_err(|e| format!("the Redis URL is not valid: {}", redact(&e, url)))
 }
 
 /// A self-reconnecting connection with herald's timeouts.
@@ -108,20 +112,29 @@ pub(crate) async fn manager(
         .map_err(|e| format!("cannot connect to Redis: {}", redact(&e, url)))
 }
 
-/// `e` as text with `url` cut out, should the client library ever quote it.
+/// `e` as text with `url` cut out, should the client library ever quote it, and where to put a private CA when
+/// the server's certificate was refused.
 pub(crate) fn redact(e: &redis::RedisError, url: &str) -> String {
-    let text = e.to_string();
-    if url.is_empty() {
-        text
-    } else {
-        text.replace(url, "<url>")
+    let mut text = e.to_string();
+    if !url.is_empty() {
+        text = text.replace(url, "<url>");
     }
+    if crate::tls::refused_certificate(e).is_some() {
+        text.push_str(
+            " (the server's certificate is not trusted: a private CA goes in server.ca_file)",
+        );
+    }
+    text
 }
 
 impl RedisBus {
     /// Connects to Redis at `url`.
-    pub async fn connect(url: &str, options: RedisBusOptions) -> Result<RedisBus, BusError> {
-        let client = open_client(url).map_err(BusError::Unavailable)?;
+    pub async fn connect(
+        url: &str,
+        trust: &Trust,
+        options: RedisBusOptions,
+    ) -> Result<RedisBus, BusError> {
+        let client = open_client(url, trust).map_err(BusError::Unavailable)?;
         let con = manager(&client, url).await.map_err(BusError::Unavailable)?;
         let channel = channel(client.get_connection_info().redis_settings().db());
         Ok(RedisBus {
@@ -388,7 +401,7 @@ mod tests {
 
     async fn bus(options: RedisBusOptions) -> RedisBus {
         let url = std::env::var("HERALD_TEST_REDIS_BUS_URL").unwrap_or_else(|_| URL.to_string());
-        RedisBus::connect(&url, options).await.unwrap_or_else(|e| {
+        RedisBus::connect(&url, &Trust::system(), options).await.unwrap_or_else(|e| {
             panic!(
                 "this test needs Redis at 127.0.0.1:6379 (start it with: redis-server --daemonize yes \
                  --save '' --appendonly no): {e}"

@@ -57,8 +57,12 @@ fn unavailable(e: redis::RedisError) -> BusError {
 
 impl RedisSessions {
     /// Connects to Redis at `url` for node `node`.
-    pub async fn connect(url: &str, node: &str) -> Result<Self, BusError> {
-        let client = super::redis::open_client(url).map_err(BusError::Unavailable)?;
+    pub async fn connect(
+        url: &str,
+        trust: &crate::tls::Trust,
+        node: &str,
+    ) -> Result<Self, BusError> {
+        let client = super::redis::open_client(url, trust).map_err(BusError::Unavailable)?;
         let con = super::redis::manager(&client, url)
             .await
             .map_err(BusError::Unavailable)?;

@@ -314,11 +314,12 @@ impl Registry {
     /// Connects to Redis at `url` for node `node`, reached at `node_url`, dead `ttl` after its last beat.
     pub async fn connect(
         redis_url: &str,
+        trust: &crate::tls::Trust,
         node: Arc<str>,
         node_url: String,
         ttl: Duration,
     ) -> Result<Arc<Registry>, BusError> {
-        let client = super::redis::open_client(redis_url).map_err(BusError::Unavailable)?;
+        let client = super::redis::open_client(redis_url, trust).map_err(BusError::Unavailable)?;
         let con = super::redis::manager(&client, redis_url)
             .await
             .map_err(BusError::Unavailable)?;

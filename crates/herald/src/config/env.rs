@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::auth::{AuthConfig, WebhookConfig};
-use crate::config::{ConfigError, Overrides, ServerConfig, SiteConfig};
+use crate::config::{ConfigError, Overrides, ServerConfig, SiteConfig, TlsFiles};
 use crate::secret::Secret;
 
 /// Every environment variable herald reads, with what it sets; for `--help` and the README. An empty value counts
@@ -65,6 +65,19 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "the admin console's token; without one /admin is off (server.admin_token)",
     ),
     (
+        "HERALD_TLS_CERT",
+        "PEM certificate (chain) for HTTPS and WSS (server.tls.cert); needs HERALD_TLS_KEY",
+    ),
+    (
+        "HERALD_TLS_KEY",
+        "PEM private key of HERALD_TLS_CERT (server.tls.key)",
+    ),
+    (
+        "HERALD_CA_FILE",
+        "PEM bundle of CA certificates trusted besides the system's for webhooks, rediss:// and peers \
+         (server.ca_file)",
+    ),
+    (
         "HERALD_CONFIG",
         "path of the server file (YAML); the --config flag wins",
     ),
@@ -108,6 +121,8 @@ pub(crate) struct EnvConfig {
     pub admin_token: Option<Secret>,
     /// `NODE_ENV`: the section of crossroads' `config.yml` to read.
     pub node_env: Option<String>,
+    pub tls: Option<TlsFiles>,
+    pub ca_file: Option<PathBuf>,
     pub site: Option<EnvSite>,
 }
 
@@ -147,8 +162,29 @@ pub(crate) fn parse(env: &BTreeMap<String, String>) -> Result<EnvConfig, ConfigE
         metrics_token: get("HERALD_METRICS_TOKEN").map(Secret::new),
         admin_token: get("HERALD_ADMIN_TOKEN").map(Secret::new),
         node_env: get("NODE_ENV"),
+        tls: parse_tls(&get)?,
+        ca_file: get("HERALD_CA_FILE").map(PathBuf::from),
         site: parse_site(&get)?,
     })
+}
+
+/// `HERALD_TLS_CERT` and `HERALD_TLS_KEY`, both or neither: one alone would serve plain HTTP where TLS was meant.
+fn parse_tls(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsFiles>, ConfigError> {
+    match (get("HERALD_TLS_CERT"), get("HERALD_TLS_KEY")) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::EnvTlsHalf {
+            set: "HERALD_TLS_CERT",
+            missing: "HERALD_TLS_KEY",
+        }),
+        (None, Some(_)) => Err(ConfigError::EnvTlsHalf {
+            set: "HERALD_TLS_KEY",
+            missing: "HERALD_TLS_CERT",
+        }),
+    }
 }
 
 fn parse_site(get: &impl Fn(&str) -> Option<String>) -> Result<Option<EnvSite>, ConfigError> {
@@ -210,6 +246,12 @@ impl EnvConfig {
         }
         if let Some(token) = &self.admin_token {
             server.admin_token = Some(token.clone());
+        }
+        if let Some(tls) = &self.tls {
+            server.tls = Some(tls.clone());
+        }
+        if let Some(path) = &self.ca_file {
+            server.ca_file = Some(path.clone());
         }
     }
 }
@@ -373,6 +415,29 @@ mod tests {
         let token = server.admin_token.expect("the token is set");
         assert!(token.matches("admin-0123456789ab"));
         assert_eq!(format!("{token:?}"), "****ab", "never shown in the clear");
+    }
+
+    #[test]
+    fn tls_variables_go_in_pairs() {
+        let parsed = parse(&env(&[
+            ("HERALD_TLS_CERT", "/etc/herald/cert.pem"),
+            ("HERALD_TLS_KEY", "/etc/herald/key.pem"),
+            ("HERALD_CA_FILE", "/etc/herald/ca.pem"),
+        ]))
+        .expect("both set");
+        let mut server = ServerConfig::default();
+        parsed.apply_server(&mut server);
+        let tls = server.tls.clone().expect("TLS is on");
+        assert_eq!(tls.cert, PathBuf::from("/etc/herald/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/herald/key.pem"));
+        assert_eq!(server.ca_file, Some(PathBuf::from("/etc/herald/ca.pem")));
+        assert_eq!(server.scheme(), "https");
+        assert_eq!(server.node_url(), "https://127.0.0.1:3000");
+        let err = parse(&env(&[("HERALD_TLS_KEY", "/etc/herald/key.pem")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment HERALD_TLS_KEY is set without HERALD_TLS_CERT: set both, or neither"
+        );
     }
 
     #[test]

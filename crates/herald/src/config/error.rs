@@ -93,6 +93,11 @@ pub enum ConfigError {
         site = one_line(site)
     )]
     EnvSchemeWithoutWebhook { site: String },
+    #[error("environment {set} is set without {missing}: set both, or neither")]
+    EnvTlsHalf {
+        set: &'static str,
+        missing: &'static str,
+    },
 
     #[error("site '{site}': the name must match [A-Za-z0-9_-]+", site = one_line(site))]
     InvalidSiteName { site: String },

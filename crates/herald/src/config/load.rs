@@ -1003,13 +1003,13 @@ production:
     #[test]
     fn errors_name_their_source() {
         // (server file, sites file, environment, expected error)
-        let cases: [(&str, &str, Vars, &str); 15] = [
+        let cases: [(&str, &str, Vars, &str); 18] = [
             (
                 "server:\n  listn: 0.0.0.0:1\n",
                 "",
                 &[],
                 "herald.yml: server: unknown field `listn`, expected one of `listen`, `data_dir`, `log`, \
-                 `limits`, `engine`, `redis_url`, `cluster`, `mailbox`, `shutdown_grace_ms`, `drain_delay_ms`, `metrics`, `metrics_token`, `admin_token` at line 2 column 3",
+                 `limits`, `engine`, `redis_url`, `cluster`, `mailbox`, `shutdown_grace_ms`, `drain_delay_ms`, `metrics`, `metrics_token`, `admin_token`, `tls`, `ca_file` at line 2 column 3",
             ),
             (
                 "server:\n  listen: nowhere\n",
@@ -1092,6 +1092,24 @@ production:
                 &[],
                 "herald.yml: server.limits.connects_per_ip_per_sec must be greater than 0 (leave it out for no \
                  limit)",
+            ),
+            (
+                "",
+                "",
+                &[("HERALD_TLS_CERT", "/etc/herald/cert.pem")],
+                "environment HERALD_TLS_CERT is set without HERALD_TLS_KEY: set both, or neither",
+            ),
+            (
+                "server:\n  tls: {cert: cert.pem}\n",
+                "",
+                &[],
+                "herald.yml: server.tls: missing field `key` at line 2 column 8",
+            ),
+            (
+                "server:\n  tls: {cert: cert.pem, key: key.pem, ca: ca.pem}\n",
+                "",
+                &[],
+                "herald.yml: server.tls: unknown field `ca`, expected `cert` or `key` at line 2 column 39",
             ),
         ];
         for (server, sites, vars, expected) in cases {

@@ -31,6 +31,7 @@ mod test_support;
 pub use bridge::{BridgeConfig, BridgeKind};
 pub use demo_key::{ensure_demo_key, DEMO_KEY_FILE};
 pub use env::{DEFAULT_ENV_SITE, ENVIRONMENT};
+pub(crate) use error::one_line;
 pub use error::{ConfigError, KeysFound};
 pub(crate) use load::load_from;
 pub use load::{
@@ -95,6 +96,22 @@ pub struct ServerConfig {
     /// as `Authorization: Bearer <token>` or typed into the console's login form. At least 16 characters, no
     /// whitespace. Without one the console and its API are off (404). Default none.
     pub admin_token: Option<Secret>,
+    /// HTTPS and WSS on `listen` (no plain HTTP there then), with this certificate and key; SIGHUP re-reads
+    /// them. Default none: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// A PEM bundle of CA certificates herald trusts besides the system's when it connects out: webhooks, JWKS,
+    /// `rediss://`, peers at an https:// node URL (`HERALD_CA_FILE`). Default none.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The certificate and key herald serves TLS with (`HERALD_TLS_CERT`, `HERALD_TLS_KEY`: both or neither).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM file: the server's certificate first, then the intermediates that lead to a CA clients trust.
+    pub cert: PathBuf,
+    /// PEM file: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +130,8 @@ impl Default for ServerConfig {
             metrics: true,
             metrics_token: None,
             admin_token: None,
+            tls: None,
+            ca_file: None,
         }
     }
 }
@@ -232,7 +251,8 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {
     /// The URL other nodes reach this one at, for forwarded polling requests and cluster-wide socket listings
-    /// (`HERALD_NODE_URL`). Default `http://<listen address>`.
+    /// (`HERALD_NODE_URL`). With TLS, a name the certificate holds. Default `http://<listen address>`
+    /// (`https://` with `tls`).
     pub node_url: Option<String>,
     /// Milliseconds after its last heartbeat that a node counts as dead: its sockets leave every listing and a
     /// survivor reports its users gone. Under 20000. Default 10000.
@@ -262,12 +282,22 @@ impl Default for ClusterSettings {
 }
 
 impl ServerConfig {
-    /// The URL peers reach this node at: `cluster.node_url`, else `http://<listen address>`.
+    /// The URL peers reach this node at: `cluster.node_url`, else `http://<listen address>` (`https://` with
+    /// TLS).
     pub fn node_url(&self) -> String {
         self.cluster
             .node_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| format!("{}://{}", self.scheme(), self.listen))
+    }
+
+    /// `https` when herald serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 

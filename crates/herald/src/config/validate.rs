@@ -306,12 +306,12 @@ fn validate_bridge(config: &Config, bridge: &BridgeConfig) -> Result<(), String>
     if !config.sites.iter().any(|s| s.name == bridge.site) {
         return Err(format!("no site is named '{}'", bridge.site));
     }
-    // TLS to brokers comes with issue 13: a URL that asks for it would never connect.
+    // TLS to the other brokers is not built yet: a URL that asks for it would never connect.
     let schemes: &[&str] = match bridge.kind {
         BridgeKind::Amqp => &["amqp"],
         BridgeKind::Mqtt => &["mqtt", "tcp"],
         BridgeKind::Nats => &["nats"],
-        BridgeKind::Redis => &["redis"],
+        BridgeKind::Redis => &["redis", "rediss"],
         BridgeKind::Postgres => &["postgres", "postgresql"],
     };
     let scheme = bridge.url.split("://").next().unwrap_or_default();

@@ -45,6 +45,10 @@ impl Call<'_> {
             if e.is_timeout() {
                 timed_out()
             } else {
+                if let Some(reason) = crate::tls::refused_certificate(&e) {
+                    tracing::warn!(site = %self.site.name, reason,
+                        "an event route's TLS certificate is not trusted (a private CA goes in server.ca_file)");
+                }
                 "the backend is unreachable".to_string()
             }
         })?;

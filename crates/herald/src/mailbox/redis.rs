@@ -43,6 +43,7 @@ use super::store::{
     valid_name, AckOutcome, Announcements, Caps, DeviceKey, DeviceStatus, Entry, MailboxStore,
     NewEntry, Page, Queued, StoreError,
 };
+use crate::cluster::redis::redact;
 use crate::retained::{RetainCaps, RetainRequest, Retained, RetainedError, RetainedStore};
 
 /// The pub/sub channel every node announces new entries on; a message is `site␟user`.
@@ -88,11 +89,10 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url` (`redis://[:password@]host:port/db`). Errors never repeat the URL.
-    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            StoreError::Redis(format!("the Redis URL is not valid: {}", redact(&e, url)))
-        })?;
+    /// Connects to Redis at `url` (`redis://[:password@]host:port/db`, or `rediss://` verified against
+    /// `trust`). Errors never repeat the URL.
+    pub async fn connect(url: &str, trust: &crate::tls::Trust) -> Result<RedisStore, StoreError> {
+        let client = crate::cluster::redis::open_client(url, trust).map_err(StoreError::Redis)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECTION_TIMEOUT));
@@ -358,15 +358,6 @@ fn redis_error(e: redis::RedisError) -> StoreError {
 }
 
 /// `e` as text with `url` cut out, should the client library ever quote it (it may hold a password).
-fn redact(e: &redis::RedisError, url: &str) -> String {
-    let text = e.to_string();
-    if url.is_empty() {
-        text
-    } else {
-        text.replace(url, "<url>")
-    }
-}
-
 fn parse<T: FromRedisValue>(reply: Option<Value>) -> Result<T, StoreError> {
     let reply = reply.ok_or_else(|| StoreError::Redis("a pipeline reply is missing".into()))?;
     redis::from_redis_value(reply)
@@ -1112,7 +1103,7 @@ mod tests {
     async fn store() -> RedisStore {
         let url = std::env::var("HERALD_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-        match RedisStore::connect(&url).await {
+        match RedisStore::connect(&url, &crate::tls::Trust::system()).await {
             Ok(store) => store,
             Err(e) => panic!(
                 "this test needs Redis at 127.0.0.1:6379 (start it with: redis-server --daemonize yes \
@@ -1313,7 +1304,10 @@ mod tests {
     async fn errors_never_show_the_url() {
         // A refused connection fails only after the manager's retries (seconds), so only a bad URL here.
         let url = "redis://:hunter2-secret@127.0.0.1:notaport";
-        let e = RedisStore::connect(url).await.unwrap_err().to_string();
+        let e = RedisStore::connect(url, &crate::tls::Trust::system())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("hunter2"), "{e}");
     }
 

@@ -2,7 +2,8 @@
 //! each on free ports of its own with its data in a temp directory, so stopping one disturbs no other test (the
 //! shared services on the standard ports stay up). `restart` stops a broker as an operator would (SIGTERM;
 //! SIGINT, the fast shutdown, for PostgreSQL), keeps it down for a while, and starts it again on the same port
-//! and data. Dropping a `Broker` kills its process group and removes its directory.
+//! and data. Dropping a `Broker` kills its process group and removes its directory. `start_redis_tls` starts a
+//! Redis that speaks TLS only.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub struct Broker {
     dir: PathBuf,
     /// The user PostgreSQL runs as when the tests run as root (it refuses root).
     user: Option<(u32, u32)>,
+    /// Redis only: its certificate and key, and the CA file; then its one port speaks TLS.
+    tls: Option<(herald::config::TlsFiles, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -77,6 +80,15 @@ pub fn free_port_below_ephemeral() -> u16 {
 impl Broker {
     /// Starts a broker of `kind` and waits until it answers on its port.
     pub async fn start(kind: Kind) -> Broker {
+        Broker::start_with(kind, None).await
+    }
+
+    /// A Redis whose one port speaks TLS with `files` (no client certificates asked); `rediss://` in `url`.
+    pub async fn start_redis_tls(files: &herald::config::TlsFiles, ca_file: &Path) -> Broker {
+        Broker::start_with(Kind::Redis, Some((files.clone(), ca_file.to_owned()))).await
+    }
+
+    async fn start_with(kind: Kind, tls: Option<(herald::config::TlsFiles, PathBuf)>) -> Broker {
         let dir = std::env::temp_dir().join(format!(
             "herald-broker-{}-{:016x}",
             format!("{kind:?}").to_lowercase(),
@@ -99,6 +111,7 @@ impl Broker {
             },
             dir,
             user: None,
+            tls,
             child: None,
         };
         broker.prepare();
@@ -113,6 +126,7 @@ impl Broker {
         match self.kind {
             Kind::Mosquitto => format!("mqtt://127.0.0.1:{port}"),
             Kind::Nats => format!("nats://127.0.0.1:{port}"),
+            Kind::Redis if self.tls.is_some() => format!("rediss://127.0.0.1:{port}/"),
             Kind::Redis => format!("redis://127.0.0.1:{port}/"),
             Kind::Postgres => format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             Kind::RabbitMq => format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
@@ -200,8 +214,26 @@ impl Broker {
             }
             Kind::Redis => {
                 let mut command = Command::new("redis-server");
+                command.args(["--bind", "127.0.0.1", "--save", ""]);
+                match &self.tls {
+                    None => command.args(["--port", &port]),
+                    Some((files, ca)) => command
+                        .args([
+                            "--port",
+                            "0",
+                            "--tls-port",
+                            &port,
+                            "--tls-auth-clients",
+                            "no",
+                        ])
+                        .arg("--tls-cert-file")
+                        .arg(&files.cert)
+                        .arg("--tls-key-file")
+                        .arg(&files.key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(ca),
+                };
                 command
-                    .args(["--bind", "127.0.0.1", "--port", &port, "--save", ""])
                     .args(["--appendonly", "no", "--daemonize", "no", "--dir"])
                     .arg(dir);
                 command

@@ -1,10 +1,12 @@
 //! Shared helpers of herald's integration tests: an in-process socket.io server on 127.0.0.1:0 with a recording
 //! namespace handler, a hand-written HTTP/1.1 client, and raw WebSocket clients (with and without a pump task);
-//! `broker`: private brokers that the tests can restart; `herald_process`: the `herald` binary as a process.
+//! `broker`: private brokers that the tests can restart; `herald_process`: the `herald` binary as a process;
+//! `tls`: a private CA and clients that trust it.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod broker;
 pub mod herald_process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -639,7 +641,7 @@ impl WsClient {
 }
 
 /// Builds the gateway for `config`, its data directory in a fresh temp dir (mailboxes stay out of the source
-/// tree), and serves it as `herald serve` does, with the configured limits, on 127.0.0.1:0.
+/// tree), and serves it as `herald serve` does, with the configured limits (and TLS), on 127.0.0.1:0.
 pub async fn start_gateway(
     mut config: herald::config::Config,
 ) -> (SocketAddr, herald::gateway::Gateway) {
@@ -652,7 +654,8 @@ pub async fn start_gateway(
         listener,
         gateway.router(),
         herald::lifecycle::serve_config(&config),
-    );
+    )
+    .with_tls(gateway.tls.clone());
     tokio::spawn(server.run());
     (addr, gateway)
 }
