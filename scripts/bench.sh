@@ -10,6 +10,7 @@
 #   bash scripts/bench.sh --only events --servers "herald node" --rounds 3   # client events routed to a webhook
 #   bash scripts/bench.sh --only bridges --servers herald   # broker bridges into one room (herald only; needs the
 #                                           # shared RabbitMQ, Mosquitto, NATS, Redis and Postgres: scripts/services.sh)
+#   bash scripts/bench.sh --only floor      # the raw write() floor alone (herald-bench floor, no server)
 #   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
 #
 # The fan-out scenarios marked `plain` also run against herald with its plain clients, in the same round: the
@@ -138,6 +139,18 @@ selected() {
   done
   return 1
 }
+
+# The floor: what the machine itself charges to write a frame to 1000 loopback sockets (no server: a sender
+# thread pinned to CPU 0, where the servers run, and a reader on CPU 1). The fan-out rows are read against it.
+floor_args="floor --subs 1000 --messages 500 --rate 100"
+if [[ $smoke == 1 ]]; then floor_args="floor --subs 20 --messages 30 --rate 0"; fi
+if selected floor-1k-100; then
+  for round in $(seq 1 "$rounds"); do
+    echo "== floor-1k-100, round $round" >&2
+    # shellcheck disable=SC2086 # a word list on purpose
+    "$profile_dir/herald-bench" --server floor --json "$results" $floor_args
+  done
+fi
 
 for entry in "${scenarios[@]}"; do
   IFS='|' read -r name args plain <<<"$entry"
