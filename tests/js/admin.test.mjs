@@ -10,26 +10,14 @@
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
+import { MISSING, hasChromium, launchChromium } from "./browser-helpers.mjs";
 import { api, craftJwt, startGateway } from "./gateway-helpers.mjs";
 import { isOffset, nextEvent, waitConnected } from "./util.mjs";
 
-const CHROMIUM = "/usr/bin/chromium";
-const MISSING = `${CHROMIUM} is missing: these tests need Debian's Chromium (apt-get install -y chromium)`;
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const TOKEN = "admin-token-0123456789abcdef";
 const KEY = "news-key-0123456789";
 const INBOX_KEY = "inbox-key-0123456789";
@@ -75,12 +63,12 @@ describe("the admin console in headless Chromium", () => {
   const waitFor = (fn, arg) => page.waitForFunction(fn, arg, { timeout: UI_TIMEOUT_MS });
 
   before(async () => {
-    if (!existsSync(CHROMIUM)) return;
+    if (!hasChromium()) return;
     // One run's screenshots only.
     rmSync(OUTPUT, { recursive: true, force: true });
     mkdirSync(OUTPUT, { recursive: true });
     gw = await startGateway({ configYaml: CONFIG });
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
     page.on("pageerror", (error) => console.error(`page error: ${error.message}`));
     page.on("console", (message) => message.type() === "error" && console.error(`page console: ${message.text()}`));
@@ -94,7 +82,7 @@ describe("the admin console in headless Chromium", () => {
   });
 
   it("logs in through the form: a wrong token is refused, the right one opens the console", { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     const first = await page.goto(`${gw.url}/admin`);
     assert.equal(first.status(), 200);
     const csp = first.headers()["content-security-policy"];
@@ -122,7 +110,7 @@ describe("the admin console in headless Chromium", () => {
   });
 
   it("shows a connected socket.io client in the sockets table, the chart and its details", { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     await page.click("#sites button[data-site='news']");
     await waitFor(() => document.getElementById("site-name")?.textContent === "news");
     client = io(`${gw.url}/news`, { transports: ["websocket"], query: { deviceId: "phone-7" }, reconnection: false });
@@ -148,7 +136,7 @@ describe("the admin console in headless Chromium", () => {
   });
 
   it("publishes from the form: the client gets the event and the live tail shows it", { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     await page.fill("#tail-room", "lobby");
     await page.click("#tail-toggle");
     await waitFor(() => document.getElementById("tail-status").dataset.state === "tailing");
@@ -185,7 +173,7 @@ describe("the admin console in headless Chromium", () => {
   });
 
   it("disconnects the client from the console and sees it leave", { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     const id = client.id;
     const gone = nextEvent(client, "disconnect");
     await page.click("#disconnect");
@@ -199,7 +187,7 @@ describe("the admin console in headless Chromium", () => {
   });
 
   it("shows a user's devices with the entries their mailboxes still hold", { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     const token = craftJwt("HS256", { sub: "42", rooms: ["user_42"], exp: Math.floor(Date.now() / 1000) + 600 }, JWT_SECRET);
     // forceNew: its own connection, with its own query (io() would share the first client's).
     device = io(`${gw.url}/inbox`, { auth: { token }, query: { deviceId: "laptop" }, transports: ["websocket"], reconnection: false, forceNew: true });
@@ -225,7 +213,7 @@ describe("the admin console in headless Chromium", () => {
   });
 
   it("logs out: the session ends and the console asks for the token again", { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    assert.ok(existsSync(CHROMIUM), MISSING);
+    assert.ok(hasChromium(), MISSING);
     await Promise.all([page.waitForNavigation(), page.click("#logout")]);
     await visible("#token");
     const cookies = await page.context().cookies();

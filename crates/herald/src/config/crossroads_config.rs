@@ -365,16 +365,9 @@ fn key_name(key: &Value) -> String {
     }
 }
 
+/// crossroads' `config-sample.yml`, with the `servers` of its README: the tests' config.yml.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn read(text: &str, environment: &str) -> Result<CrossroadsConfig, String> {
-        parse(Path::new("config.yml"), text, environment).map_err(|e| e.to_string())
-    }
-
-    /// crossroads' `config-sample.yml`, with the `servers` of its README.
-    const SAMPLE: &str = "\
+pub(crate) const SAMPLE: &str = "\
 development:
 
 production:
@@ -391,6 +384,14 @@ production:
     - deployer@server1.example.com
     - deployer@server2.example.com
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str, environment: &str) -> Result<CrossroadsConfig, String> {
+        parse(Path::new("config.yml"), text, environment).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn the_sample_maps_onto_herald() {

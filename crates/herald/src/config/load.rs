@@ -493,24 +493,6 @@ mod tests {
         Ok((loaded.config, notices))
     }
 
-    /// crossroads' `config-sample.yml` with the `servers` of its README.
-    const CROSSROADS_SAMPLE: &str = "\
-development:
-
-production:
-  port: 80
-  device_ttl: 3600
-  redis:
-    url: rediss://:pass-s3cret@redis.example:6380/2
-  flakeid:
-    datacenter: 0
-    worker: 0
-  io:
-    pingTimeout: 60000
-  servers:
-    - deployer@server1.example.com
-";
-
     fn crossroads(text: &str) -> Files<'_> {
         Files {
             crossroads: text,
@@ -762,8 +744,12 @@ production:
 
     #[test]
     fn crossroads_config_yml_as_it_is() {
-        let (config, notices) =
-            load_files(crossroads(CROSSROADS_SAMPLE), &[], Overrides::default()).unwrap();
+        let (config, notices) = load_files(
+            crossroads(crate::config::crossroads_config::SAMPLE),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
         let server = &config.server;
         assert_eq!(
             server.listen,
@@ -842,7 +828,7 @@ production:
         assert!(notices.is_empty());
         // With a mounted config.yml, the image's HERALD_LISTEN wins over its port, and says so.
         let (config, notices) = load_files(
-            crossroads(CROSSROADS_SAMPLE),
+            crossroads(crate::config::crossroads_config::SAMPLE),
             &vars[..1],
             Overrides::default(),
         )
