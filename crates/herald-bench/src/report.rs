@@ -244,7 +244,84 @@ pub fn render(text: &str) -> anyhow::Result<String> {
     for scenario in scenarios {
         out.push_str(&table(scenario, &variants, &runs, &servers));
     }
+    out.push_str(&against_floor(&variants, &runs, &servers));
     Ok(out)
+}
+
+/// Each server's fan-out rows as ratios to the floor measured in the same sitting, for the fan-outs with the
+/// floor's sizes and pace, with issue 15's targets: CPU per delivery at most 1.2× the floor's, p99 within 1.5×
+/// of one raw broadcast's p99, and every round's p99.9 within 2× of its p99.
+fn against_floor(variants: &[(&str, &str)], runs: &Runs, servers: &[&str]) -> String {
+    let mut rows = String::new();
+    for &(_, floor_variant) in variants.iter().filter(|(sc, _)| *sc == "floor") {
+        let Some(floor_runs) = runs
+            .get(&("floor", floor_variant))
+            .and_then(|r| r.get("floor"))
+        else {
+            continue;
+        };
+        let floor_cpu = median(&values(floor_runs, "/cpu_per_delivery_us"));
+        let floor_broadcast = median(&values(floor_runs, "/broadcast_us/p99"));
+        // "1000 sockets, 100 msg/s" matches "1000 subs, one room, 100 msg/s" and its transports.
+        let Some((subs, pace)) = floor_variant.split_once(" sockets, ") else {
+            continue;
+        };
+        let prefix = format!("{subs} subs, one room, {pace}");
+        let matching = variants.iter().filter(|(sc, v)| {
+            *sc == "fanout"
+                && v.strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(','))
+        });
+        for &(sc, variant) in matching {
+            let Some(by_server) = runs.get(&(sc, variant)) else {
+                continue;
+            };
+            for server in servers {
+                let Some(server_runs) = by_server.get(server) else {
+                    continue;
+                };
+                let cpu = median(&values(server_runs, "/server_cpu_us_per_msg"));
+                let p99 = median(&values(server_runs, "/latency_us/p99"));
+                let tail = server_runs
+                    .iter()
+                    .filter_map(|r| {
+                        let p99 = r.pointer("/latency_us/p99")?.as_f64()?;
+                        let p999 = r.pointer("/latency_us/p999")?.as_f64()?;
+                        (p99 > 0.0).then_some(p999 / p99)
+                    })
+                    .fold(None, |worst: Option<f64>, t| {
+                        Some(worst.map_or(t, |w| w.max(t)))
+                    });
+                rows.push_str(&format!(
+                    "| {variant} | {server} | {} | {} | {} |\n",
+                    ratio_to(cpu, floor_cpu, 1.2),
+                    ratio_to(p99, floor_broadcast, 1.5),
+                    tail.map_or("—".into(), |t| verdict(t, 2.0)),
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "### against the floor\n\n| variant | server | CPU per delivery ÷ floor's (target ≤ 1.2×) | \
+         latency p99 ÷ floor's broadcast p99 (target ≤ 1.5×) | worst round's p99.9 ÷ p99 (target ≤ 2×) |\n\
+         | --- | --- | ---: | ---: | ---: |\n{rows}\n"
+    )
+}
+
+fn ratio_to(value: Option<f64>, floor: Option<f64>, target: f64) -> String {
+    match (value, floor) {
+        (Some(v), Some(f)) if f > 0.0 => verdict(v / f, target),
+        _ => "—".into(),
+    }
+}
+
+/// A ratio and whether it meets its target.
+fn verdict(ratio: f64, target: f64) -> String {
+    let mark = if ratio <= target { "met" } else { "missed" };
+    format!("{ratio:.2}× ({mark})")
 }
 
 type Runs<'a> = BTreeMap<(&'a str, &'a str), BTreeMap<&'a str, Vec<&'a Value>>>;
@@ -364,6 +441,31 @@ fn edge(base: Option<f64>, other: Option<f64>, m: &Metric) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fan_outs_are_read_against_the_floor_of_their_sitting() {
+        let lines = [
+            r#"{"scenario":"floor","variant":"1000 sockets, 100 msg/s","server":"floor","metrics":{"cpu_per_delivery_us":4.0,"broadcast_us":{"p99":5000}}}"#,
+            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":4.4,"latency_us":{"p99":7000,"p999":9000}}}"#,
+            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":4.8,"latency_us":{"p99":8000,"p999":20000}}}"#,
+            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s, SSE","server":"herald","metrics":{"server_cpu_us_per_msg":8.0,"latency_us":{"p99":5000,"p999":6000}}}"#,
+            r#"{"scenario":"fanout","variant":"10000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":1.0,"latency_us":{"p99":1,"p999":1}}}"#,
+        ]
+        .join("\n");
+        let md = render(&lines).expect("render");
+        assert!(
+            md.contains("| 1000 subs, one room, 100 msg/s | herald | 1.15× (met) | 1.50× (met) | 2.50× (missed) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1000 subs, one room, 100 msg/s, SSE | herald | 2.00× (missed) | 1.00× (met) | 1.20× (met) |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("| 10000 subs, one room, 100 msg/s | herald |"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn tables_show_medians_and_edges() {

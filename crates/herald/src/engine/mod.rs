@@ -8,6 +8,7 @@ mod plain;
 mod polling;
 mod session;
 mod websocket;
+mod wire;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -4,11 +4,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use herald_protocol::engineio::{OutFrame, Version};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+use super::wire::{Direct, Wire};
 
 /// Why a session ended; the strings are socket.io's disconnect reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,8 @@ pub(crate) struct State {
     pub closed: Option<CloseReason>,
     /// A polling response told the client the session is over; later requests get `Session ID unknown`.
     pub close_delivered: bool,
+    /// The socket of the session's WebSocket, while its task runs, for direct writes (`wire.rs`).
+    pub wire: Option<Arc<Wire>>,
 }
 
 impl State {
@@ -168,6 +173,7 @@ impl<C> Session<C> {
                 post_pending: false,
                 closed: None,
                 close_delivered: false,
+                wire: None,
             }),
             writable: Notify::new(),
             heartbeat: Notify::new(),
@@ -231,6 +237,30 @@ impl<C> Session<C> {
         drop(state);
         self.writable.notify_one();
         Ok(())
+    }
+
+    /// Sends frames that belong together: straight to the socket when the session's WebSocket task is idle
+    /// with nothing queued (one write, no wake-up), else through the outbox as [`Session::send_all`] does.
+    /// For broadcasts at a pace the writers keep up with; under load, queueing lets a burst leave in one write.
+    pub fn send_direct(&self, frames: &[OutFrame]) -> Result<(), SendError> {
+        let state = self.state.lock();
+        if state.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        if let (Some(wire), true) = (&state.wire, state.outbox.is_empty()) {
+            match wire.write_direct(frames, self.version) {
+                Direct::Written { spilled } => {
+                    drop(state);
+                    if spilled {
+                        self.writable.notify_one();
+                    }
+                    return Ok(());
+                }
+                Direct::Queue => {}
+            }
+        }
+        drop(state);
+        self.send_all(frames.iter().cloned())
     }
 
     /// Queues frames only while the outbox is at most half full, dropping them otherwise: for messages that are
@@ -297,8 +327,12 @@ impl<C> Session<C> {
         self.heartbeat.notify_one();
     }
 
-    /// Takes every queued frame, for one write.
+    /// Takes every queued frame, for one write; publishers write no more to the socket until the task opens the
+    /// gate again.
     pub(crate) fn drain(state: &mut State) -> VecDeque<OutFrame> {
+        if let Some(wire) = &state.wire {
+            wire.close_gate();
+        }
         state.outbox_bytes = 0;
         std::mem::take(&mut state.outbox)
     }

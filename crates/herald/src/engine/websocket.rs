@@ -12,7 +12,6 @@ use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, StreamExt};
 use herald_protocol::engineio::{OutFrame, Packet, Version};
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -21,9 +20,10 @@ use super::heartbeat::{Due, Heartbeat};
 use super::http::{error, refused, EngineQuery, ErrorCode};
 use super::inbound::Heard;
 use super::session::{CloseReason, Session, Transport};
+use super::wire::WsIo;
 use super::{Engine, EngineHandler};
 
-pub(super) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(super) type Ws = WebSocketStream<WsIo>;
 
 pub(super) fn handle<H: EngineHandler>(
     engine: &Engine<H>,
@@ -173,7 +173,7 @@ pub(super) async fn upgraded<H: EngineHandler>(
         .write_buffer_size(config.ws_write_buffer)
         .max_message_size(Some(config.max_payload))
         .max_frame_size(Some(config.max_payload));
-    Some(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(ws_config)).await)
+    Some(WebSocketStream::from_raw_socket(WsIo::new(io), Role::Server, Some(ws_config)).await)
 }
 
 /// Moves a polling session onto this WebSocket: answer `2probe` with `3probe`, release the pending GET with a
@@ -240,6 +240,9 @@ fn run<H: EngineHandler>(
         // cost a timer-wheel insert and cancel for every message delivered.
         let timer = tokio::time::sleep_until(heartbeat.deadline());
         tokio::pin!(timer);
+        let wire = ws.get_ref().wire().cloned();
+        session.state.lock().wire.clone_from(&wire);
+        let write_limit = config.ping_interval + config.ping_timeout;
         let mut woken = false;
         loop {
             if std::mem::take(&mut woken) {
@@ -257,8 +260,7 @@ fn run<H: EngineHandler>(
                 (Session::<H::Conn>::drain(&mut state), state.closed)
             };
             if !frames.is_empty() {
-                let limit = config.ping_interval + config.ping_timeout;
-                match write_or_abandon(&mut ws, &session, frames, limit).await {
+                match write_or_abandon(&mut ws, &session, frames, write_limit).await {
                     Written::All => {}
                     Written::Failed => {
                         session.close(CloseReason::TransportError);
@@ -272,6 +274,23 @@ fn run<H: EngineHandler>(
                 // Boxed: entered once, and it would otherwise grow every connection's idle state.
                 Box::pin(say_goodbye(&mut ws, reason)).await;
                 break;
+            }
+            if let Some(wire) = &wire {
+                // Idle now: publishers may write to the socket themselves once everything is on the wire.
+                if !wire.is_clean() {
+                    match write_or_abandon(&mut ws, &session, VecDeque::new(), write_limit).await {
+                        Written::All => {}
+                        Written::Failed => {
+                            session.close(CloseReason::TransportError);
+                            break;
+                        }
+                        Written::Abandoned => break,
+                    }
+                }
+                let state = session.state.lock();
+                if state.outbox.is_empty() && state.closed.is_none() {
+                    wire.open_gate();
+                }
             }
             tokio::select! {
                 message = ws.next() => {
@@ -296,6 +315,8 @@ fn run<H: EngineHandler>(
                 },
             }
         }
+        // The socket closes once the task and the session both let go of it.
+        session.state.lock().wire = None;
         engine.finalize(&session);
         engine.forget(&session);
     }

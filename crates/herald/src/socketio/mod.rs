@@ -7,6 +7,7 @@ mod conn;
 mod frames;
 mod handler;
 mod namespace;
+mod pacer;
 mod plain;
 mod plain_in;
 mod socket;

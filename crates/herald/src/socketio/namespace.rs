@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use super::frames::{self, EncodeError};
 use super::handler::NamespaceHandler;
+use super::pacer::Pacer;
 use super::plain::PlainCache;
-use super::socket::Socket;
+use super::socket::{Send, Socket};
 
 /// A broadcast's frames: `plain` for every socket, and, when the packet is in its site's recovery log, the
 /// same frames with the offset as last argument for the sockets that may recover.
@@ -61,6 +62,8 @@ pub struct Namespace {
     rooms: RwLock<HashMap<Arc<str>, Members>>,
     /// Connects answered and sockets that left (`herald_connects_total`, `herald_disconnects_total`).
     pub(crate) metrics: crate::metrics::NamespaceMetrics,
+    /// Whether broadcasts write straight to idle sockets or queue.
+    pacer: Pacer,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -80,6 +83,7 @@ impl Namespace {
             closed: std::sync::atomic::AtomicBool::new(false),
             rooms: RwLock::new(HashMap::new()),
             metrics: crate::metrics::NamespaceMetrics::new(name),
+            pacer: Pacer::new(),
         }
     }
 
@@ -186,6 +190,11 @@ impl Namespace {
             }
         }
         let mut delivered = 0;
+        let mut direct = if target.volatile {
+            0
+        } else {
+            self.pacer.direct_budget()
+        };
         let cache = PlainCache::default();
         let mut deliver = |socket: &Arc<Socket>| {
             if excluded.contains(&socket.key) {
@@ -200,7 +209,15 @@ impl Namespace {
                 (None, Some((offset, frames))) if socket.pid().is_some() => (Some(offset), frames),
                 _ => (None, outgoing.plain),
             };
-            if socket.deliver(offset, frames, target.volatile) {
+            let how = if target.volatile {
+                Send::Volatile
+            } else if direct > 0 {
+                direct -= 1;
+                Send::Direct
+            } else {
+                Send::Queued
+            };
+            if socket.deliver(offset, frames, how) {
                 delivered += 1;
             }
         };
@@ -230,6 +247,7 @@ impl Namespace {
                 }
             }
         }
+        self.pacer.delivered(delivered);
         delivered
     }
 

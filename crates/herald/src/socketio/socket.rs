@@ -166,12 +166,13 @@ impl Socket {
         self.pid.as_deref()
     }
 
-    /// Queues a broadcast's frames, or holds them while something must come first. `Err` when the outbox is full.
+    /// Sends a broadcast's frames as `how` says, or holds them while something must come first. False when they
+    /// were not taken (the outbox is full, or volatile frames were dropped).
     pub(crate) fn deliver(
         &self,
         offset: Option<&Arc<str>>,
         frames: &[OutFrame],
-        volatile: bool,
+        how: Send,
     ) -> bool {
         if self.holding.load(Ordering::Acquire) {
             let mut held = self.held.lock();
@@ -191,10 +192,10 @@ impl Socket {
                 return true;
             }
         }
-        if volatile {
-            self.session.send_volatile(frames.iter().cloned())
-        } else {
-            self.session.send_all(frames.iter().cloned()).is_ok()
+        match how {
+            Send::Queued => self.session.send_all(frames.iter().cloned()).is_ok(),
+            Send::Direct => self.session.send_direct(frames).is_ok(),
+            Send::Volatile => self.session.send_volatile(frames.iter().cloned()),
         }
     }
 
@@ -397,6 +398,17 @@ impl Socket {
         self.session.conn.detach(self);
         self.ns.remove(self, "server namespace disconnect");
     }
+}
+
+/// How a broadcast's frames go to one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Send {
+    /// Through the outbox.
+    Queued,
+    /// Straight to the socket when its task is idle, else through the outbox (`Session::send_direct`).
+    Direct,
+    /// Through the outbox while it is at most half full, else dropped (socket.io's `volatile`).
+    Volatile,
 }
 
 #[cfg(test)]

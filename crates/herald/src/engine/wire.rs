@@ -1,0 +1,327 @@
+//! A socket.io WebSocket's TCP socket, shared by the connection's task and by publishers: while the task has
+//! nothing queued, half written or buffered, a broadcast writes its frame straight to the socket, one `writev`
+//! from the publishing task, with no wake-up of the connection's task.
+//!
+//! The gate keeps one writer at a time and the order of bytes on the wire. It is open only while the task is
+//! idle and clean; the task closes it when it drains the outbox and with every write of its own (tungstenite's
+//! pongs and close frames included), and opens it again once a flush has put everything on the wire. A
+//! publisher's partial write leaves the rest as the *spill*, which the next write or flush of the task sends
+//! before anything else.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use herald_protocol::engineio::{OutFrame, Version};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::server::Watched;
+
+/// The most frames one direct write takes (a packet and its binary attachments); more go through the outbox.
+const MAX_DIRECT_FRAMES: usize = 4;
+
+/// The TCP socket of one WebSocket connection and who may write to it now.
+pub(crate) struct Wire {
+    tcp: TcpStream,
+    gate: Mutex<Gate>,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("tcp", &self.tcp)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Gate {
+    /// Publishers may write: the task has nothing queued, half written or buffered.
+    open: bool,
+    /// Everything the task wrote is on the wire: set by a finished flush, cleared by any write of the task.
+    clean: bool,
+    /// The rest of a publisher's partial write: the next bytes on the wire.
+    spill: Option<Bytes>,
+}
+
+/// What a direct write did with the frames.
+pub(crate) enum Direct {
+    /// On the wire (or spilled, for the task to finish): nothing to queue.
+    Written { spilled: bool },
+    /// The gate is closed or the frames cannot go directly: queue them.
+    Queue,
+}
+
+impl Wire {
+    fn new(tcp: TcpStream) -> Wire {
+        Wire {
+            tcp,
+            gate: Mutex::new(Gate::default()),
+        }
+    }
+
+    /// Writes `frames` as WebSocket frames when the gate is open. The caller holds the session's state lock and
+    /// has checked that its outbox is empty, so nothing queued can be overtaken.
+    pub(crate) fn write_direct(&self, frames: &[OutFrame], version: Version) -> Direct {
+        if frames.is_empty() || frames.len() > MAX_DIRECT_FRAMES {
+            return Direct::Queue;
+        }
+        let mut gate = self.gate.lock();
+        if !gate.open {
+            return Direct::Queue;
+        }
+        let mut headers = [[0u8; MAX_HEADER]; MAX_DIRECT_FRAMES];
+        let mut lengths = [0usize; MAX_DIRECT_FRAMES];
+        for (i, frame) in frames.iter().enumerate() {
+            let opcode = match frame {
+                OutFrame::Text(_) => OPCODE_TEXT,
+                // v3's binary frames carry a type byte first: those take the task's path.
+                OutFrame::Binary(_) if version == Version::V4 => OPCODE_BINARY,
+                OutFrame::Binary(_) => return Direct::Queue,
+            };
+            lengths[i] = frame_header(opcode, frame.len(), &mut headers[i]);
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_DIRECT_FRAMES];
+        let mut total = 0;
+        for (i, frame) in frames.iter().enumerate() {
+            slices[2 * i] = IoSlice::new(&headers[i][..lengths[i]]);
+            slices[2 * i + 1] = IoSlice::new(payload(frame));
+            total += lengths[i] + frame.len();
+        }
+        match self.tcp.try_write_vectored(&slices[..2 * frames.len()]) {
+            Ok(n) if n == total => Direct::Written { spilled: false },
+            Ok(n) => {
+                // Rare (a full socket buffer): the rest waits for the task, which the caller wakes.
+                let mut rest = Vec::with_capacity(total - n);
+                for slice in &slices[..2 * frames.len()] {
+                    rest.extend_from_slice(slice);
+                }
+                gate.spill = Some(Bytes::from(rest).slice(n..));
+                gate.open = false;
+                Direct::Written { spilled: true }
+            }
+            Err(_) => {
+                // Would block, or the socket failed: the task writes (or finds the error) from here.
+                gate.open = false;
+                Direct::Queue
+            }
+        }
+    }
+
+    /// Closes the gate: the task is about to write what it drained.
+    pub(crate) fn close_gate(&self) {
+        self.gate.lock().open = false;
+    }
+
+    /// Whether the task has nothing buffered or spilled, so the gate may open.
+    pub(crate) fn is_clean(&self) -> bool {
+        let gate = self.gate.lock();
+        gate.clean && gate.spill.is_none()
+    }
+
+    /// Opens the gate if the task has nothing buffered or spilled; true when open. The caller holds the
+    /// session's state lock and has checked that its outbox is empty.
+    pub(crate) fn open_gate(&self) -> bool {
+        let mut gate = self.gate.lock();
+        gate.open = gate.clean && gate.spill.is_none();
+        gate.open
+    }
+
+    /// A write of the task: the spill first, then `data`.
+    fn poll_task_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let mut gate = self.gate.lock();
+            gate.open = false;
+            gate.clean = false;
+            if let Some(spill) = gate.spill.as_mut() {
+                match self.tcp.try_write(spill) {
+                    Ok(n) => {
+                        spill.advance(n);
+                        if spill.is_empty() {
+                            gate.spill = None;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            } else if data.is_empty() {
+                return Poll::Ready(Ok(0));
+            } else {
+                match self.tcp.try_write(data) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    result => return Poll::Ready(result),
+                }
+            }
+            drop(gate);
+            ready!(self.tcp.poll_write_ready(cx))?;
+        }
+    }
+
+    /// A flush of the task: everything tungstenite buffered is written by now; the spill goes too.
+    fn poll_task_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut gate = self.gate.lock();
+            let Some(spill) = gate.spill.as_mut() else {
+                gate.clean = true;
+                return Poll::Ready(Ok(()));
+            };
+            match self.tcp.try_write(spill) {
+                Ok(n) => {
+                    spill.advance(n);
+                    if spill.is_empty() {
+                        gate.spill = None;
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            drop(gate);
+            ready!(self.tcp.poll_write_ready(cx))?;
+        }
+    }
+
+    fn poll_task_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            match self.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+fn payload(frame: &OutFrame) -> &[u8] {
+    match frame {
+        OutFrame::Text(bytes) | OutFrame::Binary(bytes) => bytes,
+    }
+}
+
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+const MAX_HEADER: usize = 10;
+
+/// Writes the header of an unmasked, final server frame into `out`; returns its length.
+fn frame_header(opcode: u8, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
+    out[0] = 0x80 | opcode;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// The IO under a WebSocket: a plain TCP connection shared through a [`Wire`], or any other stream (TLS), which
+/// stays the task's alone.
+pub(crate) enum WsIo {
+    Tcp {
+        wire: Arc<Wire>,
+        /// Bytes the client sent right after its upgrade request, which the HTTP server had already read.
+        early: Bytes,
+    },
+    Other(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl WsIo {
+    pub(crate) fn new(upgraded: hyper::upgrade::Upgraded) -> WsIo {
+        match upgraded.downcast::<TokioIo<Watched<TcpStream>>>() {
+            Ok(parts) => WsIo::Tcp {
+                wire: Arc::new(Wire::new(parts.io.into_inner().inner)),
+                early: parts.read_buf,
+            },
+            Err(upgraded) => WsIo::Other(TokioIo::new(upgraded)),
+        }
+    }
+
+    /// The shared socket, when publishers can write to it.
+    pub(crate) fn wire(&self) -> Option<&Arc<Wire>> {
+        match self {
+            WsIo::Tcp { wire, .. } => Some(wire),
+            WsIo::Other(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for WsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WsIo::Tcp { wire, early } => {
+                if early.is_empty() {
+                    return wire.poll_task_read(cx, buf);
+                }
+                let n = early.len().min(buf.remaining());
+                buf.put_slice(&early[..n]);
+                early.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            WsIo::Other(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WsIo::Tcp { wire, .. } => wire.poll_task_write(cx, data),
+            WsIo::Other(io) => Pin::new(io).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WsIo::Tcp { wire, .. } => wire.poll_task_flush(cx),
+            WsIo::Other(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            // The socket closes when the task and its session let go of the wire; tungstenite never shuts the
+            // write side down before that.
+            WsIo::Tcp { wire, .. } => wire.poll_task_flush(cx),
+            WsIo::Other(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_headers_follow_rfc_6455_lengths() {
+        let mut out = [0u8; MAX_HEADER];
+        assert_eq!(frame_header(OPCODE_TEXT, 5, &mut out), 2);
+        assert_eq!(&out[..2], &[0x81, 5]);
+        assert_eq!(frame_header(OPCODE_BINARY, 300, &mut out), 4);
+        assert_eq!(&out[..4], &[0x82, 126, 1, 44]);
+        assert_eq!(frame_header(OPCODE_TEXT, 70_000, &mut out), 10);
+        assert_eq!(&out[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+}
