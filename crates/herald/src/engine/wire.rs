@@ -245,7 +245,8 @@ impl WsIo {
         match upgraded.downcast::<TokioIo<Watched<TcpStream>>>() {
             Ok(parts) => WsIo::Tcp {
                 wire: Arc::new(Wire::new(parts.io.into_inner().inner)),
-                early: parts.read_buf,
+                // A copy: the slice would keep the HTTP server's whole read buffer alive with the connection.
+                early: Bytes::copy_from_slice(&parts.read_buf),
             },
             Err(upgraded) => WsIo::Other(TokioIo::new(upgraded)),
         }
@@ -274,6 +275,9 @@ impl AsyncRead for WsIo {
                 let n = early.len().min(buf.remaining());
                 buf.put_slice(&early[..n]);
                 early.advance(n);
+                if early.is_empty() {
+                    *early = Bytes::new();
+                }
                 Poll::Ready(Ok(()))
             }
             WsIo::Other(io) => Pin::new(io).poll_read(cx, buf),
