@@ -10,6 +10,7 @@
 #   bash scripts/bench.sh --only events --servers "herald node" --rounds 3   # client events routed to a webhook
 #   bash scripts/bench.sh --only bridges --servers herald   # broker bridges into one room (herald only; needs the
 #                                           # shared RabbitMQ, Mosquitto, NATS, Redis and Postgres: scripts/services.sh)
+#   bash scripts/bench.sh --only "idle-1k storm-1k" --servers herald   # 1000 clients, JWT and webhook auth
 #   bash scripts/bench.sh --only floor      # the raw write() floor alone (herald-bench floor, no server)
 #   bash scripts/bench.sh --smoke           # CI: herald only, tiny sizes, debug build, fails on any loss
 #
@@ -58,10 +59,12 @@ export BENCH_API_KEY=bench-api-key-0123456789 BENCH_JWT_SECRET=bench-jwt-secret-
 server_pid=""
 # start_server SERVER SCENARIO: the `events` scenarios need the `bid` route to herald-bench's backend on
 # 127.0.0.1:3791 (bench/herald-events.yml; EVENTS_URL for Node). The `bridges` ones need herald's bridges, named
-# after a new BENCH_RUN id (which herald-bench reads too) so that no run hears another's messages.
+# after a new BENCH_RUN id (which herald-bench reads too) so that no run hears another's messages. The `-webhook`
+# ones authenticate through the webhook herald-bench runs on 127.0.0.1:3791 (bench/herald-webhook.yml).
 start_server() {
   local herald_config=bench/herald.yml events_url=""
   if [[ $2 == events* ]]; then herald_config=bench/herald-events.yml events_url=http://127.0.0.1:3791/events/bid; fi
+  if [[ $2 == *-webhook ]]; then herald_config=bench/herald-webhook.yml; fi
   if [[ $2 == bridges* ]]; then
     export BENCH_RUN="$(date +%s)$RANDOM"
     herald_config=$out/herald-bridges.yml
@@ -93,6 +96,8 @@ if [[ $smoke == 1 ]]; then
   scenarios=(
     "idle|idle --conns 200 --settle-secs 1"
     "storm|storm --conns 500 --concurrency 50"
+    "idle-webhook|idle --conns 200 --settle-secs 1 --webhook 127.0.0.1:3791"
+    "storm-webhook|storm --conns 500 --concurrency 50 --webhook 127.0.0.1:3791"
     "fanout-room|fanout --subs 100 --messages 200 --publishers 4|plain"
     "fanout-room-paced|fanout --subs 100 --messages 100 --rate 200|plain"
     "fanout-personal|fanout --subs 200 --personal --messages 2000 --rate 2000 --publishers 4"
@@ -110,6 +115,12 @@ else
     "idle-10k|idle --conns 10000"
     "idle-18k|idle --conns 18000"
     "storm|storm --conns 15000 --concurrency 500"
+    # Auth through the site's webhook (bench/herald-webhook.yml), which herald-bench runs and counts connections
+    # to; the JWT rows of the same size to read them against.
+    "idle-1k|idle --conns 1000"
+    "idle-1k-webhook|idle --conns 1000 --webhook 127.0.0.1:3791"
+    "storm-1k|storm --conns 1000 --concurrency 500"
+    "storm-1k-webhook|storm --conns 1000 --concurrency 500 --webhook 127.0.0.1:3791"
     "fanout-1k-unpaced|fanout --subs 1000 --messages 2000 --publishers 16|plain"
     "fanout-1k-50|fanout --subs 1000 --messages 500 --rate 50|plain"
     "fanout-1k-100|fanout --subs 1000 --messages 1000 --rate 100|plain"
@@ -161,8 +172,9 @@ for entry in "${scenarios[@]}"; do
     for server in $servers; do
       # Only herald and the Node reference route client events to a webhook (bench/reference/README.md).
       if [[ $name == events* && $server == socketioxide ]]; then continue; fi
-      # The broker bridges are herald's alone.
+      # The broker bridges are herald's alone, and so is auth through a webhook.
       if [[ $name == bridges* && $server != herald ]]; then continue; fi
+      if [[ $name == *-webhook && $server != herald ]]; then continue; fi
       for transport in $runs; do
         # Only herald has plain clients.
         if [[ $transport != websocket && $server != herald ]]; then continue; fi

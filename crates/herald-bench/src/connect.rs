@@ -7,6 +7,7 @@ use anyhow::Context;
 use futures_util::{stream, StreamExt};
 use serde_json::json;
 
+use crate::backend::{AuthKey, Backend};
 use crate::client::Client;
 use crate::procfs;
 use crate::stats::{micros_histogram, Deliveries, Latency};
@@ -61,6 +62,50 @@ pub async fn open_all(
     })
 }
 
+/// The site's auth webhook, when a scenario runs one: the bench backend answering `GET /auth`.
+pub struct Webhook(Backend);
+
+impl Webhook {
+    /// Starts the webhook at `addr`, if given, for tokens signed with `secret`; each answer takes `delay`.
+    pub fn start(
+        addr: Option<std::net::SocketAddr>,
+        secret: &str,
+        delay: Duration,
+    ) -> anyhow::Result<Option<Self>> {
+        addr.map(|addr| {
+            Backend::start_with(addr, Some(AuthKey::hs256(secret, delay)?)).map(Webhook)
+        })
+        .transpose()
+    }
+
+    /// The connections the server opened to the webhook and its answers, for the JSON record; fails when a
+    /// client was refused or the server never called (its site does not use this webhook).
+    fn metrics(&self, n: usize) -> anyhow::Result<serde_json::Value> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let calls = &self.0.calls;
+        let answered = calls.auth_answered.load(Relaxed);
+        let refused = calls.auth_refused.load(Relaxed);
+        anyhow::ensure!(
+            answered >= n as u64 && refused == 0,
+            "the webhook answered {answered} auth calls and refused {refused} for {n} clients; does the \
+             server's site use it (bench/herald-webhook.yml)?"
+        );
+        Ok(json!({
+            "calls": answered,
+            "accepted": calls.accepted.load(Relaxed),
+            "peak_open": calls.peak_open.load(Relaxed),
+            "open_after": calls.open.load(Relaxed),
+        }))
+    }
+
+    fn describe(metrics: &serde_json::Value) -> String {
+        format!(
+            "; webhook: {} calls over {} connections opened, at most {} open at once, {} still open",
+            metrics["calls"], metrics["accepted"], metrics["peak_open"], metrics["open_after"]
+        )
+    }
+}
+
 /// `n` connections that only answer heartbeats: server RSS growth per connection, after `settle`.
 pub async fn idle(
     target: &Target,
@@ -68,6 +113,7 @@ pub async fn idle(
     n: usize,
     concurrency: usize,
     settle: Duration,
+    webhook: Option<&Webhook>,
 ) -> anyhow::Result<Outcome> {
     let deliveries = Arc::new(Deliveries::default());
     let before = procfs::rss_kib(pid)?;
@@ -83,22 +129,25 @@ pub async fn idle(
     let after = procfs::rss_kib(pid)?;
     drop(opened.clients);
     let per_conn_kib = after.saturating_sub(before) as f64 / n as f64;
-    let human = format!(
+    let mut human = format!(
         "idle: {n} connections in {:.2}s ({:.0}/s); server RSS {before} KiB -> {after} KiB = {per_conn_kib:.2} KiB \
          per connection",
         opened.secs,
         n as f64 / opened.secs
     );
-    Ok(Outcome {
-        human,
-        metrics: json!({
-            "conns": n,
-            "rss_before_kib": before,
-            "rss_after_kib": after,
-            "kib_per_conn": per_conn_kib,
-            "connects_per_sec": n as f64 / opened.secs,
-        }),
-    })
+    let mut metrics = json!({
+        "conns": n,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_conn": per_conn_kib,
+        "connects_per_sec": n as f64 / opened.secs,
+    });
+    if let Some(webhook) = webhook {
+        let seen = webhook.metrics(n)?;
+        human.push_str(&Webhook::describe(&seen));
+        metrics["webhook"] = seen;
+    }
+    Ok(Outcome { human, metrics })
 }
 
 /// `n` clients connecting `concurrency` at a time: connects per second, connect latency, server CPU per connect.
@@ -107,6 +156,7 @@ pub async fn storm(
     pid: u32,
     n: usize,
     concurrency: usize,
+    webhook: Option<&Webhook>,
 ) -> anyhow::Result<Outcome> {
     let deliveries = Arc::new(Deliveries::default());
     let cpu_before = procfs::cpu_secs(pid)?;
@@ -123,21 +173,24 @@ pub async fn storm(
     let own_cpu = procfs::own_cpu_secs()? - own_before;
     drop(opened.clients);
     let rate = n as f64 / opened.secs;
-    let human = format!(
+    let mut human = format!(
         "storm: {n} connections, {concurrency} at a time, in {:.2}s = {rate:.0} connects/s; connect latency {}; \
          server CPU {:.1} us per connect; generator CPU {own_cpu:.2}s",
         opened.secs,
         opened.latency.describe(),
         server_cpu * 1e6 / n as f64,
     );
-    Ok(Outcome {
-        human,
-        metrics: json!({
-            "conns": n,
-            "connects_per_sec": rate,
-            "connect_latency_us": opened.latency,
-            "server_cpu_us_per_connect": server_cpu * 1e6 / n as f64,
-            "own_cpu_secs": own_cpu,
-        }),
-    })
+    let mut metrics = json!({
+        "conns": n,
+        "connects_per_sec": rate,
+        "connect_latency_us": opened.latency,
+        "server_cpu_us_per_connect": server_cpu * 1e6 / n as f64,
+        "own_cpu_secs": own_cpu,
+    });
+    if let Some(webhook) = webhook {
+        let seen = webhook.metrics(n)?;
+        human.push_str(&Webhook::describe(&seen));
+        metrics["webhook"] = seen;
+    }
+    Ok(Outcome { human, metrics })
 }

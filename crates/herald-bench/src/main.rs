@@ -93,6 +93,13 @@ enum Scenario {
         /// Seconds to wait after the last connect before reading RSS.
         #[arg(long, default_value_t = 5)]
         settle_secs: u64,
+        /// Runs the site's auth webhook here (`GET /auth`, bench/herald-webhook.yml) and counts the
+        /// connections the server opens to it; the scenario is then `idle-webhook`.
+        #[arg(long)]
+        webhook: Option<SocketAddr>,
+        /// Milliseconds the webhook takes to answer, as a backend that reads its database does.
+        #[arg(long, default_value_t = 0)]
+        webhook_delay_ms: u64,
     },
     /// Opens N connections, C handshakes in flight; reports connects/s and connect latency.
     Storm {
@@ -100,6 +107,11 @@ enum Scenario {
         conns: usize,
         #[arg(long, default_value_t = 500)]
         concurrency: usize,
+        /// As for `idle`: runs the auth webhook here; the scenario is then `storm-webhook`.
+        #[arg(long)]
+        webhook: Option<SocketAddr>,
+        #[arg(long, default_value_t = 0)]
+        webhook_delay_ms: u64,
     },
     /// Subscribers in one room (or one personal room each) get M messages of S bytes published over HTTP.
     Fanout {
@@ -379,23 +391,47 @@ async fn main() -> anyhow::Result<()> {
             conns,
             concurrency,
             settle_secs,
-        } => (
-            "idle",
-            format!("{conns} connections"),
-            connect::idle(
-                &target,
-                pid()?,
-                conns,
-                concurrency,
-                Duration::from_secs(settle_secs),
+            webhook,
+            webhook_delay_ms,
+        } => {
+            let delay = Duration::from_millis(webhook_delay_ms);
+            let webhook = connect::Webhook::start(webhook, &args.jwt_secret, delay)?;
+            (
+                if webhook.is_some() {
+                    "idle-webhook"
+                } else {
+                    "idle"
+                },
+                format!("{conns} connections"),
+                connect::idle(
+                    &target,
+                    pid()?,
+                    conns,
+                    concurrency,
+                    Duration::from_secs(settle_secs),
+                    webhook.as_ref(),
+                )
+                .await?,
             )
-            .await?,
-        ),
-        Scenario::Storm { conns, concurrency } => (
-            "storm",
-            format!("{conns} connections, {concurrency} in flight"),
-            connect::storm(&target, pid()?, conns, concurrency).await?,
-        ),
+        }
+        Scenario::Storm {
+            conns,
+            concurrency,
+            webhook,
+            webhook_delay_ms,
+        } => {
+            let delay = Duration::from_millis(webhook_delay_ms);
+            let webhook = connect::Webhook::start(webhook, &args.jwt_secret, delay)?;
+            (
+                if webhook.is_some() {
+                    "storm-webhook"
+                } else {
+                    "storm"
+                },
+                format!("{conns} connections, {concurrency} in flight"),
+                connect::storm(&target, pid()?, conns, concurrency, webhook.as_ref()).await?,
+            )
+        }
         Scenario::Fanout {
             subs,
             personal,

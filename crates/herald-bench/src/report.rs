@@ -64,6 +64,26 @@ const STORM: &[Metric] = &[
     ),
 ];
 
+/// The idle and storm scenarios with webhook auth: what the server's connections to its webhook cost too.
+const IDLE_WEBHOOK: &[Metric] = &[
+    metric("KiB RSS per connection", "/kib_per_conn", false),
+    metric("connects/s", "/connects_per_sec", true),
+    count("webhook connections opened", "/webhook/accepted"),
+    count("webhook connections open at most", "/webhook/peak_open"),
+];
+
+const STORM_WEBHOOK: &[Metric] = &[
+    metric("connects/s", "/connects_per_sec", true),
+    metric("connect p99 (ms)", "/connect_latency_us/p99", false),
+    metric(
+        "server CPU per connect (µs)",
+        "/server_cpu_us_per_connect",
+        false,
+    ),
+    count("webhook connections opened", "/webhook/accepted"),
+    count("webhook connections open at most", "/webhook/peak_open"),
+];
+
 const FLOOR: &[Metric] = &[
     metric("CPU per delivery (µs)", "/cpu_per_delivery_us", false),
     metric("one broadcast p50 (ms)", "/broadcast_us/p50", false),
@@ -201,6 +221,8 @@ fn metrics_of(scenario: &str) -> &'static [Metric] {
     match scenario {
         "idle" => IDLE,
         "storm" => STORM,
+        "idle-webhook" => IDLE_WEBHOOK,
+        "storm-webhook" => STORM_WEBHOOK,
         "floor" => FLOOR,
         "fanout" => FANOUT,
         "cluster" => CLUSTER,

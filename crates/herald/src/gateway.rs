@@ -269,6 +269,7 @@ pub async fn build_in(config: &Config, cluster: Option<Cluster>) -> Result<Gatew
     let publisher_slot = Arc::new(OnceLock::new());
     let factory = SiteFactory {
         http: http.clone(),
+        trust: trust.clone(),
         retained: Arc::clone(&stores.retained),
         mailbox,
         presence: Arc::clone(&presence),

@@ -2,6 +2,7 @@
 //! the site's rule answers with an [`Identity`] or an [`AuthError`] whose message the client sees.
 
 pub mod jwt;
+mod pool;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -10,6 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
+use crate::tls::Trust;
+
+/// The webhook calls in flight of an [`Authenticator::new`]: `limits.max_concurrent_auth`'s default.
+const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 /// How a site authenticates clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -134,7 +139,8 @@ pub struct Authenticator {
 #[derive(Debug)]
 enum Rule {
     Public,
-    Webhook(webhook::Webhook),
+    /// Boxed, as the JWT rule: the webhook holds its URL parts and its connection pool.
+    Webhook(Box<webhook::Webhook>),
     /// Boxed: the JWT rule (keys, validation, JWKS cache) is much larger than the others.
     Jwt(Box<jwt::JwtVerifier>),
 }
@@ -144,9 +150,24 @@ impl Authenticator {
     /// connections. Bad URLs, keys or algorithms are [`AuthError::Config`], reported when the config loads rather
     /// than at the first connect.
     pub fn new(config: &AuthConfig, http: reqwest::Client) -> Result<Authenticator, AuthError> {
+        Authenticator::for_site(config, http, &Trust::system(), DEFAULT_MAX_IN_FLIGHT)
+    }
+
+    /// [`Authenticator::new`] for a site: a webhook is called at most `max_in_flight` times at once (the site's
+    /// `limits.max_concurrent_auth`), over as many keep-alive connections at most, verified against `trust`.
+    pub fn for_site(
+        config: &AuthConfig,
+        http: reqwest::Client,
+        trust: &Trust,
+        max_in_flight: usize,
+    ) -> Result<Authenticator, AuthError> {
         let rule = match config {
             AuthConfig::Public => Rule::Public,
-            AuthConfig::Webhook(webhook) => Rule::Webhook(webhook::Webhook::new(webhook, http)?),
+            AuthConfig::Webhook(webhook) => Rule::Webhook(Box::new(webhook::Webhook::new(
+                webhook,
+                trust,
+                max_in_flight,
+            )?)),
             AuthConfig::Jwt(jwt) => Rule::Jwt(Box::new(jwt::JwtVerifier::new(jwt, http)?)),
         };
         Ok(Authenticator {

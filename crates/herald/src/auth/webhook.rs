@@ -3,25 +3,48 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderMap, ACCEPT, HOST, USER_AGENT};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use reqwest::header::{HeaderValue, AUTHORIZATION, COOKIE};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
+use super::pool::{CallError, Pool};
 use super::{AuthError, AuthRequest, Identity, WebhookConfig};
+use crate::tls::Trust;
 
 /// The largest answer read from a webhook. A list of rooms is small; a bigger body is a misconfigured URL (an
 /// HTML page, a download), and reading it whole would let one connect cost unbounded memory.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
-/// One site's webhook, ready to call: the URL is parsed once, when the site is configured.
+/// The largest refusal or error body read (and dropped) so that its connection can serve the next call; past
+/// it the connection is closed instead.
+const MAX_DRAINED_BYTES: usize = 64 * 1024;
+
+/// How long an idle connection to a webhook is kept. Below the usual keep-alive timeouts of HTTP servers (5 s
+/// for Node, nginx's 75 s), so a request is rarely written into a connection the server is closing.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// One site's webhook, ready to call: the URL is parsed once, when the site is configured, and its connections
+/// are pooled (`pool.rs`), at most as many as the site's auth checks in flight.
 pub(crate) struct Webhook {
-    url: Url,
+    /// The origin-form target of each request: path and query.
+    target: Uri,
+    /// The `Host` header: the URL's host, and its port when it is not the scheme's.
+    authority: HeaderValue,
+    /// `Basic` credentials from the URL's user info, sent with cookie-forwarding calls as an HTTP client
+    /// would (a token call's `Authorization` header is the client's token).
+    basic: Option<HeaderValue>,
     /// The URL's host (and port), the only part of the URL that logs show: the path or query may hold a secret.
     host: String,
     scheme: String,
     forward_cookie: bool,
     timeout: Duration,
-    http: reqwest::Client,
+    pool: Pool,
 }
 
 /// Shows the host only: the URL's path or query may carry a key.
@@ -37,7 +60,13 @@ impl std::fmt::Debug for Webhook {
 }
 
 impl Webhook {
-    pub(crate) fn new(config: &WebhookConfig, http: reqwest::Client) -> Result<Webhook, AuthError> {
+    /// `max_in_flight` bounds the calls in flight and so the connections open to the webhook; `trust` checks
+    /// an https:// webhook's certificate.
+    pub(crate) fn new(
+        config: &WebhookConfig,
+        trust: &Trust,
+        max_in_flight: usize,
+    ) -> Result<Webhook, AuthError> {
         let url = Url::parse(&config.url)
             .map_err(|e| AuthError::Config(format!("webhook url is not a valid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -62,13 +91,37 @@ impl Webhook {
                 "webhook timeout_ms must be above 0".into(),
             ));
         }
+        let bad = |what: &str| AuthError::Config(format!("webhook url has an unusable {what}"));
+        let target: Uri = url[url::Position::BeforePath..url::Position::AfterQuery]
+            .parse()
+            .map_err(|_| bad("path"))?;
+        let authority = HeaderValue::from_str(&host).map_err(|_| bad("host"))?;
+        let origin: Uri = format!("{}://{host}", url.scheme())
+            .parse()
+            .map_err(|_| bad("host"))?;
+        let basic = if url.username().is_empty() && url.password().is_none() {
+            None
+        } else {
+            let user = urlencoding_decode(url.username());
+            let password = url.password().map(urlencoding_decode).unwrap_or_default();
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let mut value =
+                HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| bad("user"))?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        let pool = Pool::new(origin, trust, max_in_flight, IDLE_TIMEOUT)
+            .map_err(|e| AuthError::Config(format!("webhook TLS: {e}")))?;
         Ok(Webhook {
-            url,
+            target,
+            authority,
+            basic,
             host,
             scheme: config.scheme.clone(),
             forward_cookie: config.forward_cookie,
             timeout: config.timeout(),
-            http,
+            pool,
         })
     }
 
@@ -82,27 +135,47 @@ impl Webhook {
             Some(meta) => HeaderValue::from_str(meta).ok(),
             None => None,
         };
-        let mut call = self.http.get(self.url.clone());
-        call = if self.forward_cookie {
-            call.header(COOKIE, credential)
+        let mut headers = HeaderMap::with_capacity(6);
+        headers.insert(HOST, self.authority.clone());
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("herald/", env!("CARGO_PKG_VERSION"))),
+        );
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        if self.forward_cookie {
+            headers.insert(COOKIE, credential);
+            if let Some(basic) = &self.basic {
+                headers.insert(AUTHORIZATION, basic.clone());
+            }
         } else {
-            call.header(AUTHORIZATION, credential)
-        };
-        if let Some(meta) = meta {
-            call = call.header("X-META", meta);
+            headers.insert(AUTHORIZATION, credential);
         }
+        if let Some(meta) = meta {
+            headers.insert("X-META", meta);
+        }
+        let call = || {
+            let mut call = Request::new(Empty::<Bytes>::new());
+            *call.uri_mut() = self.target.clone();
+            *call.headers_mut() = headers.clone();
+            call
+        };
 
-        // One deadline covers connecting, the headers and the body: a server that answers slowly byte by byte
-        // must not hold a connecting client longer than the configured timeout.
+        // One deadline covers waiting for a connection, connecting, the headers and the body: a server that
+        // answers slowly byte by byte must not hold a connecting client longer than the configured timeout.
         let result = tokio::time::timeout(self.timeout, async {
-            let response = call.send().await?;
+            let (lease, response) = self.pool.send(call).await?;
             let status = response.status();
-            let body = if status == StatusCode::OK {
-                Some(read_limited(response).await?)
+            let limit = if status == StatusCode::OK {
+                MAX_ANSWER_BYTES
             } else {
-                None
+                MAX_DRAINED_BYTES
             };
-            Ok::<_, reqwest::Error>((status, body))
+            let body = read_limited(response.into_body(), limit).await?;
+            // Only a body read to its end leaves the connection ready for the next call.
+            if body.is_some() {
+                lease.release().await;
+            }
+            Ok::<_, CallError>((status, body))
         })
         .await;
 
@@ -113,36 +186,32 @@ impl Webhook {
                 return Err(AuthError::TimedOut);
             }
             Ok(Err(e)) => {
-                if let Some(reason) = crate::tls::refused_certificate(&e) {
+                if let Some(reason) = refused_certificate(&e) {
                     tracing::warn!(host = %self.host, reason,
                         "auth webhook unavailable: its TLS certificate is not trusted (a private CA goes in server.ca_file)");
                     return Err(AuthError::Unavailable);
                 }
-                // reqwest's error may print the full URL; log only its kind.
-                let kind = if e.is_connect() {
-                    "connection failed"
-                } else if e.is_timeout() {
-                    "timed out"
-                } else if e.is_body() || e.is_decode() {
-                    "reading the answer failed"
-                } else {
-                    "request failed"
+                // The error may print the URL; log only its kind.
+                let kind = match &e {
+                    CallError::Connect(_) => "connection failed",
+                    CallError::Http(e)
+                        if e.is_incomplete_message() || e.is_body_write_aborted() =>
+                    {
+                        "reading the answer failed"
+                    }
+                    CallError::Http(_) => "request failed",
                 };
                 tracing::warn!(host = %self.host, reason = kind, "auth webhook unavailable");
-                return Err(if e.is_timeout() {
-                    AuthError::TimedOut
-                } else {
-                    AuthError::Unavailable
-                });
+                return Err(AuthError::Unavailable);
             }
             Ok(Ok(answer)) => answer,
         };
 
         match (status, body) {
-            (StatusCode::OK, Some(Some(body))) => parse_answer(&body).inspect_err(|_| {
+            (StatusCode::OK, Some(body)) => parse_answer(&body).inspect_err(|_| {
                 tracing::warn!(host = %self.host, "auth webhook answered 200 with something other than rooms");
             }),
-            (StatusCode::OK, _) => {
+            (StatusCode::OK, None) => {
                 tracing::warn!(host = %self.host, limit = MAX_ANSWER_BYTES, "auth webhook answer is too large");
                 Err(AuthError::BadAnswer)
             }
@@ -171,28 +240,43 @@ impl Webhook {
             }
         };
         let mut value = HeaderValue::from_str(&value).map_err(|_| AuthError::InvalidToken)?;
-        // Keeps the value out of HTTP/2 header compression tables and marks it for redaction in debug output.
+        // Marks the value for redaction in debug output.
         value.set_sensitive(true);
         Ok(value)
     }
 }
 
-/// Reads the body up to [`MAX_ANSWER_BYTES`]; `None` when it is larger.
-async fn read_limited(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-    {
-        return Ok(None);
+/// The reason a call's TLS handshake refused the webhook's certificate, if that is why it failed.
+fn refused_certificate(error: &CallError) -> Option<String> {
+    match error {
+        CallError::Connect(e) => crate::tls::refused_certificate(&**e),
+        CallError::Http(e) => crate::tls::refused_certificate(e),
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+}
+
+/// Percent-decodes a URL's user or password, as an HTTP client does before it sends them.
+fn urlencoding_decode(part: &str) -> String {
+    // A `+` is itself in user info, not a space as in a form.
+    let part = part.replace('+', "%2B");
+    url::form_urlencoded::parse(format!("x={part}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads the body up to `limit` bytes; `None` when it is larger.
+async fn read_limited(mut body: Incoming, limit: usize) -> Result<Option<Vec<u8>>, CallError> {
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame?.into_data() else {
+            continue;
+        };
+        if read.len() + chunk.len() > limit {
             return Ok(None);
         }
-        body.extend_from_slice(&chunk);
+        read.extend_from_slice(&chunk);
     }
-    Ok(Some(body))
+    Ok(Some(read))
 }
 
 /// A 200 answer: a JSON array of room names (crossroads), or `{"user": .., "rooms": [..]}`.
@@ -282,12 +366,12 @@ mod tests {
 
     #[test]
     fn bad_configs() {
-        let http = reqwest::Client::new();
-        assert!(Webhook::new(&config("http://auth.example/rooms"), http.clone()).is_ok());
+        let trust = Trust::system();
+        assert!(Webhook::new(&config("http://auth.example/rooms"), &trust, 64).is_ok());
         for url in ["", "not a url", "ftp://auth.example/", "unix:/tmp/sock"] {
             assert!(
                 matches!(
-                    Webhook::new(&config(url), http.clone()),
+                    Webhook::new(&config(url), &trust, 64),
                     Err(AuthError::Config(_))
                 ),
                 "{url}"
@@ -296,13 +380,13 @@ mod tests {
         let mut spaced = config("http://auth.example/");
         spaced.scheme = "Bearer x".into();
         assert!(matches!(
-            Webhook::new(&spaced, http.clone()),
+            Webhook::new(&spaced, &trust, 64),
             Err(AuthError::Config(_))
         ));
         let mut zero = config("http://auth.example/");
         zero.timeout_ms = 0;
         assert!(matches!(
-            Webhook::new(&zero, http),
+            Webhook::new(&zero, &trust, 64),
             Err(AuthError::Config(_))
         ));
     }
@@ -311,7 +395,8 @@ mod tests {
     fn host_only_in_logs() {
         let hook = Webhook::new(
             &config("https://user:pw@auth.example:8443/check?key=s3cret"),
-            reqwest::Client::new(),
+            &Trust::system(),
+            64,
         )
         .unwrap();
         assert_eq!(hook.host, "auth.example:8443");
@@ -324,7 +409,7 @@ mod tests {
 
     #[test]
     fn credentials() {
-        let hook = Webhook::new(&config("http://auth.example/"), reqwest::Client::new()).unwrap();
+        let hook = Webhook::new(&config("http://auth.example/"), &Trust::system(), 64).unwrap();
         let token = |t: Option<&str>| AuthRequest {
             token: t.map(str::to_owned),
             ..AuthRequest::default()

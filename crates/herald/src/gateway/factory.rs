@@ -22,10 +22,13 @@ use crate::recovery::SiteRecovery;
 use crate::retained::{RetainCaps, RetainedStore, SiteRetained};
 use crate::sites::Site;
 use crate::socketio::{Namespace, NamespaceHandler, SocketIo};
+use crate::tls::Trust;
 
 /// What every site shares, and makes its own parts from.
 pub(super) struct SiteFactory {
     pub http: reqwest::Client,
+    /// The roots an https:// auth webhook's certificate is checked against.
+    pub trust: Trust,
     pub retained: Arc<dyn RetainedStore>,
     pub mailbox: MailboxSlot,
     pub presence: Arc<Presence>,
@@ -156,11 +159,15 @@ impl SiteFactory {
         rules: &Rules,
         own: OwnNamespace,
     ) -> Result<Arc<dyn NamespaceHandler>, GatewayError> {
-        let auth = Authenticator::new(&config.auth, self.http.clone()).map_err(|source| {
-            GatewayError::Auth {
-                site: config.name.clone(),
-                source,
-            }
+        let auth = Authenticator::for_site(
+            &config.auth,
+            self.http.clone(),
+            &self.trust,
+            rules.limits.max_concurrent_auth,
+        )
+        .map_err(|source| GatewayError::Auth {
+            site: config.name.clone(),
+            source,
         })?;
         let shared = Arc::new(config.clone());
         let metrics = &site.metrics;
