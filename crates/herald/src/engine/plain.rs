@@ -22,7 +22,9 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use super::heartbeat::{Due, Heartbeat};
 use super::http::{allow_origin, handshake_bytes, handshake_too_large, respond};
 use super::session::{CloseReason, Session, Transport};
-use super::websocket::{accept_key, switching_protocols, upgraded, ws_error_reason, Ws};
+use super::websocket::{
+    accept_key, open_wire, switching_protocols, upgraded, ws_error_reason, Written, Ws,
+};
 use super::{new_sid, Engine, EngineHandler, SessionRefused};
 
 /// What goes on a plain session's wire.
@@ -332,6 +334,10 @@ async fn run_websocket<H: EngineHandler>(
     let write_limit = config.ping_interval + config.ping_timeout;
     let mut out = Vec::new();
     let mut woken = false;
+    let wire = ws.get_ref().wire().cloned();
+    session.state.lock().wire.clone_from(&wire);
+    // The socket closes once the task and the session both let go of it.
+    let _release = ReleaseWire(session);
     loop {
         if std::mem::take(&mut woken) {
             // As the socket.io WebSocket task does: the publishes already on their way queue first, so a burst
@@ -365,6 +371,16 @@ async fn run_websocket<H: EngineHandler>(
             goodbye(&mut ws, closing(reason)).await;
             return;
         }
+        if let Some(wire) = &wire {
+            match open_wire(&mut ws, session, wire, write_limit).await {
+                Written::All => {}
+                Written::Failed => {
+                    session.close(CloseReason::TransportError);
+                    return;
+                }
+                Written::Abandoned => return,
+            }
+        }
         tokio::select! {
             message = ws.next() => match message {
                 Some(Ok(WsMessage::Text(text))) => {
@@ -391,6 +407,15 @@ async fn run_websocket<H: EngineHandler>(
                 Due::TimedOut => session.close(CloseReason::PingTimeout),
             },
         }
+    }
+}
+
+/// Takes the session's wire back when the plain WebSocket's task ends, however it ends.
+struct ReleaseWire<'a, C>(&'a Session<C>);
+
+impl<C> Drop for ReleaseWire<'_, C> {
+    fn drop(&mut self) {
+        self.0.state.lock().wire = None;
     }
 }
 

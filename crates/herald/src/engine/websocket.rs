@@ -20,7 +20,7 @@ use super::heartbeat::{Due, Heartbeat};
 use super::http::{error, refused, EngineQuery, ErrorCode};
 use super::inbound::Heard;
 use super::session::{CloseReason, Session, Transport};
-use super::wire::WsIo;
+use super::wire::{Wire, WsIo};
 use super::{Engine, EngineHandler};
 
 pub(super) type Ws = WebSocketStream<WsIo>;
@@ -276,20 +276,13 @@ fn run<H: EngineHandler>(
                 break;
             }
             if let Some(wire) = &wire {
-                // Idle now: publishers may write to the socket themselves once everything is on the wire.
-                if !wire.is_clean() {
-                    match write_or_abandon(&mut ws, &session, VecDeque::new(), write_limit).await {
-                        Written::All => {}
-                        Written::Failed => {
-                            session.close(CloseReason::TransportError);
-                            break;
-                        }
-                        Written::Abandoned => break,
+                match open_wire(&mut ws, &session, wire, write_limit).await {
+                    Written::All => {}
+                    Written::Failed => {
+                        session.close(CloseReason::TransportError);
+                        break;
                     }
-                }
-                let state = session.state.lock();
-                if state.outbox.is_empty() && state.closed.is_none() {
-                    wire.open_gate();
+                    Written::Abandoned => break,
                 }
             }
             tokio::select! {
@@ -360,7 +353,28 @@ pub(super) fn ws_error_reason<C>(session: &Session<C>, error: &tungstenite::Erro
     }
 }
 
-enum Written {
+/// Idle now: lets publishers write to the socket themselves (`wire.rs`) once everything the task wrote is on
+/// the wire, flushing what is not, and while nothing is queued.
+pub(super) async fn open_wire<C>(
+    ws: &mut Ws,
+    session: &Session<C>,
+    wire: &Wire,
+    limit: std::time::Duration,
+) -> Written {
+    if !wire.is_clean() {
+        let flushed = write_or_abandon(ws, session, VecDeque::new(), limit).await;
+        if !matches!(flushed, Written::All) {
+            return flushed;
+        }
+    }
+    let state = session.state.lock();
+    if state.outbox.is_empty() && state.closed.is_none() {
+        wire.open_gate();
+    }
+    Written::All
+}
+
+pub(super) enum Written {
     All,
     Failed,
     Abandoned,
