@@ -362,7 +362,9 @@ pub(super) async fn open_wire<C>(
     limit: std::time::Duration,
 ) -> Written {
     if !wire.is_clean() {
-        let flushed = write_or_abandon(ws, session, VecDeque::new(), limit).await;
+        // Boxed: only a write of the task's own left unflushed (a pong) leads here, and its state would otherwise
+        // grow every connection's idle future.
+        let flushed = Box::pin(write_or_abandon(ws, session, VecDeque::new(), limit)).await;
         if !matches!(flushed, Written::All) {
             return flushed;
         }

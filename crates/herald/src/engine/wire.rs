@@ -61,7 +61,11 @@ impl Wire {
     fn new(tcp: TcpStream) -> Wire {
         Wire {
             tcp,
-            gate: Mutex::new(Gate::default()),
+            // The task has written nothing yet.
+            gate: Mutex::new(Gate {
+                clean: true,
+                ..Gate::default()
+            }),
         }
     }
 
@@ -317,6 +321,99 @@ impl AsyncWrite for WsIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A wire over a loopback connection, its gate open, and the client's end.
+    async fn open_wire() -> (Arc<Wire>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let wire = Arc::new(Wire::new(server));
+        wire.gate.lock().clean = true;
+        assert!(wire.open_gate());
+        (wire, client)
+    }
+
+    fn frame(i: usize) -> OutFrame {
+        OutFrame::Text(Bytes::from(vec![b'a' + (i % 26) as u8; 64 << 10]))
+    }
+
+    #[tokio::test]
+    async fn a_partial_direct_write_spills_and_the_task_sends_the_rest_before_its_own() {
+        let (wire, mut client) = open_wire().await;
+        // Nobody reads yet: the socket fills, and one write goes in part.
+        let mut written = 0;
+        loop {
+            match wire.write_direct(&[frame(written)], Version::V4) {
+                Direct::Written { spilled } => {
+                    written += 1;
+                    if spilled {
+                        break;
+                    }
+                }
+                Direct::Queue => panic!("the gate closed before any write spilled"),
+            }
+            assert!(written < 10_000, "64 KiB frames never filled the socket");
+        }
+        assert!(!wire.is_clean(), "a spill is waiting");
+        assert!(
+            matches!(wire.write_direct(&[frame(0)], Version::V4), Direct::Queue),
+            "the gate is closed until the task has written the spill"
+        );
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let mut io = WsIo::Tcp {
+            wire: Arc::clone(&wire),
+            early: Bytes::new(),
+        };
+        io.write_all(b"TASK").await.unwrap();
+        io.flush().await.unwrap();
+        assert!(wire.is_clean());
+        drop(io);
+        drop(wire);
+        let all = reader.await.unwrap();
+        let mut rest = &all[..];
+        for i in 0..written {
+            assert_eq!(&rest[..4], &[0x81, 127, 0, 0], "frame {i}'s header");
+            assert_eq!(&rest[4..10], &[0, 0, 0, 1, 0, 0], "frame {i}'s length");
+            let payload = &rest[10..10 + (64 << 10)];
+            assert!(
+                payload.iter().all(|&b| b == b'a' + (i % 26) as u8),
+                "frame {i}"
+            );
+            rest = &rest[10 + (64 << 10)..];
+        }
+        assert_eq!(
+            rest, b"TASK",
+            "the task's bytes come after every direct frame"
+        );
+    }
+
+    #[tokio::test]
+    async fn any_write_of_the_task_closes_the_gate_until_a_flush() {
+        let (wire, _client) = open_wire().await;
+        let mut io = WsIo::Tcp {
+            wire: Arc::clone(&wire),
+            early: Bytes::new(),
+        };
+        io.write_all(b"pong").await.unwrap();
+        assert!(matches!(
+            wire.write_direct(&[frame(0)], Version::V4),
+            Direct::Queue
+        ));
+        assert!(!wire.open_gate(), "not before the task's bytes are flushed");
+        io.flush().await.unwrap();
+        assert!(wire.open_gate());
+        assert!(matches!(
+            wire.write_direct(&[frame(0)], Version::V4),
+            Direct::Written { spilled: false }
+        ));
+    }
 
     #[test]
     fn frame_headers_follow_rfc_6455_lengths() {
