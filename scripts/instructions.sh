@@ -12,7 +12,7 @@
 # the sizes are small; Node with --smc-check=all-non-file for V8's generated code). --counter forces one.
 #
 # Each run starts the server (bench/herald.yml for herald, as scripts/bench.sh does), then:
-#   1. warm-up, not counted: the same fan-out and 50 connects (Node's JIT compiles its hot paths here);
+#   1. warm-up, not counted: the same fan-out and the same connects (Node's JIT compiles its hot paths here);
 #   2. idle: the counter runs for --idle-secs with no load: the instructions per second of an idle server
 #      (timers, heartbeats), subtracted from each phase in proportion to its length;
 #   3. per delivery: `herald-bench fanout --subs S --messages M --rate R`, POST /send to one room; herald-bench
@@ -179,7 +179,7 @@ for run in $(seq 1 "$runs"); do
     start_server "$server" "$state"
     # 1. Warm-up.
     bench "" "${fanout_args[@]}"
-    bench "" storm --conns 50 --concurrency 10
+    bench "" storm --conns "$conns" --concurrency 10
     sleep 1
     # 2. Idle. callgrind_control reaches a server blocked in epoll_wait through vgdb (ptrace).
     bash scripts/instructions.sh --counter-start "$counter" "$server_pid" "$state.idle" "$dumps"
