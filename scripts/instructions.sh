@@ -4,7 +4,7 @@
 # not move with what the other core is doing, so they compare servers on a busy machine and across sittings.
 #
 #   bash scripts/instructions.sh                        # herald, node, socketioxide; one run each (~3 min)
-X
+#   bash scripts/instructions.sh --servers herald --runs 2   # does herald's count repeat? (~1.5 min)
 #   bash scripts/instructions.sh --subs 100 --messages 200 --rate 20 --conns 200
 #
 # The counter: `perf stat -e instructions` when the machine's PMU offers it (`perf stat -e instructions true`
