@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::backend::{AuthKey, Backend};
 use crate::client::Client;
+use crate::hooks::Hooks;
 use crate::procfs;
 use crate::stats::{micros_histogram, Deliveries, Latency};
 use crate::target::Target;
@@ -151,14 +152,17 @@ pub async fn idle(
 }
 
 /// `n` clients connecting `concurrency` at a time: connects per second, connect latency, server CPU per connect.
+/// `hooks` run before the first connect and after the last, while every client is still connected.
 pub async fn storm(
     target: &Target,
     pid: u32,
     n: usize,
     concurrency: usize,
     webhook: Option<&Webhook>,
+    hooks: &Hooks,
 ) -> anyhow::Result<Outcome> {
     let deliveries = Arc::new(Deliveries::default());
+    hooks.start().await?;
     let cpu_before = procfs::cpu_secs(pid)?;
     let own_before = procfs::own_cpu_secs()?;
     let opened = open_all(
@@ -171,6 +175,7 @@ pub async fn storm(
     .await?;
     let server_cpu = procfs::cpu_secs(pid)? - cpu_before;
     let own_cpu = procfs::own_cpu_secs()? - own_before;
+    hooks.end().await?;
     drop(opened.clients);
     let rate = n as f64 / opened.secs;
     let mut human = format!(

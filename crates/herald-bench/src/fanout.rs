@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::connect::open_all;
+use crate::hooks::Hooks;
 use crate::procfs;
 use crate::publish::Publisher;
 use crate::stats::{count_over, latency_over, received_over, Deliveries};
@@ -35,6 +36,8 @@ pub struct Plan {
     pub drain: Duration,
     /// Which node each publish goes through (with several nodes).
     pub via: Via,
+    /// Run when the subscribers are connected and when the deliveries are in (`--measure-start`, `-end`).
+    pub hooks: Hooks,
 }
 
 /// The node a publish goes through.
@@ -138,6 +141,7 @@ pub async fn fanout_over(nodes: &Nodes<'_>, plan: Plan) -> anyhow::Result<Outcom
     let plan = Arc::new(plan);
     let deliveries = Arc::new(deliveries);
 
+    plan.hooks.start().await?;
     let cpu_before = procfs::cpu_secs_each(nodes.pids)?;
     let shared_before = nodes.shared_pid.map(procfs::cpu_secs).transpose()?;
     let own_before = procfs::own_cpu_secs()?;
@@ -172,6 +176,7 @@ pub async fn fanout_over(nodes: &Nodes<'_>, plan: Plan) -> anyhow::Result<Outcom
     };
     let server_cpu: f64 = node_cpu.iter().sum();
     let own_cpu = procfs::own_cpu_secs()? - own_before;
+    plan.hooks.end().await?;
     drop(opened.clients);
 
     let received = received_over(&deliveries);

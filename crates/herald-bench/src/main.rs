@@ -15,6 +15,7 @@ mod emitter;
 mod events;
 mod fanout;
 mod floor;
+mod hooks;
 mod plain;
 mod poll_forward;
 mod polling;
@@ -78,6 +79,14 @@ struct Args {
     /// Fails (exit 1) when a message was lost, duplicated, out of order or refused by the publish API.
     #[arg(long)]
     strict: bool,
+    /// A shell command run (and waited for) when the measured phase of `fanout` or `storm` starts: the
+    /// subscribers are connected, nothing is published yet (fanout); nobody is connected yet (storm).
+    #[arg(long)]
+    measure_start: Option<String>,
+    /// A shell command run when the measured phase ends: every delivery arrived or the drain gave up (fanout),
+    /// every client is connected (storm); the clients are still connected while it runs.
+    #[arg(long)]
+    measure_end: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -353,6 +362,10 @@ async fn main() -> anyhow::Result<()> {
         args.transport,
     )?;
     let pid = || args.pid.context("--pid is required");
+    let hooks = hooks::Hooks {
+        start: args.measure_start.clone(),
+        end: args.measure_end.clone(),
+    };
     let (scenario, variant, outcome) = match args.scenario {
         Scenario::Report { ref file } => {
             let text = std::fs::read_to_string(file)
@@ -429,7 +442,15 @@ async fn main() -> anyhow::Result<()> {
                     "storm"
                 },
                 format!("{conns} connections, {concurrency} in flight"),
-                connect::storm(&target, pid()?, conns, concurrency, webhook.as_ref()).await?,
+                connect::storm(
+                    &target,
+                    pid()?,
+                    conns,
+                    concurrency,
+                    webhook.as_ref(),
+                    &hooks,
+                )
+                .await?,
             )
         }
         Scenario::Fanout {
@@ -453,6 +474,7 @@ async fn main() -> anyhow::Result<()> {
                 connect_concurrency: 64,
                 drain: Duration::from_secs(drain_secs),
                 via: fanout::Via::First,
+                hooks: hooks.clone(),
             };
             let variant = format!(
                 "{subs} subs, {}, {}{}{}",
@@ -505,6 +527,7 @@ async fn main() -> anyhow::Result<()> {
                 connect_concurrency: 64,
                 drain: Duration::from_secs(drain_secs),
                 via,
+                hooks: hooks.clone(),
             };
             let variant = format!(
                 "{subs} subs on {} nodes, {}, {}{}, via {}",

@@ -217,6 +217,12 @@ const BRIDGES: &[Metric] = &[
     count("out of order", "/out_of_order"),
 ];
 
+/// scripts/instructions.sh: one variant per phase (per delivery, per connect), counted under callgrind or perf.
+const INSTRUCTIONS: &[Metric] = &[
+    metric("instructions", "/instructions_per_unit", false),
+    info("idle share of the count (%)", "/idle_pct"),
+];
+
 fn metrics_of(scenario: &str) -> &'static [Metric] {
     match scenario {
         "idle" => IDLE,
@@ -229,6 +235,7 @@ fn metrics_of(scenario: &str) -> &'static [Metric] {
         "cluster-poll" => CLUSTER_POLL,
         "events" => EVENTS,
         "bridges" => BRIDGES,
+        "instructions" => INSTRUCTIONS,
         _ => &[],
     }
 }
@@ -502,6 +509,21 @@ mod tests {
             md.contains(
                 "| 10000 conns | KiB RSS per connection | 5.00 (4.00–6.00) | 20.0 | 4.00× |"
             ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn instruction_counts_show_the_other_servers_count_over_heralds() {
+        let lines = [
+            r#"{"scenario":"instructions","variant":"per delivery","server":"herald","metrics":{"instructions_per_unit":2000.0,"idle_pct":1.0}}"#,
+            r#"{"scenario":"instructions","variant":"per delivery","server":"herald","metrics":{"instructions_per_unit":2020.0,"idle_pct":1.0}}"#,
+            r#"{"scenario":"instructions","variant":"per delivery","server":"node","metrics":{"instructions_per_unit":15150.0,"idle_pct":3.0}}"#,
+        ]
+        .join("\n");
+        let md = render(&lines).expect("render");
+        assert!(
+            md.contains("| per delivery | instructions | 2010 (2000–2020) | 15150 | 7.54× |"),
             "{md}"
         );
     }

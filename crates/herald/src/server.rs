@@ -160,7 +160,10 @@ impl Server {
                         phase: phase.clone(),
                         slot: slot.clone(),
                     };
-                    let task = connection(stream, tls.clone(), served);
+                    // Boxed: the connection's future is large, and spawning moves it (tokio copies a task's
+                    // future into its cell, then its output over it): unboxed, those copies were over half the
+                    // instructions of a socket.io connect (scripts/instructions.sh: 254k -> 116k per connect).
+                    let task = Box::pin(connection(stream, tls.clone(), served));
                     connections.spawn(async move {
                         task.await;
                         slot.release();
