@@ -230,12 +230,14 @@ impl Socket {
         if held.open > 0 {
             return;
         }
+        // Queued before live packets flow again, under the lock a delivery that saw the hold waits on: a
+        // broadcast that finds the socket released (and may write straight to its socket) comes after them.
         let frames = held.drain();
-        self.holding.store(false, Ordering::Release);
-        drop(held);
         if self.session.send_all(frames).is_err() {
             tracing::debug!(socket = %self.id, "a socket's outbox filled with what it had to get first");
         }
+        self.holding.store(false, Ordering::Release);
+        drop(held);
     }
 
     /// `on_connect` returned. Answers the reason when the socket left meanwhile: the caller announces it.
