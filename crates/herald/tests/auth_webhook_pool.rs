@@ -111,6 +111,30 @@ fn config(webhook: &str, max_concurrent_auth: usize) -> Config {
     config
 }
 
+/// `clients` connects at once, each with its own token: all get in, each after one webhook call, over at most
+/// `in_flight` connections to the webhook. Gives the clients back, so they stay connected.
+async fn storm(
+    addr: SocketAddr,
+    clients: usize,
+    in_flight: usize,
+    seen: &Seen,
+) -> Vec<(common::WsClient, String)> {
+    let joined = join_all((0..clients).map(|i| async move {
+        common::join_namespace(addr, "/shop", &format!("token=u{i}")).await
+    }))
+    .await;
+    for (i, (_client, packet)) in joined.iter().enumerate() {
+        assert!(packet.starts_with("40/shop,"), "client {i}: {packet}");
+    }
+    assert_eq!(seen.calls.load(Ordering::SeqCst), clients);
+    let accepted = seen.accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=in_flight).contains(&accepted),
+        "{clients} connects opened {accepted} connections to the webhook; at most {in_flight} may be open"
+    );
+    joined
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_storm_reuses_a_few_webhook_connections() {
     const CLIENTS: usize = 200;
@@ -119,19 +143,7 @@ async fn a_connect_storm_reuses_a_few_webhook_connections() {
     let (addr, _gateway) =
         common::start_gateway(config(&format!("http://{webhook}"), IN_FLIGHT)).await;
 
-    let joined = join_all((0..CLIENTS).map(|i| async move {
-        common::join_namespace(addr, "/shop", &format!("token=u{i}")).await
-    }))
-    .await;
-    for (i, (_client, packet)) in joined.iter().enumerate() {
-        assert!(packet.starts_with("40/shop,"), "client {i}: {packet}");
-    }
-    assert_eq!(seen.calls.load(Ordering::SeqCst), CLIENTS);
-    let accepted = seen.accepted.load(Ordering::SeqCst);
-    assert!(
-        (1..=IN_FLIGHT).contains(&accepted),
-        "{CLIENTS} connects opened {accepted} connections to the webhook; at most {IN_FLIGHT} may be open"
-    );
+    let _joined = storm(addr, CLIENTS, IN_FLIGHT, &seen).await;
 
     // Refusals read their (small) body to the end, so they reuse the same connections.
     let refused = join_all(
@@ -171,17 +183,5 @@ async fn a_storm_against_a_slow_https_webhook_opens_no_more_connections_than_cal
     config.server.ca_file = Some(ca.ca_file());
     let (addr, _gateway) = common::start_gateway(config).await;
 
-    let joined = join_all((0..CLIENTS).map(|i| async move {
-        common::join_namespace(addr, "/shop", &format!("token=u{i}")).await
-    }))
-    .await;
-    for (i, (_client, packet)) in joined.iter().enumerate() {
-        assert!(packet.starts_with("40/shop,"), "client {i}: {packet}");
-    }
-    assert_eq!(seen.calls.load(Ordering::SeqCst), CLIENTS);
-    let accepted = seen.accepted.load(Ordering::SeqCst);
-    assert!(
-        (1..=IN_FLIGHT).contains(&accepted),
-        "{CLIENTS} connects opened {accepted} TLS connections to the webhook; at most {IN_FLIGHT} may be open"
-    );
+    let _joined = storm(addr, CLIENTS, IN_FLIGHT, &seen).await;
 }

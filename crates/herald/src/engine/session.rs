@@ -213,7 +213,15 @@ impl<C> Session<C> {
 
     /// Queues frames that belong together (a packet and its binary attachments) all or none.
     pub fn send_all(&self, frames: impl IntoIterator<Item = OutFrame>) -> Result<(), SendError> {
-        let mut state = self.state.lock();
+        self.queue(self.state.lock(), frames)
+    }
+
+    /// Queues `frames` under the state lock the caller took.
+    fn queue(
+        &self,
+        mut state: parking_lot::MutexGuard<'_, State>,
+        frames: impl IntoIterator<Item = OutFrame>,
+    ) -> Result<(), SendError> {
         if state.closed.is_some() {
             return Err(SendError::Closed);
         }
@@ -259,8 +267,7 @@ impl<C> Session<C> {
                 Direct::Queue => {}
             }
         }
-        drop(state);
-        self.send_all(frames.iter().cloned())
+        self.queue(state, frames.iter().cloned())
     }
 
     /// Queues frames only while the outbox is at most half full, dropping them otherwise: for messages that are

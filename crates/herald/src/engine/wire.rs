@@ -136,27 +136,17 @@ impl Wire {
         gate.open
     }
 
-    /// A write of the task: the spill first, then `data`.
+    /// A write of the task: the spill first, then `data`, under one hold of the gate so that no publisher's
+    /// write comes between.
     fn poll_task_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             let mut gate = self.gate.lock();
             gate.open = false;
             gate.clean = false;
-            if let Some(spill) = gate.spill.as_mut() {
-                match self.tcp.try_write(spill) {
-                    Ok(n) => {
-                        spill.advance(n);
-                        if spill.is_empty() {
-                            gate.spill = None;
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+            if self.write_spill(&mut gate)? {
+                if data.is_empty() {
+                    return Poll::Ready(Ok(0));
                 }
-            } else if data.is_empty() {
-                return Poll::Ready(Ok(0));
-            } else {
                 match self.tcp.try_write(data) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     result => return Poll::Ready(result),
@@ -171,24 +161,30 @@ impl Wire {
     fn poll_task_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut gate = self.gate.lock();
-            let Some(spill) = gate.spill.as_mut() else {
+            if self.write_spill(&mut gate)? {
                 gate.clean = true;
                 return Poll::Ready(Ok(()));
-            };
+            }
+            drop(gate);
+            ready!(self.tcp.poll_write_ready(cx))?;
+        }
+    }
+
+    /// Writes what a publisher's partial write left; true once nothing is left, false when the socket is full.
+    fn write_spill(&self, gate: &mut Gate) -> io::Result<bool> {
+        while let Some(spill) = gate.spill.as_mut() {
             match self.tcp.try_write(spill) {
                 Ok(n) => {
                     spill.advance(n);
                     if spill.is_empty() {
                         gate.spill = None;
                     }
-                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
             }
-            drop(gate);
-            ready!(self.tcp.poll_write_ready(cx))?;
         }
+        Ok(true)
     }
 
     fn poll_task_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
