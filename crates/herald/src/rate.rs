@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use parking_lot::Mutex;
 
 use crate::limits::Limit;
 
@@ -60,9 +63,17 @@ impl RetryAfter {
     }
 }
 
+/// A keyed GCRA limiter on the monotonic clock (quanta's TSC clock is not ordered across threads).
+type Limiter<K> =
+    RateLimiter<K, DefaultKeyedStateStore<K>, MonotonicClock, NoOpMiddleware<Instant>>;
+
 /// A keyed limiter, its limit's name for counts and logs, and its log throttle.
 struct Keyed<K: Hash + Eq + Clone> {
-    limiter: DefaultKeyedRateLimiter<K>,
+    limiter: Limiter<K>,
+    /// Held across a check: governor reads the clock before it updates the key's state, so two callers racing
+    /// could update in the opposite order of their clock readings, and the later update, seeing a reading older
+    /// than the state, refuses a cell the burst still has (two connects at once with a burst of 2, one refused).
+    order: Mutex<()>,
     rate: Rate,
     limit: Limit,
     log: LogGate,
@@ -72,7 +83,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Keyed<K> {
     /// A limiter whose idle keys a task prunes every `PRUNE_EVERY` until the limiter is dropped.
     fn start(rate: Rate, limit: Limit) -> Arc<Self> {
         let keyed = Arc::new(Keyed {
-            limiter: RateLimiter::keyed(rate.quota()),
+            limiter: RateLimiter::new(
+                rate.quota(),
+                DefaultKeyedStateStore::default(),
+                MonotonicClock,
+            ),
+            order: Mutex::new(()),
             rate,
             limit,
             log: LogGate::new(),
@@ -92,6 +108,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Keyed<K> {
 
     /// Takes `n` cells from `key`'s bucket: `Ok`, or when to come back (`None`: never, `n` is over the burst).
     fn take(&self, key: &K, n: NonZeroU32) -> Result<(), Option<RetryAfter>> {
+        let _in_clock_order = self.order.lock();
         let outcome = if n.get() == 1 {
             self.limiter.check_key(key)
         } else {
@@ -331,6 +348,33 @@ mod tests {
         assert_eq!(connects.admit(a), Err(RetryAfter(1)));
         assert!(Limit::ConnectRate.count() > before);
         assert_eq!(connects.admit(b), Ok(()));
+    }
+
+    #[test]
+    fn callers_at_once_all_get_the_burst() {
+        // Before the checks were ordered, a burst taken by threads at once refused one now and then: a caller
+        // whose clock reading was older than the state another had just written.
+        const BURST: u32 = 8;
+        for _ in 0..200 {
+            let connects = ConnectRate::start(rate(1, BURST));
+            let start = std::sync::Barrier::new(BURST as usize);
+            let admitted = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..BURST)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            connects.admit([192, 0, 2, 1].into()).is_ok()
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("no panic"))
+                    .filter(|&admitted| admitted)
+                    .count()
+            });
+            assert_eq!(admitted, BURST as usize);
+        }
     }
 
     #[test]
