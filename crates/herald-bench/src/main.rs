@@ -324,6 +324,10 @@ enum Scenario {
         sender_core: usize,
         #[arg(long, default_value_t = 1)]
         reader_core: usize,
+        /// Write each frame as two slices (its first 2 bytes, a WebSocket header's size, and the rest) with one
+        /// `writev`, as herald's direct writes did before a broadcast encoded its frames whole.
+        #[arg(long)]
+        writev: bool,
     },
     /// Prints BENCHMARKS.md tables from a file of JSON lines.
     Report { file: PathBuf },
@@ -380,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             sender_core,
             reader_core,
+            writev,
         } => {
             let plan = floor::Plan {
                 subs,
@@ -388,6 +393,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 sender_core,
                 reader_core,
+                writev,
             };
             let pace = if rate > 0.0 {
                 format!("{rate} msg/s")

@@ -23,6 +23,7 @@ use parking_lot::RwLock;
 
 pub use plain::{PlainError, PlainFrame, Refused};
 pub use session::{CloseReason, SendError, Session, Transport};
+pub(crate) use wire::Framed;
 
 /// What the layer above does with sessions. Handlers run on the connection's task: they must not block, and
 /// they spawn whatever has to wait.

@@ -11,7 +11,7 @@ use herald_protocol::engineio::{OutFrame, Version};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::wire::{Direct, Wire};
+use super::wire::{Direct, Framed, Wire};
 
 /// Why a session ended; the strings are socket.io's disconnect reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,15 +248,20 @@ impl<C> Session<C> {
     }
 
     /// Sends frames that belong together: straight to the socket when the session's WebSocket task is idle
-    /// with nothing queued (one write, no wake-up), else through the outbox as [`Session::send_all`] does.
-    /// For broadcasts at a pace the writers keep up with; under load, queueing lets a burst leave in one write.
-    pub fn send_direct(&self, frames: &[OutFrame]) -> Result<(), SendError> {
+    /// with nothing queued (one write of `framed`, the same frames as the broadcast encoded them for the wire;
+    /// no wake-up), else through the outbox as [`Session::send_all`] does. For broadcasts at a pace the writers
+    /// keep up with; under load, queueing lets a burst leave in one write.
+    pub(crate) fn send_direct(
+        &self,
+        frames: &[OutFrame],
+        framed: &Framed,
+    ) -> Result<(), SendError> {
         let state = self.state.lock();
         if state.closed.is_some() {
             return Err(SendError::Closed);
         }
         if let (Some(wire), true) = (&state.wire, state.outbox.is_empty()) {
-            match wire.write_direct(frames, self.version) {
+            match wire.write_direct(framed, self.version) {
                 Direct::Written { spilled } => {
                     drop(state);
                     if spilled {

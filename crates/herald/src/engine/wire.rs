@@ -1,6 +1,8 @@
 //! A socket.io WebSocket's TCP socket, shared by the connection's task and by publishers: while the task has
-//! nothing queued, half written or buffered, a broadcast writes its frame straight to the socket, one `writev`
-//! from the publishing task, with no wake-up of the connection's task.
+//! nothing queued, half written or buffered, a broadcast writes its frames straight to the socket, one `write`
+//! from the publishing task, with no wake-up of the connection's task. A broadcast encodes its WebSocket frames
+//! once, headers included ([`Framed`]), so every direct write is one buffer: a `write` of one slice costs
+//! measurably less than a `writev` of a header and a payload (BENCHMARKS.md).
 //!
 //! The gate keeps one writer at a time and the order of bytes on the wire. It is open only while the task is
 //! idle and clean; the task closes it when it drains the outbox and with every write of its own (tungstenite's
@@ -8,12 +10,12 @@
 //! publisher's partial write leaves the rest as the *spill*, which the next write or flush of the task sends
 //! before anything else.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use herald_protocol::engineio::{OutFrame, Version};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -21,9 +23,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::server::Watched;
-
-/// The most frames one direct write takes (a packet and its binary attachments); more go through the outbox.
-const MAX_DIRECT_FRAMES: usize = 4;
 
 /// The TCP socket of one WebSocket connection and who may write to it now.
 pub(crate) struct Wire {
@@ -69,43 +68,21 @@ impl Wire {
         }
     }
 
-    /// Writes `frames` as WebSocket frames when the gate is open. The caller holds the session's state lock and
-    /// has checked that its outbox is empty, so nothing queued can be overtaken.
-    pub(crate) fn write_direct(&self, frames: &[OutFrame], version: Version) -> Direct {
-        if frames.is_empty() || frames.len() > MAX_DIRECT_FRAMES {
+    /// Writes a broadcast's frames when the gate is open. The caller holds the session's state lock and has
+    /// checked that its outbox is empty, so nothing queued can be overtaken.
+    pub(crate) fn write_direct(&self, framed: &Framed, version: Version) -> Direct {
+        if framed.v4_only && version != Version::V4 {
             return Direct::Queue;
         }
         let mut gate = self.gate.lock();
         if !gate.open {
             return Direct::Queue;
         }
-        let mut headers = [[0u8; MAX_HEADER]; MAX_DIRECT_FRAMES];
-        let mut lengths = [0usize; MAX_DIRECT_FRAMES];
-        for (i, frame) in frames.iter().enumerate() {
-            let opcode = match frame {
-                OutFrame::Text(_) => OPCODE_TEXT,
-                // v3's binary frames carry a type byte first: those take the task's path.
-                OutFrame::Binary(_) if version == Version::V4 => OPCODE_BINARY,
-                OutFrame::Binary(_) => return Direct::Queue,
-            };
-            lengths[i] = frame_header(opcode, frame.len(), &mut headers[i]);
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * MAX_DIRECT_FRAMES];
-        let mut total = 0;
-        for (i, frame) in frames.iter().enumerate() {
-            slices[2 * i] = IoSlice::new(&headers[i][..lengths[i]]);
-            slices[2 * i + 1] = IoSlice::new(payload(frame));
-            total += lengths[i] + frame.len();
-        }
-        match self.tcp.try_write_vectored(&slices[..2 * frames.len()]) {
-            Ok(n) if n == total => Direct::Written { spilled: false },
+        match self.tcp.try_write(&framed.bytes) {
+            Ok(n) if n == framed.bytes.len() => Direct::Written { spilled: false },
             Ok(n) => {
                 // Rare (a full socket buffer): the rest waits for the task, which the caller wakes.
-                let mut rest = Vec::with_capacity(total - n);
-                for slice in &slices[..2 * frames.len()] {
-                    rest.extend_from_slice(slice);
-                }
-                gate.spill = Some(Bytes::from(rest).slice(n..));
+                gate.spill = Some(framed.bytes.slice(n..));
                 gate.open = false;
                 Direct::Written { spilled: true }
             }
@@ -202,9 +179,37 @@ impl Wire {
     }
 }
 
-fn payload(frame: &OutFrame) -> &[u8] {
-    match frame {
-        OutFrame::Text(bytes) | OutFrame::Binary(bytes) => bytes,
+/// A broadcast's frames as the bytes of unmasked server WebSocket frames, headers included: encoded once per
+/// broadcast, shared by every direct write of it (a partial write's spill is a slice, not a copy).
+#[derive(Debug, Clone)]
+pub(crate) struct Framed {
+    bytes: Bytes,
+    /// Binary frames are encoded as Engine.IO v4 sends them; a v3 session (a type byte first) queues them.
+    v4_only: bool,
+}
+
+impl Framed {
+    pub(crate) fn encode(frames: &[OutFrame]) -> Framed {
+        let size = frames.iter().map(|f| MAX_HEADER + f.len()).sum();
+        let mut bytes = BytesMut::with_capacity(size);
+        let mut header = [0u8; MAX_HEADER];
+        let mut v4_only = false;
+        for frame in frames {
+            let (opcode, payload) = match frame {
+                OutFrame::Text(payload) => (OPCODE_TEXT, payload),
+                OutFrame::Binary(payload) => {
+                    v4_only = true;
+                    (OPCODE_BINARY, payload)
+                }
+            };
+            let len = frame_header(opcode, payload.len(), &mut header);
+            bytes.put_slice(&header[..len]);
+            bytes.put_slice(payload);
+        }
+        Framed {
+            bytes: bytes.freeze(),
+            v4_only,
+        }
     }
 }
 
@@ -333,8 +338,11 @@ mod tests {
         (wire, client)
     }
 
-    fn frame(i: usize) -> OutFrame {
-        OutFrame::Text(Bytes::from(vec![b'a' + (i % 26) as u8; 64 << 10]))
+    fn frame(i: usize) -> Framed {
+        Framed::encode(&[OutFrame::Text(Bytes::from(vec![
+            b'a' + (i % 26) as u8;
+            64 << 10
+        ]))])
     }
 
     #[tokio::test]
@@ -343,7 +351,7 @@ mod tests {
         // Nobody reads yet: the socket fills, and one write goes in part.
         let mut written = 0;
         loop {
-            match wire.write_direct(&[frame(written)], Version::V4) {
+            match wire.write_direct(&frame(written), Version::V4) {
                 Direct::Written { spilled } => {
                     written += 1;
                     if spilled {
@@ -356,7 +364,7 @@ mod tests {
         }
         assert!(!wire.is_clean(), "a spill is waiting");
         assert!(
-            matches!(wire.write_direct(&[frame(0)], Version::V4), Direct::Queue),
+            matches!(wire.write_direct(&frame(0), Version::V4), Direct::Queue),
             "the gate is closed until the task has written the spill"
         );
         let reader = tokio::spawn(async move {
@@ -400,16 +408,42 @@ mod tests {
         };
         io.write_all(b"pong").await.unwrap();
         assert!(matches!(
-            wire.write_direct(&[frame(0)], Version::V4),
+            wire.write_direct(&frame(0), Version::V4),
             Direct::Queue
         ));
         assert!(!wire.open_gate(), "not before the task's bytes are flushed");
         io.flush().await.unwrap();
         assert!(wire.open_gate());
         assert!(matches!(
-            wire.write_direct(&[frame(0)], Version::V4),
+            wire.write_direct(&frame(0), Version::V4),
             Direct::Written { spilled: false }
         ));
+    }
+
+    #[test]
+    fn a_broadcast_is_framed_once_with_its_attachments_and_v3_sessions_queue_binary() {
+        let framed = Framed::encode(&[
+            OutFrame::text("451-[\"a\",{\"_placeholder\":true,\"num\":0}]"),
+            OutFrame::Binary(Bytes::from_static(b"\x01\x02")),
+        ]);
+        let text = b"451-[\"a\",{\"_placeholder\":true,\"num\":0}]";
+        let mut expected = vec![0x81, text.len() as u8];
+        expected.extend_from_slice(text);
+        expected.extend_from_slice(&[0x82, 2, 1, 2]);
+        assert_eq!(&framed.bytes[..], &expected[..]);
+        assert!(framed.v4_only);
+        assert!(!Framed::encode(&[OutFrame::text("42[\"a\"]")]).v4_only);
+    }
+
+    #[tokio::test]
+    async fn a_v3_session_queues_binary_frames() {
+        let (wire, _client) = open_wire().await;
+        let binary = Framed::encode(&[OutFrame::Binary(Bytes::from_static(b"\x01"))]);
+        assert!(matches!(
+            wire.write_direct(&binary, Version::V3),
+            Direct::Queue
+        ));
+        assert!(wire.open_gate(), "a refusal leaves the gate as it was");
     }
 
     #[test]

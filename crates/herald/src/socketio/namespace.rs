@@ -4,6 +4,7 @@
 //! `rooms`, and writers take one lock at a time, so the order cannot deadlock. No lock is held across an await
 //! or a handler call.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -15,8 +16,9 @@ use serde_json::Value;
 use super::frames::{self, EncodeError};
 use super::handler::NamespaceHandler;
 use super::pacer::Pacer;
-use super::plain::PlainCache;
+use super::plain::{Plain, PlainCache};
 use super::socket::{Send, Socket};
+use crate::engine::Framed;
 
 /// A broadcast's frames: `plain` for every socket, and, when the packet is in its site's recovery log, the
 /// same frames with the offset as last argument for the sockets that may recover.
@@ -24,6 +26,36 @@ use super::socket::{Send, Socket};
 pub struct Outgoing<'a> {
     pub plain: &'a [OutFrame],
     pub logged: Option<(&'a Arc<str>, &'a [OutFrame])>,
+}
+
+/// Which of a broadcast's frames a socket gets.
+#[derive(Clone, Copy)]
+enum Source {
+    Plain,
+    Logged,
+    Converted(Plain),
+}
+
+/// A broadcast's frames encoded for direct writes ([`Framed`]), each source at most once, when the first direct
+/// write needs them.
+#[derive(Default)]
+struct FramedCache {
+    plain: OnceCell<Framed>,
+    logged: OnceCell<Framed>,
+    websocket: OnceCell<Framed>,
+    event_stream: OnceCell<Framed>,
+}
+
+impl FramedCache {
+    fn get(&self, source: Source, frames: &[OutFrame]) -> &Framed {
+        let cell = match source {
+            Source::Plain => &self.plain,
+            Source::Logged => &self.logged,
+            Source::Converted(Plain::WebSocket) => &self.websocket,
+            Source::Converted(Plain::EventStream) => &self.event_stream,
+        };
+        cell.get_or_init(|| Framed::encode(frames))
+    }
 }
 
 /// Who a broadcast reaches: the members of `rooms` (everyone when empty) minus the members of `except_rooms`
@@ -196,24 +228,27 @@ impl Namespace {
             self.pacer.direct_budget()
         };
         let cache = PlainCache::default();
+        let framed = FramedCache::default();
         let mut deliver = |socket: &Arc<Socket>| {
             if excluded.contains(&socket.key) {
                 return;
             }
             let offset = outgoing.logged.map(|(offset, _)| offset);
-            let (offset, frames) = match (socket.session.conn.plain(), outgoing.logged) {
+            let (offset, frames, source) = match (socket.session.conn.plain(), outgoing.logged) {
                 (Some(kind), _) => match cache.frame(kind, &outgoing) {
-                    Some(frame) => (offset, std::slice::from_ref(frame)),
+                    Some(frame) => (offset, std::slice::from_ref(frame), Source::Converted(kind)),
                     None => return,
                 },
-                (None, Some((offset, frames))) if socket.pid().is_some() => (Some(offset), frames),
-                _ => (None, outgoing.plain),
+                (None, Some((offset, frames))) if socket.pid().is_some() => {
+                    (Some(offset), frames, Source::Logged)
+                }
+                _ => (None, outgoing.plain, Source::Plain),
             };
             let how = if target.volatile {
                 Send::Volatile
             } else if direct > 0 {
                 direct -= 1;
-                Send::Direct
+                Send::Direct(framed.get(source, frames))
             } else {
                 Send::Queued
             };

@@ -14,7 +14,7 @@ use super::conn::Conn;
 use super::frames::{self, EncodeError};
 use super::handler::SocketData;
 use super::namespace::Namespace;
-use crate::engine::{SendError, Session};
+use crate::engine::{Framed, SendError, Session};
 
 /// Why an emit failed.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +172,7 @@ impl Socket {
         &self,
         offset: Option<&Arc<str>>,
         frames: &[OutFrame],
-        how: Send,
+        how: Send<'_>,
     ) -> bool {
         if self.holding.load(Ordering::Acquire) {
             let mut held = self.held.lock();
@@ -194,7 +194,7 @@ impl Socket {
         }
         match how {
             Send::Queued => self.session.send_all(frames.iter().cloned()).is_ok(),
-            Send::Direct => self.session.send_direct(frames).is_ok(),
+            Send::Direct(framed) => self.session.send_direct(frames, framed).is_ok(),
             Send::Volatile => self.session.send_volatile(frames.iter().cloned()),
         }
     }
@@ -403,12 +403,13 @@ impl Socket {
 }
 
 /// How a broadcast's frames go to one socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Send {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Send<'a> {
     /// Through the outbox.
     Queued,
-    /// Straight to the socket when its task is idle, else through the outbox (`Session::send_direct`).
-    Direct,
+    /// Straight to the socket when its task is idle, as the broadcast encoded them for the wire, else through the
+    /// outbox (`Session::send_direct`).
+    Direct(&'a Framed),
     /// Through the outbox while it is at most half full, else dropped (socket.io's `volatile`).
     Volatile,
 }
