@@ -422,7 +422,8 @@ mod tests {
         assert_eq!(pool.idle(), WARM_IDLE);
         assert_eq!(pool.inner.close_stale(), 0);
 
-        // Fresh surplus connections stay until they are idle for the surplus timeout.
+        // Warmth goes by recency: three fresh connections make three older ones surplus, and those are past the
+        // surplus timeout; the fresh ones stay.
         for _ in 0..3 {
             let (sender, peer) = connection().await;
             peers.push(peer);
@@ -431,7 +432,10 @@ mod tests {
                 since: Instant::now(),
             });
         }
-        assert_eq!(pool.inner.close_stale(), 0);
-        assert_eq!(pool.idle(), WARM_IDLE + 3);
+        assert_eq!(pool.inner.close_stale(), 3);
+        assert_eq!(pool.idle(), WARM_IDLE);
+        assert!(pool.inner.idle.lock().unwrap()[WARM_IDLE - 3..]
+            .iter()
+            .all(|entry| entry.since.elapsed() < SURPLUS_IDLE_TIMEOUT));
     }
 }
