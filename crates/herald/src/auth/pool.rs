@@ -1,7 +1,9 @@
 //! The keep-alive connections of one site's auth webhook. A call takes a permit, then the newest idle
 //! connection or a new one, and puts the connection back before it gives the permit up; so the connections
 //! open to the webhook are never more than the calls allowed in flight, and a connect storm reuses a few warm
-//! connections instead of opening one per client. Idle connections close after an idle timeout.
+//! connections instead of opening one per client. The newest idle connections close after an idle timeout; the
+//! others, what a storm opened beyond them, soon after the storm, and the memory they held is handed back to the
+//! system (`memory.rs`).
 //!
 //! reqwest's pool cannot keep that bound: it hands a connection back to its pool from a task of its own after
 //! the answer is read, and a call that starts in between (the next client of a storm, woken as the previous
@@ -21,6 +23,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use crate::tls::{TlsError, Trust};
+
+/// The idle connections kept for the whole idle timeout: the newest ones. A steady flow of connects needs few;
+/// a storm needs as many as calls in flight (up to `max_concurrent_auth`), and each costs about 28 KiB in hyper
+/// (its read and write buffers, 8 KiB each, and 8 to 16 KiB of request channel), more than the clients it
+/// admitted once they are idle.
+const WARM_IDLE: usize = 8;
+
+/// How long the idle connections beyond the [`WARM_IDLE`] newest are kept: long enough that a storm's lulls do
+/// not close and reopen them (closing each surplus connection as it was given back opened 440 connections for
+/// 1000 calls), short enough that they do not outlive it by much.
+const SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An error opening a connection or exchanging on one.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -205,33 +218,55 @@ impl Inner {
         None
     }
 
-    /// Closes the connections idle for longer than the timeout (the oldest are first).
-    fn close_stale(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let fresh = idle
-                .iter()
-                .position(|entry| entry.since.elapsed() < self.idle_timeout)
-                .unwrap_or(idle.len());
-            idle.drain(..fresh);
+    /// How long an idle connection is kept: the idle timeout for the [`WARM_IDLE`] newest, at most
+    /// [`SURPLUS_IDLE_TIMEOUT`] for the others.
+    fn keep_for(&self, position: usize, idle: usize) -> Duration {
+        if position + WARM_IDLE >= idle {
+            self.idle_timeout
+        } else {
+            self.idle_timeout.min(SURPLUS_IDLE_TIMEOUT)
         }
+    }
+
+    /// Closes the connections idle for longer than they are kept, and says how many. The oldest are first and a
+    /// surplus one is kept no longer than a warm one, so those to close are the first ones.
+    fn close_stale(&self) -> usize {
+        let Ok(mut idle) = self.idle.lock() else {
+            return 0;
+        };
+        let count = idle.len();
+        let stale = idle
+            .iter()
+            .enumerate()
+            .position(|(at, entry)| entry.since.elapsed() < self.keep_for(at, count))
+            .unwrap_or(count);
+        idle.drain(..stale);
+        stale
     }
 }
 
-/// Closes stale idle connections every half idle timeout, until the pool is gone: a storm's connections do not
-/// stay open (at most 1.5 idle timeouts) for a webhook that is not called again.
+/// Closes stale idle connections every half surplus timeout, until the pool is gone: a storm's connections do
+/// not stay open (at most 1.5 timeouts) for a webhook that is not called again. On the tick after it closed
+/// some, when their tasks have freed their buffers, it hands the allocator's free memory back to the system:
+/// glibc keeps it otherwise (closing a storm's 32 connections left the RSS as it was).
 async fn sweep(pool: Weak<Inner>) {
     let every = match pool.upgrade() {
-        Some(pool) => pool.idle_timeout / 2,
+        Some(pool) => pool.idle_timeout.min(SURPLUS_IDLE_TIMEOUT) / 2,
         None => return,
     };
     let mut ticks = tokio::time::interval(every.max(Duration::from_millis(10)));
     ticks.tick().await;
+    let mut closed = 0;
     loop {
         ticks.tick().await;
-        match pool.upgrade() {
+        if closed > 0 {
+            // Off the runtime's workers: it walks every arena's free lists under their locks.
+            tokio::task::spawn_blocking(crate::memory::release_free);
+        }
+        closed = match pool.upgrade() {
             Some(pool) => pool.close_stale(),
             None => return,
-        }
+        };
     }
 }
 
@@ -357,7 +392,50 @@ mod tests {
                 since: Instant::now(),
             });
         }
-        pool.inner.close_stale();
+        assert_eq!(pool.inner.close_stale(), 1);
         assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_storms_surplus_closes_before_the_warm_connections() {
+        let pool = Pool::new(
+            "http://127.0.0.1:9".parse().unwrap(),
+            &Trust::system(),
+            64,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let past_surplus = Instant::now()
+            .checked_sub(SURPLUS_IDLE_TIMEOUT * 2)
+            .unwrap();
+        let mut peers = Vec::new();
+        for _ in 0..WARM_IDLE + 3 {
+            let (sender, peer) = connection().await;
+            peers.push(peer);
+            pool.inner.idle.lock().unwrap().push(Idle {
+                sender,
+                since: past_surplus,
+            });
+        }
+        // Past the surplus timeout, under the idle timeout: the oldest three close, the newest stay warm.
+        assert_eq!(pool.inner.close_stale(), 3);
+        assert_eq!(pool.idle(), WARM_IDLE);
+        assert_eq!(pool.inner.close_stale(), 0);
+
+        // Warmth goes by recency: three fresh connections make three older ones surplus, and those are past the
+        // surplus timeout; the fresh ones stay.
+        for _ in 0..3 {
+            let (sender, peer) = connection().await;
+            peers.push(peer);
+            pool.inner.idle.lock().unwrap().push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+        assert_eq!(pool.inner.close_stale(), 3);
+        assert_eq!(pool.idle(), WARM_IDLE);
+        assert!(pool.inner.idle.lock().unwrap()[WARM_IDLE - 3..]
+            .iter()
+            .all(|entry| entry.since.elapsed() < SURPLUS_IDLE_TIMEOUT));
     }
 }
