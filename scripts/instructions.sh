@@ -28,6 +28,8 @@
 # instructions per delivery and per connect, the range over --runs, and herald's edge (the other server's count
 # divided by herald's). Release builds; BENCH_API_KEY and BENCH_JWT_SECRET as in scripts/bench.sh.
 # Not part of scripts/test.sh or CI: valgrind runs are slow.
+# --keep leaves the run's files (the server's callgrind dumps: <server>.<run>.callgrind.<pid>.<n>, one per counter
+# stop, in order idle, fanout, storm) in the directory it names at the end, for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,7 +69,7 @@ fi
 
 target_dir=${CARGO_TARGET_DIR:-target}
 servers="herald node socketioxide" runs=1 out=$target_dir/bench counter=""
-subs=100 messages=200 rate=20 conns=200 idle_secs=10
+subs=100 messages=200 rate=20 conns=200 idle_secs=10 keep=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --servers) servers=$2; shift 2 ;;
@@ -79,6 +81,7 @@ while [[ $# -gt 0 ]]; do
     --idle-secs) idle_secs=$2; shift 2 ;;
     --counter) counter=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 64 ;;
   esac
 done
@@ -208,4 +211,4 @@ done
   if [[ $counter == callgrind ]]; then echo "$(valgrind --version)"; fi
   if [[ $servers != herald ]]; then bash scripts/bench-setup.sh | grep -E '^\[bench-setup\] (node|socketioxide) [0-9]'; fi
 } | tee -a "$out/instructions.md"
-rm -rf "$work"
+if [[ -n $keep ]]; then echo "[instructions] kept $work" >&2; else rm -rf "$work"; fi
