@@ -152,7 +152,7 @@ impl Server {
                 changed = phase.changed() => if changed.is_err() { break },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = accept(&listener, &permits) => {
-                    let Some((stream, permit)) = accepted else { continue };
+                    let Some((stream, peer, permit)) = accepted else { continue };
                     let slot = ConnectionSlot(Arc::new(parking_lot::Mutex::new(Some(permit))));
                     let served = Served {
                         router: router.clone(),
@@ -163,7 +163,7 @@ impl Server {
                     // Boxed: the connection's future is large, and spawning moves it (tokio copies a task's
                     // future into its cell, then its output over it): unboxed, those copies were over half the
                     // instructions of a socket.io connect (scripts/instructions.sh: 254k -> 116k per connect).
-                    let task = Box::pin(connection(stream, tls.clone(), served));
+                    let task = Box::pin(connection(stream, peer, tls.clone(), served));
                     connections.spawn(async move {
                         task.await;
                         slot.release();
@@ -189,11 +189,16 @@ impl Server {
     }
 }
 
-/// The next connection, once a permit is free. `None` when the accept failed (logged; the loop goes on).
+/// The next connection and its peer's address, once a permit is free. `None` when the accept failed (logged;
+/// the loop goes on).
 async fn accept(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
-) -> Option<(TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+) -> Option<(
+    TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
     let permit = match Arc::clone(permits).try_acquire_owned() {
         Ok(permit) => permit,
         Err(_) => {
@@ -205,9 +210,9 @@ async fn accept(
         }
     };
     match listener.accept().await {
-        Ok((stream, _)) => {
+        Ok((stream, peer)) => {
             let _ = stream.set_nodelay(true);
-            Some((stream, permit))
+            Some((stream, peer, permit))
         }
         Err(e) => {
             // Out of file handles, most likely: wait rather than spin; idle connections time out meanwhile.
@@ -241,10 +246,16 @@ struct Served {
     slot: ConnectionSlot,
 }
 
-/// Serves one connection: over TLS when `tls` is given, once its handshake is done.
-async fn connection(stream: TcpStream, tls: Option<ServerTls>, served: Served) {
-    // The client's address, for the `X-Forwarded-For` of a request forwarded to another node.
-    let peer = stream.peer_addr().ok().map(ConnectInfo);
+/// Serves one connection: over TLS when `tls` is given, once its handshake is done. `peer` is the client's
+/// address as the accept gave it (no `getpeername` call), for the connect rate and the `X-Forwarded-For` of a
+/// request forwarded to another node.
+async fn connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<ServerTls>,
+    served: Served,
+) {
+    let peer = Some(ConnectInfo(peer));
     let Some(tls) = tls else {
         return serve(stream, peer, served).await;
     };
