@@ -310,6 +310,27 @@ mod tests {
     }
 
     /// A ready connection over an in-memory pipe, and the pipe's other end (dropping it closes the connection).
+    /// A pool for a webhook nobody calls, its idle list filled by hand.
+    fn test_pool(max: usize, idle_timeout: Duration) -> Pool {
+        Pool::new(
+            "http://127.0.0.1:9".parse().unwrap(),
+            &Trust::system(),
+            max,
+            idle_timeout,
+        )
+        .unwrap()
+    }
+
+    /// Puts connections on the idle list, oldest first, each idle since its instant.
+    fn park(pool: &Pool, parked: impl IntoIterator<Item = (SendRequest<Empty<Bytes>>, Instant)>) {
+        let mut idle = pool.inner.idle.lock().unwrap();
+        idle.extend(
+            parked
+                .into_iter()
+                .map(|(sender, since)| Idle { sender, since }),
+        );
+    }
+
     async fn connection() -> (SendRequest<Empty<Bytes>>, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1024);
         let (mut sender, connection) = http1::handshake(hyper_util::rt::TokioIo::new(ours))
@@ -323,29 +344,13 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_lent_newest_first_until_stale() {
         let timeout = Duration::from_secs(60);
-        let pool = Pool::new(
-            "http://127.0.0.1:9".parse().unwrap(),
-            &Trust::system(),
-            4,
-            timeout,
-        )
-        .unwrap();
+        let pool = test_pool(4, timeout);
         let long_ago = Instant::now().checked_sub(timeout * 2).unwrap();
         let (old, _old_peer) = connection().await;
         let (fresh, _fresh_peer) = connection().await;
         let (closed, closed_peer) = connection().await;
         drop(closed_peer);
-        {
-            let mut idle = pool.inner.idle.lock().unwrap();
-            idle.push(Idle {
-                sender: old,
-                since: long_ago,
-            });
-            idle.push(Idle {
-                sender: fresh,
-                since: Instant::now(),
-            });
-        }
+        park(&pool, [(old, long_ago), (fresh, Instant::now())]);
         // The newest is lent; the next is past the idle timeout, so it is closed and none is lent.
         assert!(pool.inner.take_idle().is_some());
         assert_eq!(pool.idle(), 1);
@@ -361,17 +366,7 @@ mod tests {
         })
         .await
         .unwrap();
-        {
-            let mut idle = pool.inner.idle.lock().unwrap();
-            idle.push(Idle {
-                sender: fresh,
-                since: Instant::now(),
-            });
-            idle.push(Idle {
-                sender: closed,
-                since: Instant::now(),
-            });
-        }
+        park(&pool, [(fresh, Instant::now()), (closed, Instant::now())]);
         assert!(pool
             .inner
             .take_idle()
@@ -381,30 +376,14 @@ mod tests {
         // The sweep closes the stale ones only.
         let (old, _old_peer) = connection().await;
         let (fresh, _fresh_peer) = connection().await;
-        {
-            let mut idle = pool.inner.idle.lock().unwrap();
-            idle.push(Idle {
-                sender: old,
-                since: long_ago,
-            });
-            idle.push(Idle {
-                sender: fresh,
-                since: Instant::now(),
-            });
-        }
+        park(&pool, [(old, long_ago), (fresh, Instant::now())]);
         assert_eq!(pool.inner.close_stale(), 1);
         assert_eq!(pool.idle(), 1);
     }
 
     #[tokio::test]
     async fn a_storms_surplus_closes_before_the_warm_connections() {
-        let pool = Pool::new(
-            "http://127.0.0.1:9".parse().unwrap(),
-            &Trust::system(),
-            64,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let pool = test_pool(64, Duration::from_secs(60));
         let past_surplus = Instant::now()
             .checked_sub(SURPLUS_IDLE_TIMEOUT * 2)
             .unwrap();
@@ -412,10 +391,7 @@ mod tests {
         for _ in 0..WARM_IDLE + 3 {
             let (sender, peer) = connection().await;
             peers.push(peer);
-            pool.inner.idle.lock().unwrap().push(Idle {
-                sender,
-                since: past_surplus,
-            });
+            park(&pool, [(sender, past_surplus)]);
         }
         // Past the surplus timeout, under the idle timeout: the oldest three close, the newest stay warm.
         assert_eq!(pool.inner.close_stale(), 3);
@@ -427,10 +403,7 @@ mod tests {
         for _ in 0..3 {
             let (sender, peer) = connection().await;
             peers.push(peer);
-            pool.inner.idle.lock().unwrap().push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            park(&pool, [(sender, Instant::now())]);
         }
         assert_eq!(pool.inner.close_stale(), 3);
         assert_eq!(pool.idle(), WARM_IDLE);

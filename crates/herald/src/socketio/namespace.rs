@@ -43,18 +43,18 @@ struct FramedCache {
     plain: OnceCell<Framed>,
     logged: OnceCell<Framed>,
     websocket: OnceCell<Framed>,
-    event_stream: OnceCell<Framed>,
 }
 
 impl FramedCache {
-    fn get(&self, source: Source, frames: &[OutFrame]) -> &Framed {
+    /// `None` for an event stream, which has no socket a publisher writes to: nothing is encoded for it.
+    fn get(&self, source: Source, frames: &[OutFrame]) -> Option<&Framed> {
         let cell = match source {
             Source::Plain => &self.plain,
             Source::Logged => &self.logged,
             Source::Converted(Plain::WebSocket) => &self.websocket,
-            Source::Converted(Plain::EventStream) => &self.event_stream,
+            Source::Converted(Plain::EventStream) => return None,
         };
-        cell.get_or_init(|| Framed::encode(frames))
+        Some(cell.get_or_init(|| Framed::encode(frames)))
     }
 }
 
@@ -228,7 +228,7 @@ impl Namespace {
             self.pacer.direct_budget()
         };
         let cache = PlainCache::default();
-        let framed = FramedCache::default();
+        let wire_frames = FramedCache::default();
         let mut deliver = |socket: &Arc<Socket>| {
             if excluded.contains(&socket.key) {
                 return;
@@ -246,9 +246,12 @@ impl Namespace {
             };
             let how = if target.volatile {
                 Send::Volatile
-            } else if direct > 0 {
+            } else if let Some(framed) = (direct > 0)
+                .then(|| wire_frames.get(source, frames))
+                .flatten()
+            {
                 direct -= 1;
-                Send::Direct(framed.get(source, frames))
+                Send::Direct(framed)
             } else {
                 Send::Queued
             };
