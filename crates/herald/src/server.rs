@@ -257,7 +257,7 @@ async fn connection(
 ) {
     let peer = Some(ConnectInfo(peer));
     let Some(tls) = tls else {
-        return serve(stream, peer, served).await;
+        return serve(stream, peer, false, served).await;
     };
     let mut phase = served.phase.clone();
     // The handshake is the start of the first request: a client that sends nothing, or too little, is gone when
@@ -265,7 +265,7 @@ async fn connection(
     let deadline = served.config.header_read_timeout;
     tokio::select! {
         handshake = tokio::time::timeout(deadline, tls.accept(stream)) => match handshake {
-            Ok(Some(stream)) => serve(stream, peer, served).await,
+            Ok(Some(stream)) => serve(stream, peer, true, served).await,
             Ok(None) => {}
             Err(_) => {
                 Limit::HeaderReadTimeout.hit();
@@ -283,8 +283,12 @@ async fn stopped(phase: &mut watch::Receiver<Phase>) {
 }
 
 /// Serves HTTP on `stream` until it ends, idles past `idle_timeout`, or the server stops.
-async fn serve<S>(stream: S, peer: Option<ConnectInfo<std::net::SocketAddr>>, served: Served)
-where
+async fn serve<S>(
+    stream: S,
+    peer: Option<ConnectInfo<std::net::SocketAddr>>,
+    tls: bool,
+    served: Served,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Served {
@@ -297,6 +301,7 @@ where
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
+        held: if tls { Held::Never } else { Held::Armed },
     });
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
@@ -392,18 +397,83 @@ impl Activity {
     }
 }
 
-/// A stream that notes when bytes move.
+/// A stream that notes when bytes move, and that can hold hyper's `101 Switching Protocols` back.
 pub(crate) struct Watched<T = TcpStream> {
     pub(crate) inner: T,
     pub(crate) activity: Arc<Activity>,
+    pub(crate) held: Held,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+/// hyper's `101 Switching Protocols` on a plain TCP connection, held back so that it leaves in one write with
+/// the upgraded connection's first bytes (the Engine.IO open packet): one send and one loopback packet fewer per
+/// WebSocket connect. A socket.io WebSocket takes the held bytes with the stream (`engine::wire`); any other
+/// reader or writer of the upgraded stream sends them first. hyper's flush of the 101 does not send them: it
+/// is its last act on the connection.
+#[derive(Debug, Default)]
+pub(crate) enum Held {
+    /// Never holds: TLS (its records are written by the TLS stream), or a forwarded WebSocket's tunnel.
+    #[default]
+    Never,
+    /// Holds a 101 when hyper writes one.
+    Armed,
+    /// A 101 not sent yet.
+    Switch(Vec<u8>),
+}
+
+const SWITCHING_PROTOCOLS: &[u8] = b"HTTP/1.1 101 ";
+
+impl<T> Watched<T> {
+    /// The held 101, for whoever writes the upgraded connection's first bytes.
+    pub(crate) fn take_held(&mut self) -> Option<bytes::Bytes> {
+        match std::mem::take(&mut self.held) {
+            Held::Switch(bytes) => Some(bytes.into()),
+            Held::Never | Held::Armed => None,
+        }
+    }
+
+    /// Holds `bufs` when they are a 101 and the stream is armed; true when held.
+    fn hold(&mut self, bufs: &[io::IoSlice<'_>]) -> bool {
+        if !matches!(self.held, Held::Armed) {
+            return false;
+        }
+        let is_switch = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .is_some_and(|b| b.starts_with(SWITCHING_PROTOCOLS));
+        if !is_switch {
+            return false;
+        }
+        self.held = Held::Switch(bufs.iter().flat_map(|b| b.iter().copied()).collect());
+        true
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Watched<T> {
+    /// Sends the held 101, if any, before anything else moves.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Held::Switch(bytes) = &mut self.held {
+            if bytes.is_empty() {
+                self.held = Held::Never;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, bytes))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            bytes.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // A reader of the upgraded stream may be waiting for the peer, which waits for the 101.
+        std::task::ready!(self.poll_send_held(cx))?;
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -419,6 +489,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.hold(&[io::IoSlice::new(data)]) {
+            return Poll::Ready(Ok(data.len()));
+        }
+        std::task::ready!(self.poll_send_held(cx))?;
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -431,6 +505,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.hold(bufs) {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        std::task::ready!(self.poll_send_held(cx))?;
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -447,6 +525,73 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send_held(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+
+    fn watched(held: Held) -> (Watched<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let watched = Watched {
+            inner: ours,
+            activity: Arc::new(Activity::new()),
+            held,
+        };
+        (watched, theirs)
+    }
+
+    #[tokio::test]
+    async fn an_armed_stream_holds_a_101_until_the_next_write_and_sends_both_in_order() {
+        let (mut stream, mut peer) = watched(Held::Armed);
+        stream.write_all(SWITCH).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut byte = [0; 1];
+        let early = tokio::time::timeout(Duration::from_millis(50), peer.read(&mut byte)).await;
+        assert!(early.is_err(), "nothing is sent before the next write");
+        stream.write_all(b"first").await.unwrap();
+        let mut got = vec![0; SWITCH.len() + 5];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..SWITCH.len()], SWITCH);
+        assert_eq!(&got[SWITCH.len()..], b"first");
+    }
+
+    #[tokio::test]
+    async fn a_read_of_the_upgraded_stream_sends_the_held_101_first() {
+        let (mut stream, mut peer) = watched(Held::Armed);
+        stream.write_all(SWITCH).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = [0; 5];
+            stream.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut got = vec![0; SWITCH.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, SWITCH);
+        peer.write_all(b"hello").await.unwrap();
+        assert_eq!(&reader.await.unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn only_a_101_on_an_armed_stream_is_held() {
+        let (mut stream, mut peer) = watched(Held::Armed);
+        stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let mut got = [0; 19];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 200 OK\r\n\r\n");
+
+        let (mut stream, mut peer) = watched(Held::Never);
+        stream.write_all(SWITCH).await.unwrap();
+        let mut got = vec![0; SWITCH.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, SWITCH, "a TLS stream or a tunnel never holds");
+        assert!(stream.take_held().is_none());
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Directory, NODE_ID_LEN};
 use crate::engine::{Forward, ForwardError, Forwarded, FORWARDED};
-use crate::server::{Activity, Watched};
+use crate::server::{Activity, Held, Watched};
 use crate::tls::{TlsError, Trust};
 
 /// How a node forwards.
@@ -333,10 +333,12 @@ async fn tunnel(
     let mut client = Watched {
         inner: TokioIo::new(client),
         activity: Arc::clone(&activity),
+        held: Held::Never,
     };
     let mut owner = Watched {
         inner: TokioIo::new(owner),
         activity: Arc::clone(&activity),
+        held: Held::Never,
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut owner, 4096, 4096);
     tokio::pin!(copy);

@@ -57,12 +57,14 @@ pub(crate) enum Direct {
 }
 
 impl Wire {
-    fn new(tcp: TcpStream) -> Wire {
+    /// A wire whose first bytes are `first` (the HTTP server's held 101), sent with the task's first write.
+    fn new(tcp: TcpStream, first: Option<Bytes>) -> Wire {
         Wire {
             tcp,
             // The task has written nothing yet.
             gate: Mutex::new(Gate {
                 clean: true,
+                spill: first,
                 ..Gate::default()
             }),
         }
@@ -120,18 +122,39 @@ impl Wire {
             let mut gate = self.gate.lock();
             gate.open = false;
             gate.clean = false;
-            if self.write_spill(&mut gate)? {
-                if data.is_empty() {
-                    return Poll::Ready(Ok(0));
-                }
-                match self.tcp.try_write(data) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    result => return Poll::Ready(result),
-                }
+            match self.write_after_spill(&mut gate, data) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
             }
             drop(gate);
             ready!(self.tcp.poll_write_ready(cx))?;
         }
+    }
+
+    /// Writes the spill and then `data`, the two in one `writev` when there is a spill (a connect's 101 and
+    /// open packet leave as one packet); returns how much of `data` went, or `WouldBlock`.
+    fn write_after_spill(&self, gate: &mut Gate, data: &[u8]) -> io::Result<usize> {
+        while let Some(spill) = gate.spill.as_mut() {
+            let n = self
+                .tcp
+                .try_write_vectored(&[io::IoSlice::new(spill), io::IoSlice::new(data)])?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            if n < spill.len() {
+                spill.advance(n);
+                continue;
+            }
+            let written = n - spill.len();
+            gate.spill = None;
+            if written > 0 {
+                return Ok(written);
+            }
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.tcp.try_write(data)
     }
 
     /// A flush of the task: everything tungstenite buffered is written by now; the spill goes too.
@@ -165,6 +188,15 @@ impl Wire {
     }
 
     fn poll_task_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // A task that reads before it writes (a polling session's upgrade probe, a plain WebSocket) sends the
+        // held 101 first: its client waits for it. Should the socket be full, the task wakes when it drains.
+        loop {
+            if self.write_spill(&mut self.gate.lock())?
+                || self.tcp.poll_write_ready(cx)?.is_pending()
+            {
+                break;
+            }
+        }
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
             match self.tcp.try_read(buf.initialize_unfilled()) {
@@ -234,6 +266,12 @@ fn frame_header(opcode: u8, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
     }
 }
 
+/// The wire of an upgraded plain TCP connection, the 101 that hyper wrote (held back) its first bytes.
+fn wire_of(mut watched: Watched<TcpStream>) -> Wire {
+    let first = watched.take_held();
+    Wire::new(watched.inner, first)
+}
+
 /// The IO under a WebSocket: a plain TCP connection shared through a [`Wire`], or any other stream (TLS), which
 /// stays the task's alone.
 pub(crate) enum WsIo {
@@ -249,7 +287,7 @@ impl WsIo {
     pub(crate) fn new(upgraded: hyper::upgrade::Upgraded) -> WsIo {
         match upgraded.downcast::<TokioIo<Watched<TcpStream>>>() {
             Ok(parts) => WsIo::Tcp {
-                wire: Arc::new(Wire::new(parts.io.into_inner().inner)),
+                wire: Arc::new(wire_of(parts.io.into_inner())),
                 // A copy: the slice would keep the HTTP server's whole read buffer alive with the connection.
                 early: Bytes::copy_from_slice(&parts.read_buf),
             },
@@ -332,7 +370,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let wire = Arc::new(Wire::new(server));
+        let wire = Arc::new(Wire::new(server, None));
         wire.gate.lock().clean = true;
         assert!(wire.open_gate());
         (wire, client)
@@ -397,6 +435,59 @@ mod tests {
             rest, b"TASK",
             "the task's bytes come after every direct frame"
         );
+    }
+
+    /// A wire whose held first bytes are a 101, and the client's end.
+    async fn wire_with_101() -> (Arc<Wire>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let first = Bytes::from_static(SWITCH);
+        (Arc::new(Wire::new(server, Some(first))), client)
+    }
+
+    const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+
+    #[tokio::test]
+    async fn the_held_101_leaves_before_the_tasks_first_write_and_no_broadcast_overtakes_it() {
+        let (wire, mut client) = wire_with_101().await;
+        assert!(!wire.open_gate(), "the 101 is not on the wire yet");
+        assert!(matches!(
+            wire.write_direct(&frame(0), Version::V4),
+            Direct::Queue
+        ));
+        let mut io = WsIo::Tcp {
+            wire: Arc::clone(&wire),
+            early: Bytes::new(),
+        };
+        io.write_all(b"OPEN").await.unwrap();
+        io.flush().await.unwrap();
+        assert!(wire.open_gate(), "everything is on the wire");
+        let mut got = vec![0; SWITCH.len() + 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..SWITCH.len()], SWITCH);
+        assert_eq!(&got[SWITCH.len()..], b"OPEN");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_reads_first_sends_the_held_101_its_client_waits_for() {
+        let (wire, mut client) = wire_with_101().await;
+        let mut io = WsIo::Tcp {
+            wire,
+            early: Bytes::new(),
+        };
+        let task = tokio::spawn(async move {
+            let mut probe = [0; 6];
+            io.read_exact(&mut probe).await.unwrap();
+            probe
+        });
+        let mut got = vec![0; SWITCH.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, SWITCH);
+        client.write_all(b"2probe").await.unwrap();
+        assert_eq!(&task.await.unwrap(), b"2probe");
     }
 
     #[tokio::test]
