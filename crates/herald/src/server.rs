@@ -443,7 +443,11 @@ impl<T> Watched<T> {
         if !is_switch {
             return false;
         }
-        self.held = Held::Switch(bufs.iter().flat_map(|b| b.iter().copied()).collect());
+        let mut held = Vec::with_capacity(bufs.iter().map(|b| b.len()).sum());
+        for buf in bufs {
+            held.extend_from_slice(buf);
+        }
+        self.held = Held::Switch(held);
         true
     }
 }
