@@ -1,5 +1,5 @@
 //! A socket.io WebSocket's TCP socket, shared by the connection's task and by publishers: while the task has
-//! nothing queued, half written or buffered, a broadcast writes its frames straight to the socket, one `write`
+//! nothing queued, half written or buffered, a broadcast writes its frames straight to the socket, one `send`
 //! from the publishing task, with no wake-up of the connection's task. A broadcast encodes its WebSocket frames
 //! once, headers included ([`Framed`]), so every direct write is one buffer: a `write` of one slice costs
 //! measurably less than a `writev` of a header and a payload (BENCHMARKS.md).
@@ -80,7 +80,11 @@ impl Wire {
         if !gate.open {
             return Direct::Queue;
         }
-        match self.tcp.try_write(&framed.bytes) {
+        // `send` on the socket itself, not tokio's `try_write`: that reads and, on a full socket, clears the
+        // socket's readiness in tokio's registration, a cache line per socket the broadcast would touch. The
+        // gate is open only while the socket drained everything, so a would-block here is rare, and the task's
+        // next write finds it through tokio as before.
+        match socket2::SockRef::from(&self.tcp).send(&framed.bytes) {
             Ok(n) if n == framed.bytes.len() => Direct::Written { spilled: false },
             Ok(n) => {
                 // Rare (a full socket buffer): the rest waits for the task, which the caller wakes.
