@@ -270,7 +270,7 @@ fn frame_header(opcode: u8, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
     }
 }
 
-/// The wire of an upgraded plain TCP connection, the 101 that hyper wrote (held back) its first bytes.
+/// The wire of an upgraded plain TCP connection. Its first bytes are the 101 that hyper wrote and `Watched` held.
 fn wire_of(mut watched: Watched<TcpStream>) -> Wire {
     let first = watched.take_held();
     Wire::new(watched.inner, first)
