@@ -257,7 +257,7 @@ async fn connection(
 ) {
     let peer = Some(ConnectInfo(peer));
     let Some(tls) = tls else {
-        return serve(stream, peer, false, served).await;
+        return serve(stream, peer, Held::Armed, served).await;
     };
     let mut phase = served.phase.clone();
     // The handshake is the start of the first request: a client that sends nothing, or too little, is gone when
@@ -265,7 +265,7 @@ async fn connection(
     let deadline = served.config.header_read_timeout;
     tokio::select! {
         handshake = tokio::time::timeout(deadline, tls.accept(stream)) => match handshake {
-            Ok(Some(stream)) => serve(stream, peer, true, served).await,
+            Ok(Some(stream)) => serve(stream, peer, Held::Never, served).await,
             Ok(None) => {}
             Err(_) => {
                 Limit::HeaderReadTimeout.hit();
@@ -282,11 +282,12 @@ async fn stopped(phase: &mut watch::Receiver<Phase>) {
     let _ = phase.wait_for(|p| *p == Phase::Stopped).await.is_ok();
 }
 
-/// Serves HTTP on `stream` until it ends, idles past `idle_timeout`, or the server stops.
+/// Serves HTTP on `stream` until it ends, idles past `idle_timeout`, or the server stops. `held`: whether a 101
+/// is held back for the upgraded connection's first write (plain TCP) or not (TLS).
 async fn serve<S>(
     stream: S,
     peer: Option<ConnectInfo<std::net::SocketAddr>>,
-    tls: bool,
+    held: Held,
     served: Served,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -301,7 +302,7 @@ async fn serve<S>(
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
-        held: if tls { Held::Never } else { Held::Armed },
+        held,
     });
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();

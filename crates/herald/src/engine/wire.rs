@@ -367,13 +367,19 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A wire over a loopback connection, its gate open, and the client's end.
-    async fn open_wire() -> (Arc<Wire>, TcpStream) {
+    /// A loopback connection: the server's end and the client's.
+    async fn loopback() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    /// A wire over a loopback connection, its gate open, and the client's end.
+    async fn open_wire() -> (Arc<Wire>, TcpStream) {
+        let (server, client) = loopback().await;
         let wire = Arc::new(Wire::new(server, None));
         wire.gate.lock().clean = true;
         assert!(wire.open_gate());
@@ -443,11 +449,7 @@ mod tests {
 
     /// A wire whose held first bytes are a 101, and the client's end.
     async fn wire_with_101() -> (Arc<Wire>, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (server, client) = loopback().await;
         let first = Bytes::from_static(SWITCH);
         (Arc::new(Wire::new(server, Some(first))), client)
     }
