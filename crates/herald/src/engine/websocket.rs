@@ -435,13 +435,19 @@ async fn write_or_abandon<C>(
 }
 
 /// Feeds every queued frame, then flushes once: a burst of messages costs one write call. The frames not yet
-/// taken stay in `frames`, so the state of a write in progress is the queue itself.
+/// taken stay in `frames`, so the state of a write in progress is the queue itself. On plain TCP the wire
+/// sends them itself when it can (`Wire::send_frames`), and the flush sends what the socket did not take.
 fn poll_write(
     ws: &mut Ws,
     frames: &mut VecDeque<OutFrame>,
     version: Version,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), tungstenite::Error>> {
+    if let Some(wire) = ws.get_ref().wire() {
+        if !frames.is_empty() {
+            wire.send_frames(frames, version)?;
+        }
+    }
     while !frames.is_empty() {
         ready!(Pin::new(&mut *ws).poll_ready(cx))?;
         let Some(frame) = frames.pop_front() else {

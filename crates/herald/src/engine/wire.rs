@@ -10,6 +10,7 @@
 //! publisher's partial write leaves the rest as the *spill*, which the next write or flush of the task sends
 //! before anything else.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -98,6 +99,37 @@ impl Wire {
                 Direct::Queue
             }
         }
+    }
+
+    /// The task's write of the frames it drained, past tungstenite: framed once into one buffer, as a broadcast
+    /// is, and sent with one `send`; what the socket does not take becomes the spill, which the flush that
+    /// follows sends. Only while everything the task wrote through tungstenite is on the wire and nothing is
+    /// spilled, so no byte of its own is overtaken; false leaves the frames to tungstenite (a v3 session's
+    /// binary frames too). tungstenite would copy each frame into the connection's own write buffer: cold memory
+    /// for every connection a burst reaches, and a buffer that keeps its largest size.
+    pub(crate) fn send_frames(
+        &self,
+        frames: &mut VecDeque<OutFrame>,
+        version: Version,
+    ) -> io::Result<bool> {
+        if version != Version::V4 && frames.iter().any(|f| matches!(f, OutFrame::Binary(_))) {
+            return Ok(false);
+        }
+        let mut gate = self.gate.lock();
+        if !gate.clean || gate.spill.is_some() {
+            return Ok(false);
+        }
+        let framed = Framed::encode(frames.make_contiguous());
+        frames.clear();
+        let sent = match socket2::SockRef::from(&self.tcp).send(&framed.bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent < framed.bytes.len() {
+            gate.spill = Some(framed.bytes.slice(sent..));
+        }
+        Ok(true)
     }
 
     /// Closes the gate: the task is about to write what it drained.
@@ -515,6 +547,91 @@ mod tests {
             wire.write_direct(&frame(0), Version::V4),
             Direct::Written { spilled: false }
         ));
+    }
+
+    fn texts(sizes: &[usize]) -> VecDeque<OutFrame> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| OutFrame::Text(Bytes::from(vec![b'a' + i as u8; n])))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_task_sends_its_frames_past_tungstenite_and_a_full_socket_leaves_them_to_its_flush()
+    {
+        let (wire, mut client) = open_wire().await;
+        wire.close_gate();
+        let mut frames = texts(&[3, 200]);
+        assert!(wire.send_frames(&mut frames, Version::V4).unwrap());
+        assert!(frames.is_empty(), "taken");
+        assert!(wire.is_clean(), "all of it is on the wire");
+        let mut got = vec![0; 2 + 3 + 4 + 200];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..5], &[0x81, 3, b'a', b'a', b'a']);
+        assert_eq!(&got[5..9], &[0x81, 126, 0, 200]);
+        assert!(got[9..].iter().all(|&b| b == b'b'));
+
+        // Nobody reads: the socket fills, the rest is spilled, and the flush after it sends it in order.
+        let mut sent = Vec::new();
+        while wire.is_clean() {
+            let mut frames = texts(&[64 << 10]);
+            assert!(wire.send_frames(&mut frames, Version::V4).unwrap());
+            sent.push(());
+            assert!(sent.len() < 10_000, "64 KiB frames never filled the socket");
+        }
+        let mut more = texts(&[1]);
+        assert!(
+            !wire.send_frames(&mut more, Version::V4).unwrap(),
+            "nothing overtakes a spill"
+        );
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let mut io = WsIo::Tcp {
+            wire: Arc::clone(&wire),
+            early: Bytes::new(),
+        };
+        io.flush().await.unwrap();
+        assert!(wire.is_clean());
+        drop(io);
+        drop(wire);
+        let all = reader.await.unwrap();
+        assert_eq!(
+            all.len(),
+            sent.len() * (10 + (64 << 10)),
+            "every byte, once"
+        );
+        for frame in all.chunks(10 + (64 << 10)) {
+            assert_eq!(&frame[..4], &[0x81, 127, 0, 0]);
+            assert!(frame[10..].iter().all(|&b| b == b'a'));
+        }
+    }
+
+    #[tokio::test]
+    async fn what_tungstenite_has_not_flushed_and_v3_binary_frames_stay_with_tungstenite() {
+        let (wire, _client) = open_wire().await;
+        let mut binary: VecDeque<OutFrame> = [OutFrame::Binary(Bytes::from_static(b"\x01"))].into();
+        assert!(!wire.send_frames(&mut binary, Version::V3).unwrap());
+        assert_eq!(
+            binary.len(),
+            1,
+            "left for tungstenite, which adds v3's type byte"
+        );
+        assert!(wire.send_frames(&mut binary, Version::V4).unwrap());
+        let mut io = WsIo::Tcp {
+            wire: Arc::clone(&wire),
+            early: Bytes::new(),
+        };
+        io.write_all(b"pong").await.unwrap();
+        let mut frames = texts(&[1]);
+        assert!(
+            !wire.send_frames(&mut frames, Version::V4).unwrap(),
+            "a write of tungstenite's own is not flushed yet"
+        );
+        assert_eq!(frames.len(), 1);
     }
 
     #[test]

@@ -317,7 +317,11 @@ impl SocketIo {
         };
         match ns.handler().authorize(request) {
             Decision::Now(result) => self.finish_connect(session, &ns, result),
-            Decision::Later(decision) => {
+            Decision::Later(mut decision) => {
+                // Most answers need no wait (a JWT, a free auth slot): taken now, they cost no task.
+                if let Some(result) = ready_now(&mut decision) {
+                    return self.finish_connect(session, &ns, result);
+                }
                 let io = self.clone();
                 let session = Arc::clone(session);
                 tokio::spawn(async move {
@@ -466,6 +470,19 @@ impl SocketIo {
     }
 }
 
+/// Polls `future` once, outside any task: its answer when it has one already. A pending future is then moved
+/// into a task, whose first poll registers the task's own waker (a future heeds the waker of its latest poll
+/// only), so the no-op waker of this poll is never the one that counts.
+fn ready_now<T>(
+    future: &mut std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
+) -> Option<T> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// The answer to a v5 CONNECT: the socket id, and the private id of connection-state recovery when offered.
 #[derive(serde::Serialize)]
 struct ConnectAnswer<'a> {
@@ -566,5 +583,30 @@ impl EngineHandler for SocketIo {
             );
             session.close(CloseReason::ServerClose);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = u8> + Send>>;
+
+    #[tokio::test]
+    async fn an_answer_ready_at_once_is_taken_now_and_a_pending_one_finishes_in_its_task() {
+        let mut ready: Pending = Box::pin(async { 1 });
+        assert_eq!(ready_now(&mut ready), Some(1));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+        let mut later: Pending = Box::pin(async move { rx.await.unwrap() });
+        assert_eq!(ready_now(&mut later), None);
+        // Moved into a task after a poll with a waker that does nothing: the task's own poll is the one that
+        // counts, so the send below wakes it.
+        let task = tokio::spawn(later);
+        tokio::task::yield_now().await;
+        tx.send(2).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert_eq!(answer.unwrap().unwrap(), 2);
     }
 }
