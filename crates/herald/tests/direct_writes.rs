@@ -85,3 +85,34 @@ async fn pings_and_emits_between_direct_writes_leave_the_stream_whole() {
     }
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_queued_while_a_write_waits_for_the_client_leaves_once_it_reads() {
+    let server = Server::start(roomy()).await;
+    let (mut ws, _sid, socket_id) = ws_open_sio(server.addr, Some(16 << 10)).await;
+    let namespace = server.io.namespace("/").unwrap();
+    let socket = namespace.socket(&socket_id).unwrap();
+    // Far more than the socket buffers hold: the task's write of them waits for the client.
+    let chunk = "w".repeat(64 << 10);
+    for i in 0..64 {
+        socket.emit("big", &[json!(i), json!(chunk)]).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Queued while that write waits: its wake-up must not be lost to the wait, or it would leave only with
+    // the next heartbeat, 20 s away.
+    socket.emit("last", &[]).unwrap();
+    let read_all = async {
+        for i in 0..64 {
+            assert_eq!(
+                ws_next_text(&mut ws).await,
+                format!(r#"42["big",{i},"{chunk}"]"#)
+            );
+        }
+        ws_next_text(&mut ws).await
+    };
+    let last = tokio::time::timeout(Duration::from_secs(10), read_all).await;
+    assert_eq!(
+        last.expect("the last frame waited for the heartbeat"),
+        r#"42["last"]"#
+    );
+}

@@ -412,7 +412,11 @@ async fn write_or_abandon<C>(
                     () = closed => None,
                 }
             });
-            match blocked.await {
+            let result = blocked.await;
+            // The close watch took the wake-ups of the frames queued meanwhile: hand one back, or they would wait
+            // in the outbox for the next publish or the next heartbeat.
+            session.writable.notify_one();
+            match result {
                 Some(result) => result,
                 None => return Written::Abandoned,
             }
