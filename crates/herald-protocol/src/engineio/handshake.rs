@@ -20,10 +20,10 @@ pub struct Handshake<'a> {
 impl Handshake<'_> {
     /// The complete `open` text packet: `0{"sid":...}`.
     pub fn to_packet(&self) -> String {
-        let mut out = String::with_capacity(128);
-        out.push('0');
-        // Serializing a struct of strings and integers to JSON cannot fail.
-        out.push_str(&serde_json::to_string(self).unwrap_or_default());
-        out
+        let mut out = Vec::with_capacity(128);
+        out.push(b'0');
+        // Serializing a struct of strings and integers to JSON cannot fail, and its output is UTF-8.
+        let _ = serde_json::to_writer(&mut out, self);
+        String::from_utf8(out).unwrap_or_default()
     }
 }
