@@ -17,6 +17,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -143,6 +144,7 @@ impl Server {
         } = self;
         let config = Arc::new(config);
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        let nodelay = Nodelay::of(&listener);
         let mut connections = JoinSet::new();
         loop {
             if *phase.borrow() != Phase::Running {
@@ -151,7 +153,7 @@ impl Server {
             tokio::select! {
                 changed = phase.changed() => if changed.is_err() { break },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = accept(&listener, &permits) => {
+                accepted = accept(&listener, &permits, nodelay) => {
                     let Some((stream, peer, permit)) = accepted else { continue };
                     let slot = ConnectionSlot(Arc::new(parking_lot::Mutex::new(Some(permit))));
                     let served = Served {
@@ -189,11 +191,35 @@ impl Server {
     }
 }
 
+/// How accepted connections get `TCP_NODELAY` (every write of herald's is a whole message).
+#[derive(Clone, Copy)]
+enum Nodelay {
+    /// From the listening socket: Linux copies it to each connection it accepts.
+    Inherited,
+    /// With a `setsockopt` per accepted connection.
+    PerConnection,
+}
+
+impl Nodelay {
+    /// Sets it on `listener` where accepted connections inherit it: one call per server instead of one per
+    /// connection (a syscall of every connect).
+    fn of(listener: &TcpListener) -> Nodelay {
+        let inherited =
+            cfg!(target_os = "linux") && SockRef::from(listener).set_tcp_nodelay(true).is_ok();
+        if inherited {
+            Nodelay::Inherited
+        } else {
+            Nodelay::PerConnection
+        }
+    }
+}
+
 /// The next connection and its peer's address, once a permit is free. `None` when the accept failed (logged;
 /// the loop goes on).
 async fn accept(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
+    nodelay: Nodelay,
 ) -> Option<(
     TcpStream,
     std::net::SocketAddr,
@@ -211,7 +237,9 @@ async fn accept(
     };
     match listener.accept().await {
         Ok((stream, peer)) => {
-            let _ = stream.set_nodelay(true);
+            if let Nodelay::PerConnection = nodelay {
+                let _ = stream.set_nodelay(true);
+            }
             Some((stream, peer, permit))
         }
         Err(e) => {
@@ -542,6 +570,21 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_without_a_call_each() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nodelay = Nodelay::of(&listener);
+        if cfg!(target_os = "linux") {
+            assert!(matches!(nodelay, Nodelay::Inherited));
+        }
+        let permits = Arc::new(Semaphore::new(1));
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _, _) = accept(&listener, &permits, nodelay).await.unwrap();
+        assert!(stream.nodelay().unwrap());
+    }
 
     fn watched(held: Held) -> (Watched<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1024);

@@ -2,7 +2,9 @@
 //! nothing queued, half written or buffered, a broadcast writes its frames straight to the socket, one `send`
 //! from the publishing task, with no wake-up of the connection's task. A broadcast encodes its WebSocket frames
 //! once, headers included ([`Framed`]), so every direct write is one buffer: a `write` of one slice costs
-//! measurably less than a `writev` of a header and a payload (BENCHMARKS.md).
+//! measurably less than a `writev` of a header and a payload (BENCHMARKS.md). The task sends what it drains from
+//! the outbox the same way, framed into one buffer ([`Wire::send_frames`]); tungstenite writes only its own
+//! frames (pongs, close) and what the wire leaves to it.
 //!
 //! The gate keeps one writer at a time and the order of bytes on the wire. It is open only while the task is
 //! idle and clean; the task closes it when it drains the outbox and with every write of its own (tungstenite's
