@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
 use herald::engine::EngineConfig;
-use herald::socketio::Target;
+use herald::socketio::{Socket, Target};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,6 +24,18 @@ fn roomy() -> EngineConfig {
         outbox_bytes: 64 << 20,
         ..config()
     }
+}
+
+/// A client with a small receive buffer, so that writes to it soon find its socket full, and its socket.
+async fn slow_client(server: &Server) -> (Ws, Arc<Socket>) {
+    let (ws, _sid, socket_id) = ws_open_sio(server.addr, Some(16 << 10)).await;
+    let socket = server
+        .io
+        .namespace("/")
+        .unwrap()
+        .socket(&socket_id)
+        .unwrap();
+    (ws, socket)
 }
 
 fn expected(i: usize, chunk: &str) -> String {
@@ -54,9 +67,8 @@ async fn a_client_that_reads_late_gets_every_broadcast_whole_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_and_emits_between_direct_writes_leave_the_stream_whole() {
     let server = Server::start(roomy()).await;
-    let (mut ws, _sid, socket_id) = ws_open_sio(server.addr, Some(16 << 10)).await;
+    let (mut ws, socket) = slow_client(&server).await;
     let namespace = server.io.namespace("/").unwrap();
-    let socket = namespace.socket(&socket_id).unwrap();
     let chunk = "z".repeat(3000);
     let mut want = Vec::new();
     for i in 0..400 {
@@ -89,9 +101,7 @@ async fn pings_and_emits_between_direct_writes_leave_the_stream_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_queued_while_a_write_waits_for_the_client_leaves_once_it_reads() {
     let server = Server::start(roomy()).await;
-    let (mut ws, _sid, socket_id) = ws_open_sio(server.addr, Some(16 << 10)).await;
-    let namespace = server.io.namespace("/").unwrap();
-    let socket = namespace.socket(&socket_id).unwrap();
+    let (mut ws, socket) = slow_client(&server).await;
     // Far more than the socket buffers hold: the task's write of them waits for the client.
     let chunk = "w".repeat(64 << 10);
     for i in 0..64 {

@@ -420,6 +420,23 @@ mod tests {
         (wire, client)
     }
 
+    /// The task's IO over `wire`.
+    fn task_io(wire: &Arc<Wire>) -> WsIo {
+        WsIo::Tcp {
+            wire: Arc::clone(wire),
+            early: Bytes::new(),
+        }
+    }
+
+    /// Everything the client gets until the server's end closes.
+    fn read_to_end(mut client: TcpStream) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        })
+    }
+
     fn frame(i: usize) -> Framed {
         Framed::encode(&[OutFrame::Text(Bytes::from(vec![
             b'a' + (i % 26) as u8;
@@ -429,7 +446,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partial_direct_write_spills_and_the_task_sends_the_rest_before_its_own() {
-        let (wire, mut client) = open_wire().await;
+        let (wire, client) = open_wire().await;
         // Nobody reads yet: the socket fills, and one write goes in part.
         let mut written = 0;
         loop {
@@ -449,15 +466,8 @@ mod tests {
             matches!(wire.write_direct(&frame(0), Version::V4), Direct::Queue),
             "the gate is closed until the task has written the spill"
         );
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            client.read_to_end(&mut all).await.unwrap();
-            all
-        });
-        let mut io = WsIo::Tcp {
-            wire: Arc::clone(&wire),
-            early: Bytes::new(),
-        };
+        let reader = read_to_end(client);
+        let mut io = task_io(&wire);
         io.write_all(b"TASK").await.unwrap();
         io.flush().await.unwrap();
         assert!(wire.is_clean());
@@ -498,10 +508,7 @@ mod tests {
             wire.write_direct(&frame(0), Version::V4),
             Direct::Queue
         ));
-        let mut io = WsIo::Tcp {
-            wire: Arc::clone(&wire),
-            early: Bytes::new(),
-        };
+        let mut io = task_io(&wire);
         io.write_all(b"OPEN").await.unwrap();
         io.flush().await.unwrap();
         assert!(wire.open_gate(), "everything is on the wire");
@@ -514,10 +521,7 @@ mod tests {
     #[tokio::test]
     async fn a_task_that_reads_first_sends_the_held_101_its_client_waits_for() {
         let (wire, mut client) = wire_with_101().await;
-        let mut io = WsIo::Tcp {
-            wire,
-            early: Bytes::new(),
-        };
+        let mut io = task_io(&wire);
         let task = tokio::spawn(async move {
             let mut probe = [0; 6];
             io.read_exact(&mut probe).await.unwrap();
@@ -533,10 +537,7 @@ mod tests {
     #[tokio::test]
     async fn any_write_of_the_task_closes_the_gate_until_a_flush() {
         let (wire, _client) = open_wire().await;
-        let mut io = WsIo::Tcp {
-            wire: Arc::clone(&wire),
-            early: Bytes::new(),
-        };
+        let mut io = task_io(&wire);
         io.write_all(b"pong").await.unwrap();
         assert!(matches!(
             wire.write_direct(&frame(0), Version::V4),
@@ -575,37 +576,26 @@ mod tests {
         assert!(got[9..].iter().all(|&b| b == b'b'));
 
         // Nobody reads: the socket fills, the rest is spilled, and the flush after it sends it in order.
-        let mut sent = Vec::new();
+        let mut sent = 0usize;
         while wire.is_clean() {
             let mut frames = texts(&[64 << 10]);
             assert!(wire.send_frames(&mut frames, Version::V4).unwrap());
-            sent.push(());
-            assert!(sent.len() < 10_000, "64 KiB frames never filled the socket");
+            sent += 1;
+            assert!(sent < 10_000, "64 KiB frames never filled the socket");
         }
         let mut more = texts(&[1]);
         assert!(
             !wire.send_frames(&mut more, Version::V4).unwrap(),
             "nothing overtakes a spill"
         );
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            client.read_to_end(&mut all).await.unwrap();
-            all
-        });
-        let mut io = WsIo::Tcp {
-            wire: Arc::clone(&wire),
-            early: Bytes::new(),
-        };
+        let reader = read_to_end(client);
+        let mut io = task_io(&wire);
         io.flush().await.unwrap();
         assert!(wire.is_clean());
         drop(io);
         drop(wire);
         let all = reader.await.unwrap();
-        assert_eq!(
-            all.len(),
-            sent.len() * (10 + (64 << 10)),
-            "every byte, once"
-        );
+        assert_eq!(all.len(), sent * (10 + (64 << 10)), "every byte, once");
         for frame in all.chunks(10 + (64 << 10)) {
             assert_eq!(&frame[..4], &[0x81, 127, 0, 0]);
             assert!(frame[10..].iter().all(|&b| b == b'a'));
@@ -623,10 +613,7 @@ mod tests {
             "left for tungstenite, which adds v3's type byte"
         );
         assert!(wire.send_frames(&mut binary, Version::V4).unwrap());
-        let mut io = WsIo::Tcp {
-            wire: Arc::clone(&wire),
-            early: Bytes::new(),
-        };
+        let mut io = task_io(&wire);
         io.write_all(b"pong").await.unwrap();
         let mut frames = texts(&[1]);
         assert!(
