@@ -447,10 +447,8 @@ fn poll_write(
     version: Version,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), tungstenite::Error>> {
-    if let Some(wire) = ws.get_ref().wire() {
-        if !frames.is_empty() {
-            wire.send_frames(frames, version)?;
-        }
+    if let (Some(wire), false) = (ws.get_ref().wire(), frames.is_empty()) {
+        wire.send_frames(frames, version)?;
     }
     while !frames.is_empty() {
         ready!(Pin::new(&mut *ws).poll_ready(cx))?;

@@ -83,11 +83,7 @@ impl Wire {
         if !gate.open {
             return Direct::Queue;
         }
-        // `send` on the socket itself, not tokio's `try_write`: that reads and, on a full socket, clears the
-        // socket's readiness in tokio's registration, a cache line per socket the broadcast would touch. The
-        // gate is open only while the socket drained everything, so a would-block here is rare, and the task's
-        // next write finds it through tokio as before.
-        match socket2::SockRef::from(&self.tcp).send(&framed.bytes) {
+        match self.send(&framed.bytes) {
             Ok(n) if n == framed.bytes.len() => Direct::Written { spilled: false },
             Ok(n) => {
                 // Rare (a full socket buffer): the rest waits for the task, which the caller wakes.
@@ -114,16 +110,16 @@ impl Wire {
         frames: &mut VecDeque<OutFrame>,
         version: Version,
     ) -> io::Result<bool> {
-        if version != Version::V4 && frames.iter().any(|f| matches!(f, OutFrame::Binary(_))) {
-            return Ok(false);
-        }
         let mut gate = self.gate.lock();
         if !gate.clean || gate.spill.is_some() {
             return Ok(false);
         }
         let framed = Framed::encode(frames.make_contiguous());
+        if framed.v4_only && version != Version::V4 {
+            return Ok(false);
+        }
         frames.clear();
-        let sent = match socket2::SockRef::from(&self.tcp).send(&framed.bytes) {
+        let sent = match self.send(&framed.bytes) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
@@ -132,6 +128,14 @@ impl Wire {
             gate.spill = Some(framed.bytes.slice(sent..));
         }
         Ok(true)
+    }
+
+    /// `send` on the socket itself, not tokio's `try_write`: that reads and, on a full socket, clears the
+    /// socket's readiness in tokio's registration, one more cache line per socket a broadcast touches. A
+    /// would-block here is rare (the gate opens only once the socket took everything), and the task's next write
+    /// through tokio finds the full socket as before.
+    fn send(&self, bytes: &[u8]) -> io::Result<usize> {
+        socket2::SockRef::from(&self.tcp).send(bytes)
     }
 
     /// Closes the gate: the task is about to write what it drained.

@@ -13,8 +13,11 @@ mod plain_in;
 mod socket;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -473,13 +476,13 @@ impl SocketIo {
 /// Polls `future` once, outside any task: its answer when it has one already. A pending future is then moved
 /// into a task, whose first poll registers the task's own waker (a future heeds the waker of its latest poll
 /// only), so the no-op waker of this poll is never the one that counts.
-fn ready_now<T>(
-    future: &mut std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
-) -> Option<T> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(value) => Some(value),
-        std::task::Poll::Pending => None,
+fn ready_now<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send>>) -> Option<T> {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => Some(value),
+        Poll::Pending => None,
     }
 }
 
@@ -591,7 +594,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = u8> + Send>>;
+    type Pending = Pin<Box<dyn Future<Output = u8> + Send>>;
 
     #[tokio::test]
     async fn an_answer_ready_at_once_is_taken_now_and_a_pending_one_finishes_in_its_task() {
