@@ -8,12 +8,12 @@ use herald::engine::EngineConfig;
 use herald::socketio::{self, IncomingEvent, NamespaceHandler, Socket, SocketIoConfig, Target};
 use serde_json::{json, Value};
 
-pub fn router(config: EngineConfig) -> axum::Router {
+pub fn router(config: EngineConfig) -> crate::suites::Served {
     let (io, engine) = socketio::server(config, SocketIoConfig::default());
     for nsp in ["/", "/custom", "/other"] {
         io.add_namespace(nsp, E2e);
     }
-    engine.router()
+    crate::suites::served(engine)
 }
 
 struct E2e;

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     };
     config.ws_read_buffer = args.ws_read_buffer.unwrap_or(config.ws_read_buffer);
     config.ws_write_buffer = args.ws_write_buffer.unwrap_or(config.ws_write_buffer);
-    let router = match args.suite {
+    let (router, direct) = match args.suite {
         Suite::EngineIo => suites::engine_io(config),
         Suite::SocketIo => suites::socket_io(config),
         Suite::E2e => e2e::router(config),
@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     tracing::info!(%addr, suite = ?args.suite, "herald-conformance listening");
     herald::server::Server::new(listener, router, herald::server::ServeConfig::default())
+        .with_direct_upgrades(Some(direct))
         .run()
         .await;
     Ok(())

@@ -30,8 +30,17 @@ impl EngineHandler for Echo {
     fn on_close(&self, _session: &Arc<Session<()>>, _reason: CloseReason) {}
 }
 
-pub fn engine_io(config: EngineConfig) -> axum::Router {
-    Engine::new(config, Echo).router()
+/// What a suite serves: the engine's routes, and its new WebSocket sessions, which herald's server answers
+/// before hyper as `herald serve` does.
+pub type Served = (axum::Router, Arc<dyn herald::server::DirectUpgrades>);
+
+/// `engine`'s routes and direct upgrades.
+pub fn served<H: EngineHandler>(engine: Engine<H>) -> Served {
+    (engine.router(), Arc::new(engine))
+}
+
+pub fn engine_io(config: EngineConfig) -> Served {
+    served(Engine::new(config, Echo))
 }
 
 /// `/` and `/custom` of the socket.io-protocol suite (its README's reference server, connectTimeout 1000 ms):
@@ -77,7 +86,7 @@ impl NamespaceHandler for SuiteNamespace {
     }
 }
 
-pub fn socket_io(config: EngineConfig) -> axum::Router {
+pub fn socket_io(config: EngineConfig) -> Served {
     let (io, engine) = socketio::server(
         config,
         SocketIoConfig {
@@ -87,7 +96,7 @@ pub fn socket_io(config: EngineConfig) -> axum::Router {
     );
     io.add_namespace("/", SuiteNamespace { echo: true });
     io.add_namespace("/custom", SuiteNamespace { echo: false });
-    engine.router()
+    served(engine)
 }
 
 mod herald_protocol_frames {

@@ -10,6 +10,7 @@
 //! SIGHUP reloads what can change under a running herald (`reload`), and stops nothing.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -33,6 +34,14 @@ pub fn serve_config(config: &Config) -> ServeConfig {
     }
 }
 
+/// The server of `gateway` on `listener`, as `herald serve` runs it: every route, the configured limits and TLS,
+/// and the engine's new WebSocket sessions answered before hyper.
+pub fn server(gateway: &Gateway, listener: TcpListener, config: &Config) -> Server {
+    Server::new(listener, gateway.router(), serve_config(config))
+        .with_tls(gateway.tls.clone())
+        .with_direct_upgrades(Some(Arc::new(gateway.engine.clone())))
+}
+
 /// Serves `gateway` on `listener` until `signal` resolves, then shuts down in the steps above.
 pub async fn run(
     gateway: Gateway,
@@ -41,8 +50,7 @@ pub async fn run(
     signal: impl Future<Output = ()>,
 ) {
     let reloads = reload_on_hangup(&gateway);
-    let server =
-        Server::new(listener, gateway.router(), serve_config(config)).with_tls(gateway.tls.clone());
+    let server = server(&gateway, listener, config);
     let control = server.control();
     let mut serving = tokio::spawn(server.run());
     tokio::select! {

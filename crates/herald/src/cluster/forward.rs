@@ -334,11 +334,13 @@ async fn tunnel(
         inner: TokioIo::new(client),
         activity: Arc::clone(&activity),
         held: Held::Never,
+        read: bytes::Bytes::new(),
     };
     let mut owner = Watched {
         inner: TokioIo::new(owner),
         activity: Arc::clone(&activity),
         held: Held::Never,
+        read: bytes::Bytes::new(),
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut owner, 4096, 4096);
     tokio::pin!(copy);

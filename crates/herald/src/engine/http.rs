@@ -40,6 +40,9 @@ impl ErrorCode {
     }
 }
 
+/// An answer that refuses a request, boxed: it is the rare outcome, and large.
+pub(super) type Refusal = Box<Response<Body>>;
+
 /// The answer for an Engine.IO protocol error.
 pub(crate) fn error(code: ErrorCode) -> Response<Body> {
     let status = if code == ErrorCode::Forbidden {
@@ -96,13 +99,10 @@ pub(super) async fn handle<H: EngineHandler>(
     request: Request<Body>,
 ) -> Response<Body> {
     let config = &engine.inner.config;
-    let origin = request.headers().get(header::ORIGIN).cloned();
-    if let (Some(allowed), Some(origin)) = (&config.allowed_origins, &origin) {
-        if !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
-            tracing::info!(origin = ?origin, "refused a connection from a disallowed origin");
-            return error(ErrorCode::Forbidden);
-        }
-    }
+    let origin = match checked_origin(config, &request) {
+        Ok(origin) => origin,
+        Err(refused) => return *refused,
+    };
     let mut response = if request.method() == Method::OPTIONS {
         preflight(&request)
     } else {
@@ -110,6 +110,75 @@ pub(super) async fn handle<H: EngineHandler>(
     };
     allow_origin(config, origin, &mut response);
     response
+}
+
+/// The request's `Origin`, when it may have one: a site with a list of origins refuses the others (403).
+fn checked_origin(
+    config: &super::EngineConfig,
+    request: &Request<Body>,
+) -> Result<Option<HeaderValue>, Refusal> {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    if let (Some(allowed), Some(origin)) = (&config.allowed_origins, &origin) {
+        if !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+            tracing::info!(origin = ?origin, "refused a connection from a disallowed origin");
+            return Err(Box::new(error(ErrorCode::Forbidden)));
+        }
+    }
+    Ok(origin)
+}
+
+/// The engine's new WebSocket sessions, answered by the server before hyper (`server/direct.rs`): the same
+/// checks and answers as through [`handle`], with the connection handed over without hyper's upgrade.
+impl<H: EngineHandler> crate::server::DirectUpgrades for Engine<H> {
+    fn takes(&self, path: &str, query: &str) -> bool {
+        let base = self.inner.config.path.trim_end_matches('/');
+        if path.strip_suffix('/').unwrap_or(path) != base {
+            return false;
+        }
+        let (mut websocket, mut sid) = (false, false);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "transport" => websocket = value == "websocket",
+                "sid" => sid = true,
+                _ => {}
+            }
+        }
+        websocket && !sid
+    }
+
+    fn upgrade(
+        &self,
+        request: Request<Body>,
+        stream: tokio::net::TcpStream,
+        early: bytes::Bytes,
+    ) -> Result<(), crate::server::Refused> {
+        let config = &self.inner.config;
+        let origin = match checked_origin(config, &request) {
+            Ok(origin) => origin,
+            Err(response) => return Err(crate::server::Refused { response, stream }),
+        };
+        let opened = checked(self, &request).and_then(|(_, transport, version)| {
+            if transport != Transport::WebSocket {
+                return Err(Box::new(error(ErrorCode::UnknownTransport)));
+            }
+            let Some(accept) = websocket::accept_key(&request) else {
+                return Err(Box::new(error(ErrorCode::BadRequest)));
+            };
+            websocket::open(self, request, accept, version)
+        });
+        match opened {
+            Ok((mut switch, opening)) => {
+                allow_origin(config, origin, &mut switch);
+                let first = crate::server::head_bytes(switch.status(), switch.headers(), None);
+                opening.start(websocket::Source::direct(stream, first.into(), early));
+                Ok(())
+            }
+            Err(mut response) => {
+                allow_origin(config, origin, &mut response);
+                Err(crate::server::Refused { response, stream })
+            }
+        }
+    }
 }
 
 /// Credentialed CORS only for listed origins: with no list, a cross-origin page gets no CORS answer, so a
@@ -146,23 +215,38 @@ fn preflight(request: &Request<Body>) -> Response<Body> {
     response
 }
 
-async fn route<H: EngineHandler>(engine: &Engine<H>, request: Request<Body>) -> Response<Body> {
+/// The query, transport and protocol version of a request the engine can serve, or the Engine.IO error.
+fn checked<H: EngineHandler>(
+    engine: &Engine<H>,
+    request: &Request<Body>,
+) -> Result<(EngineQuery, Transport, Version), Refusal> {
     let config = &engine.inner.config;
     let query = EngineQuery::parse(request.uri().query());
     let transport = match query.transport.as_deref() {
         Some("polling") if config.allow_polling => Transport::Polling,
         Some("websocket") if config.allow_websocket => Transport::WebSocket,
-        _ => return error(ErrorCode::UnknownTransport),
+        _ => return Err(Box::new(error(ErrorCode::UnknownTransport))),
     };
     let Some(version) = query.eio.as_deref().and_then(Version::from_query) else {
-        return error(ErrorCode::UnsupportedProtocolVersion);
+        return Err(Box::new(error(ErrorCode::UnsupportedProtocolVersion)));
     };
     if query.sid.is_none() {
-        let size = handshake_bytes(&request);
+        let size = handshake_bytes(request);
         if size > config.max_handshake_bytes {
-            return handshake_too_large(size, config.max_handshake_bytes);
+            return Err(Box::new(handshake_too_large(
+                size,
+                config.max_handshake_bytes,
+            )));
         }
     }
+    Ok((query, transport, version))
+}
+
+async fn route<H: EngineHandler>(engine: &Engine<H>, request: Request<Body>) -> Response<Body> {
+    let (query, transport, version) = match checked(engine, &request) {
+        Ok(checked) => checked,
+        Err(refused) => return *refused,
+    };
     if let Some(sid) = query.sid.as_deref() {
         if !engine.inner.polling.read().contains_key(sid) {
             return foreign(engine, sid, request).await;

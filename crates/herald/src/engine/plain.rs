@@ -23,7 +23,7 @@ use super::heartbeat::{Due, Heartbeat};
 use super::http::{allow_origin, handshake_bytes, handshake_too_large, respond};
 use super::session::{CloseReason, Session, Transport};
 use super::websocket::{
-    accept_key, open_wire, switching_protocols, upgraded, ws_error_reason, Written, Ws,
+    accept_key, open_wire, switching_protocols, upgraded, ws_error_reason, Source, Written, Ws,
 };
 use super::{new_sid, Engine, EngineHandler, SessionRefused};
 
@@ -148,7 +148,7 @@ impl<H: EngineHandler> Engine<H> {
         };
         let engine = self.clone();
         tokio::spawn(async move {
-            match upgraded(&engine, on_upgrade).await {
+            match upgraded(&engine, Source::Hyper(on_upgrade)).await {
                 Some(ws) => Box::pin(run_websocket(&engine, &session, ws)).await,
                 None => session.close(CloseReason::TransportError),
             }
@@ -179,7 +179,7 @@ impl<H: EngineHandler> Engine<H> {
         };
         let engine = self.clone();
         tokio::spawn(async move {
-            if let Some(mut ws) = upgraded(&engine, on_upgrade).await {
+            if let Some(mut ws) = upgraded(&engine, Source::Hyper(on_upgrade)).await {
                 let sent = ws.send(WsMessage::Text(Utf8Bytes::from(frame)));
                 let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
                 goodbye(&mut ws, close).await;

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::heartbeat::{Due, Heartbeat};
-use super::http::{error, refused, EngineQuery, ErrorCode};
+use super::http::{error, refused, EngineQuery, ErrorCode, Refusal};
 use super::inbound::Heard;
 use super::session::{CloseReason, Session, Transport};
 use super::wire::{Wire, WsIo};
@@ -40,9 +40,9 @@ pub(super) fn handle<H: EngineHandler>(
     else {
         return error(ErrorCode::BadRequest);
     };
-    let engine = engine.clone();
     match query.sid {
         Some(sid) => {
+            let engine = engine.clone();
             let session = engine.inner.polling.read().get(sid.as_str()).cloned();
             let Some(session) = session else {
                 return error(ErrorCode::UnknownSid);
@@ -54,7 +54,7 @@ pub(super) fn handle<H: EngineHandler>(
             if taken {
                 // As Node's engine.io does: accept the socket, then close it, leaving the session alone.
                 tokio::spawn(async move {
-                    if let Some(mut ws) = upgraded(&engine, on_upgrade).await {
+                    if let Some(mut ws) = upgraded(&engine, Source::Hyper(on_upgrade)).await {
                         let _ = ws.close(None).await;
                     }
                 });
@@ -63,15 +63,65 @@ pub(super) fn handle<H: EngineHandler>(
             tokio::spawn(upgrade_task(engine, session, on_upgrade));
         }
         None => {
-            // Admitted before the upgrade, so a refusal is an HTTP answer (429, 503) the client can read.
-            let (parts, _) = request.into_parts();
-            if let Err(why) = engine.admit_session(&parts) {
-                return refused(why);
-            }
-            tokio::spawn(connect_task(engine, on_upgrade, Box::new(parts), version));
+            return match open(engine, request, accept, version) {
+                Ok((switch, opening)) => {
+                    opening.start(Source::Hyper(on_upgrade));
+                    switch
+                }
+                Err(refused) => *refused,
+            };
         }
     }
     switching_protocols(accept)
+}
+
+/// A new WebSocket session's upgrade, admitted: the 101 to answer, and the session to start on the connection.
+/// Admitted before the upgrade, so a refusal is an HTTP answer (429, 503) the client can read.
+pub(super) fn open<H: EngineHandler>(
+    engine: &Engine<H>,
+    request: Request<Body>,
+    accept: HeaderValue,
+    version: Version,
+) -> Result<(Response<Body>, Opening<H>), Refusal> {
+    let (parts, _) = request.into_parts();
+    if let Err(why) = engine.admit_session(&parts) {
+        return Err(Box::new(refused(why)));
+    }
+    let opening = Opening {
+        engine: engine.clone(),
+        parts: Box::new(parts),
+        version,
+    };
+    Ok((switching_protocols(accept), opening))
+}
+
+/// An admitted session, waiting for its connection.
+pub(super) struct Opening<H: EngineHandler> {
+    engine: Engine<H>,
+    parts: Box<::http::request::Parts>,
+    version: Version,
+}
+
+impl<H: EngineHandler> Opening<H> {
+    /// Starts the session's task on the connection `source` gives.
+    pub(super) fn start(self, source: Source) {
+        tokio::spawn(connect_task(self.engine, source, self.parts, self.version));
+    }
+}
+
+/// Where an upgraded connection comes from.
+pub(super) enum Source {
+    /// From hyper, once it has written the 101.
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// Taken by the server before hyper (`server/direct.rs`), its 101 the first bytes to write. Boxed: it would
+    /// make every connection's task larger.
+    Direct(Box<WsIo>),
+}
+
+impl Source {
+    pub(super) fn direct(stream: tokio::net::TcpStream, switch: Bytes, early: Bytes) -> Source {
+        Source::Direct(Box::new(WsIo::direct(stream, switch, early)))
+    }
 }
 
 // The connection tasks below live as long as their connection, and their futures are most of an idle
@@ -86,12 +136,12 @@ pub(super) fn handle<H: EngineHandler>(
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 fn connect_task<H: EngineHandler>(
     engine: Engine<H>,
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    source: Source,
     parts: Box<::http::request::Parts>,
     version: Version,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let ws = upgraded(&engine, on_upgrade).await;
+        let ws = upgraded(&engine, source).await;
         // A drain that began during the upgrade refuses it, as it refuses any new session.
         let Some(ws) = ws.filter(|_| !engine.is_draining()) else {
             engine.release_admission();
@@ -111,7 +161,7 @@ fn upgrade_task<H: EngineHandler>(
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let Some(ws) = upgraded(&engine, on_upgrade).await else {
+        let Some(ws) = upgraded(&engine, Source::Hyper(on_upgrade)).await else {
             return;
         };
         // Boxed: the probe lasts seconds at most, and its state would otherwise stay in the task for good.
@@ -156,16 +206,16 @@ pub(super) fn accept_key(request: &Request<Body>) -> Option<HeaderValue> {
     HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes())).ok()
 }
 
-pub(super) async fn upgraded<H: EngineHandler>(
-    engine: &Engine<H>,
-    on_upgrade: hyper::upgrade::OnUpgrade,
-) -> Option<Ws> {
-    let io = match on_upgrade.await {
-        Ok(io) => io,
-        Err(e) => {
-            tracing::debug!(error = %e, "WebSocket upgrade failed");
-            return None;
-        }
+pub(super) async fn upgraded<H: EngineHandler>(engine: &Engine<H>, source: Source) -> Option<Ws> {
+    let io = match source {
+        Source::Hyper(on_upgrade) => match on_upgrade.await {
+            Ok(io) => WsIo::new(io),
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return None;
+            }
+        },
+        Source::Direct(io) => *io,
     };
     let config = &engine.inner.config;
     let ws_config = WebSocketConfig::default()
@@ -173,7 +223,7 @@ pub(super) async fn upgraded<H: EngineHandler>(
         .write_buffer_size(config.ws_write_buffer)
         .max_message_size(Some(config.max_payload))
         .max_frame_size(Some(config.max_payload));
-    Some(WebSocketStream::from_raw_socket(WsIo::new(io), Role::Server, Some(ws_config)).await)
+    Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await)
 }
 
 /// Moves a polling session onto this WebSocket: answer `2probe` with `3probe`, release the pending GET with a

@@ -328,12 +328,27 @@ pub(crate) enum WsIo {
 impl WsIo {
     pub(crate) fn new(upgraded: hyper::upgrade::Upgraded) -> WsIo {
         match upgraded.downcast::<TokioIo<Watched<TcpStream>>>() {
-            Ok(parts) => WsIo::Tcp {
-                wire: Arc::new(wire_of(parts.io.into_inner())),
+            Ok(parts) => {
+                let watched = parts.io.into_inner();
                 // A copy: the slice would keep the HTTP server's whole read buffer alive with the connection.
-                early: Bytes::copy_from_slice(&parts.read_buf),
-            },
+                // Then any bytes read before hyper took the connection that hyper left (none, in practice).
+                let mut early = BytesMut::from(&parts.read_buf[..]);
+                early.extend_from_slice(&watched.read);
+                WsIo::Tcp {
+                    wire: Arc::new(wire_of(watched)),
+                    early: early.freeze(),
+                }
+            }
             Err(upgraded) => WsIo::Other(TokioIo::new(upgraded)),
+        }
+    }
+
+    /// A connection the server took before hyper (`server/direct.rs`): `switch` is its 101, the first bytes to
+    /// write, and `early` what the client sent after its request.
+    pub(crate) fn direct(tcp: TcpStream, switch: Bytes, early: Bytes) -> WsIo {
+        WsIo::Tcp {
+            wire: Arc::new(Wire::new(tcp, Some(switch))),
+            early,
         }
     }
 

@@ -99,12 +99,13 @@ impl Server {
         let (io, engine) = socketio::server(config, sio);
         let (tx, departures) = mpsc::unbounded_channel();
         io.add_namespace("/", Recorder { departures: tx });
-        let router = engine.router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
+        // herald's own server, which answers new WebSocket sessions before hyper (server/direct.rs).
+        let direct: Arc<dyn herald::server::DirectUpgrades> = Arc::new(engine.clone());
+        let server = herald::server::Server::new(listener, engine.router(), Default::default())
+            .with_direct_upgrades(Some(direct));
+        tokio::spawn(server.run());
         Server {
             addr,
             io,
@@ -650,13 +651,7 @@ pub async fn start_gateway(
     let gateway = herald::gateway::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = herald::server::Server::new(
-        listener,
-        gateway.router(),
-        herald::lifecycle::serve_config(&config),
-    )
-    .with_tls(gateway.tls.clone());
-    tokio::spawn(server.run());
+    tokio::spawn(herald::lifecycle::server(&gateway, listener, &config).run());
     (addr, gateway)
 }
 

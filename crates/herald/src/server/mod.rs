@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::SockRef;
@@ -26,6 +27,11 @@ use tower::ServiceExt;
 
 use crate::limits::Limit;
 use crate::tls::ServerTls;
+
+mod direct;
+
+pub(crate) use direct::head_bytes;
+pub use direct::{DirectUpgrades, Refused};
 
 /// Per-connection limits.
 #[derive(Debug, Clone)]
@@ -104,6 +110,7 @@ pub struct Server {
     router: Router,
     config: ServeConfig,
     tls: Option<ServerTls>,
+    direct: Option<Arc<dyn DirectUpgrades>>,
     control: Control,
     phase: watch::Receiver<Phase>,
 }
@@ -116,6 +123,7 @@ impl Server {
             router,
             config,
             tls: None,
+            direct: None,
             control,
             phase,
         }
@@ -124,6 +132,12 @@ impl Server {
     /// Serves HTTPS (and WSS) with `tls` instead of plain HTTP, when given.
     pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Answers the upgrades `direct` takes itself, before hyper, on plain TCP (`direct.rs`).
+    pub fn with_direct_upgrades(mut self, direct: Option<Arc<dyn DirectUpgrades>>) -> Self {
+        self.direct = direct;
         self
     }
 
@@ -139,6 +153,7 @@ impl Server {
             router,
             config,
             tls,
+            direct,
             mut phase,
             ..
         } = self;
@@ -161,6 +176,7 @@ impl Server {
                         config: Arc::clone(&config),
                         phase: phase.clone(),
                         slot: slot.clone(),
+                        direct: direct.clone(),
                     };
                     // Boxed: the connection's future is large, and spawning moves it (tokio copies a task's
                     // future into its cell, then its output over it): unboxed, those copies were over half the
@@ -272,6 +288,7 @@ struct Served {
     config: Arc<ServeConfig>,
     phase: watch::Receiver<Phase>,
     slot: ConnectionSlot,
+    direct: Option<Arc<dyn DirectUpgrades>>,
 }
 
 /// Serves one connection: over TLS when `tls` is given, once its handshake is done. `peer` is the client's
@@ -281,19 +298,29 @@ async fn connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     tls: Option<ServerTls>,
-    served: Served,
+    mut served: Served,
 ) {
-    let peer = Some(ConnectInfo(peer));
     let Some(tls) = tls else {
-        return serve(stream, peer, Held::Armed, served).await;
+        let (stream, read) = match served.direct.take() {
+            Some(direct) => {
+                let (config, phase) = (&served.config, &mut served.phase);
+                match direct::first_request(stream, peer, &*direct, config, phase).await {
+                    direct::First::Served => return,
+                    direct::First::Http(stream, read) => (stream, read),
+                }
+            }
+            None => (stream, Bytes::new()),
+        };
+        return serve(stream, Some(ConnectInfo(peer)), Held::Armed, read, served).await;
     };
+    let peer = Some(ConnectInfo(peer));
     let mut phase = served.phase.clone();
     // The handshake is the start of the first request: a client that sends nothing, or too little, is gone when
     // its head would have been due.
     let deadline = served.config.header_read_timeout;
     tokio::select! {
         handshake = tokio::time::timeout(deadline, tls.accept(stream)) => match handshake {
-            Ok(Some(stream)) => serve(stream, peer, Held::Never, served).await,
+            Ok(Some(stream)) => serve(stream, peer, Held::Never, Bytes::new(), served).await,
             Ok(None) => {}
             Err(_) => {
                 Limit::HeaderReadTimeout.hit();
@@ -311,11 +338,13 @@ async fn stopped(phase: &mut watch::Receiver<Phase>) {
 }
 
 /// Serves HTTP on `stream` until it ends, idles past `idle_timeout`, or the server stops. `held`: whether a 101
-/// is held back for the upgraded connection's first write (plain TCP) or not (TLS).
+/// is held back for the upgraded connection's first write (plain TCP) or not (TLS). `read`: the connection's
+/// first bytes, read already.
 async fn serve<S>(
     stream: S,
     peer: Option<ConnectInfo<std::net::SocketAddr>>,
     held: Held,
+    read: Bytes,
     served: Served,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -325,12 +354,14 @@ async fn serve<S>(
         config,
         mut phase,
         slot,
+        ..
     } = served;
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
         held,
+        read,
     });
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
@@ -431,6 +462,8 @@ pub(crate) struct Watched<T = TcpStream> {
     pub(crate) inner: T,
     pub(crate) activity: Arc<Activity>,
     pub(crate) held: Held,
+    /// Bytes of the stream read before hyper took it (`direct.rs`), read first.
+    pub(crate) read: Bytes,
 }
 
 /// hyper's `101 Switching Protocols` on a plain TCP connection, held back so that it leaves in one write with
@@ -507,6 +540,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         // A reader of the upgraded stream may be waiting for the peer, which waits for the 101.
         std::task::ready!(self.poll_send_held(cx))?;
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -592,6 +630,7 @@ mod tests {
             inner: ours,
             activity: Arc::new(Activity::new()),
             held,
+            read: Bytes::new(),
         };
         (watched, theirs)
     }
