@@ -313,17 +313,25 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_refusal_is_answered_whole_and_the_connection_closed() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// What `first_request` makes of a connection whose client sent `bytes`, and the client's end.
+    async fn first_request_of(bytes: &[u8]) -> (First, TcpStream) {
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, peer) = listener.accept().await.unwrap();
-        client.write_all(UPGRADE.as_bytes()).await.unwrap();
+        client.write_all(bytes).await.unwrap();
         let (_phase_tx, mut phase) = watch::channel(Phase::Running);
-        let served = first_request(server, peer, &Route, &ServeConfig::default(), &mut phase).await;
+        let config = ServeConfig::default();
+        let first = first_request(server, peer, &Route, &config, &mut phase).await;
+        (first, client)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_answered_whole_and_the_connection_closed() {
+        use tokio::io::AsyncReadExt;
+        let (served, mut client) = first_request_of(UPGRADE.as_bytes()).await;
         assert!(matches!(served, First::Served));
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
@@ -335,16 +343,8 @@ mod tests {
 
     #[tokio::test]
     async fn other_requests_reach_hyper_with_the_bytes_read() {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, peer) = listener.accept().await.unwrap();
         let post = "POST /api/send HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
-        client.write_all(post.as_bytes()).await.unwrap();
-        let (_phase_tx, mut phase) = watch::channel(Phase::Running);
-        match first_request(server, peer, &Route, &ServeConfig::default(), &mut phase).await {
+        match first_request_of(post.as_bytes()).await.0 {
             First::Http(_, read) => assert_eq!(read, post.as_bytes()),
             First::Served => panic!("a publish was not left to hyper"),
         }
