@@ -61,18 +61,16 @@ pub(super) fn handle<H: EngineHandler>(
                 return switching_protocols(accept);
             }
             tokio::spawn(upgrade_task(engine, session, on_upgrade));
+            switching_protocols(accept)
         }
-        None => {
-            return match open(engine, request, accept, version) {
-                Ok((switch, opening)) => {
-                    opening.start(Source::Hyper(on_upgrade));
-                    switch
-                }
-                Err(refused) => *refused,
-            };
-        }
+        None => match open(engine, request, accept, version) {
+            Ok((switch, opening)) => {
+                opening.start(Source::Hyper(on_upgrade));
+                switch
+            }
+            Err(refused) => *refused,
+        },
     }
-    switching_protocols(accept)
 }
 
 /// A new WebSocket session's upgrade, admitted: the 101 to answer, and the session to start on the connection.
