@@ -19,7 +19,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod mailbox;
-mod memory;
+pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod plain;
