@@ -225,6 +225,7 @@ impl<C> Session<C> {
         if state.closed.is_some() {
             return Err(SendError::Closed);
         }
+        let was_empty = state.outbox.is_empty();
         state.push(frames);
         if state.outbox.len() > self.limits.frames || state.outbox_bytes > self.limits.bytes {
             // The session is over: like Node's engine.io, drop what it could not take, freeing it now.
@@ -243,8 +244,18 @@ impl<C> Session<C> {
             return Err(SendError::Full);
         }
         drop(state);
-        self.writable.notify_one();
+        self.wake_writer(was_empty);
         Ok(())
+    }
+
+    /// Wakes the transport for frames just queued, when the outbox was empty before them. Transports take the
+    /// whole outbox at once ([`Session::drain`]), so frames queued behind others leave with them: the push that
+    /// filled the empty outbox woke the transport, which has not drained since. Waking it again would only leave
+    /// a permit that sends it round its loop once more for nothing, in every burst.
+    fn wake_writer(&self, was_empty: bool) {
+        if was_empty {
+            self.writable.notify_one();
+        }
     }
 
     /// Sends frames that belong together: straight to the socket when the session's WebSocket task is idle
@@ -285,9 +296,10 @@ impl<C> Session<C> {
         {
             return false;
         }
+        let was_empty = state.outbox.is_empty();
         state.push(frames);
         drop(state);
-        self.writable.notify_one();
+        self.wake_writer(was_empty);
         true
     }
 
@@ -352,5 +364,54 @@ impl<C> Session<C> {
     /// True exactly once: for the caller that must run the close handlers.
     pub(crate) fn take_finalization(&self) -> bool {
         !self.finalized.swap(true, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn session() -> Session<()> {
+        let limits = OutboxLimits {
+            frames: 16,
+            bytes: 1 << 16,
+        };
+        Session::new("sid".into(), Version::V4, Transport::WebSocket, limits, ())
+    }
+
+    #[test]
+    fn a_burst_wakes_the_writer_once_and_leaves_no_permit() {
+        let session = session();
+        let waiting = session.writable.notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        session.send(OutFrame::text("1")).unwrap();
+        session.send(OutFrame::text("2")).unwrap();
+        assert!(
+            waiting.now_or_never().is_some(),
+            "the first frame woke the writer"
+        );
+        let frames = Session::<()>::drain(&mut session.state.lock());
+        assert_eq!(frames.len(), 2, "the drain takes the burst whole");
+        assert!(
+            session.writable.notified().now_or_never().is_none(),
+            "the second frame left no permit to send the writer round again"
+        );
+        session.send(OutFrame::text("3")).unwrap();
+        assert!(
+            session.writable.notified().now_or_never().is_some(),
+            "a frame after the drain wakes the writer"
+        );
+    }
+
+    #[test]
+    fn a_volatile_frame_wakes_the_writer_when_the_outbox_was_empty() {
+        let session = session();
+        assert!(session.send_volatile([OutFrame::text("1")]));
+        assert!(session.writable.notified().now_or_never().is_some());
+        assert!(session.send_volatile([OutFrame::text("2")]));
+        assert!(session.writable.notified().now_or_never().is_none());
     }
 }
