@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::server::Watched;
+use crate::server::{try_read_draining, Watched};
 
 /// The TCP socket of one WebSocket connection and who may write to it now.
 pub(crate) struct Wire {
@@ -241,7 +241,9 @@ impl Wire {
         }
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
-            match self.tcp.try_read(buf.initialize_unfilled()) {
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            match try_read_draining(&self.tcp, room, || self.tcp.try_read(unfilled)) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

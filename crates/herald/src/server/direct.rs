@@ -120,7 +120,8 @@ enum Read {
 /// the head is parsed unless the bytes in it go on: to hyper, or as a frame sent behind the request.
 fn read_head(stream: &TcpStream, route: &dyn DirectUpgrades, peer: SocketAddr) -> Read {
     let mut buf = BytesMut::with_capacity(HEAD_BYTES);
-    match stream.try_read_buf(&mut buf) {
+    let room = buf.capacity();
+    match super::try_read_draining(stream, room, || stream.try_read_buf(&mut buf)) {
         Ok(0) => return Read::Closed,
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::WouldBlock,

@@ -457,6 +457,33 @@ impl Activity {
     }
 }
 
+/// One non-blocking read of `tcp`, done by `read` into room for `capacity` bytes. A read that returns fewer bytes
+/// than it had room for took all the socket held, so the socket's readiness is cleared with it, as tokio's own
+/// `poll_read` does: readiness is edge-triggered, and bytes that come later raise a new edge. Without that the
+/// next read would find the socket empty with one more `recv` (one per connect, and one per burst a client
+/// sends). `read` reads through tokio (`try_read`, `try_read_buf`), whose readiness check inside this one
+/// agrees with it.
+pub(crate) fn try_read_draining(
+    tcp: &TcpStream,
+    capacity: usize,
+    read: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut got = 0;
+    let drained = tcp.try_io(tokio::io::Interest::READABLE, || {
+        got = read()?;
+        if got > 0 && got < capacity {
+            // Not an error: `try_io` clears the readiness it saw when its closure says the socket is empty.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match drained {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+        _ => Ok(got),
+    }
+}
+
 /// A stream that notes when bytes move, and that can hold hyper's `101 Switching Protocols` back.
 pub(crate) struct Watched<T = TcpStream> {
     pub(crate) inner: T,
@@ -608,6 +635,63 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Whether tokio still holds `tcp` readable: `try_io` calls its closure only then.
+    fn held_readable(tcp: &TcpStream) -> bool {
+        let mut called = false;
+        let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+            called = true;
+            Ok(())
+        });
+        called
+    }
+
+    #[tokio::test]
+    async fn a_read_that_empties_the_socket_clears_its_readiness_and_the_next_bytes_raise_it() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"hello").await.unwrap();
+        server.readable().await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = try_read_draining(&server, buf.len(), || server.try_read(&mut buf)).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert!(!held_readable(&server), "a short read took all there was");
+        client.write_all(b"again").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server.readable())
+            .await
+            .expect("the next bytes make the socket readable again")
+            .unwrap();
+        let n = try_read_draining(&server, buf.len(), || server.try_read(&mut buf)).unwrap();
+        assert_eq!(&buf[..n], b"again");
+    }
+
+    #[tokio::test]
+    async fn a_full_read_keeps_the_readiness_and_an_empty_socket_would_block() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"0123456789").await.unwrap();
+        server.readable().await.unwrap();
+        let mut buf = [0u8; 4];
+        let n = try_read_draining(&server, buf.len(), || server.try_read(&mut buf)).unwrap();
+        assert_eq!((n, &buf), (4, b"0123"), "a full read");
+        assert!(held_readable(&server), "more may be there");
+        let mut rest = [0u8; 64];
+        let n = try_read_draining(&server, rest.len(), || server.try_read(&mut rest)).unwrap();
+        assert_eq!(&rest[..n], b"456789");
+        let blocked = try_read_draining(&server, rest.len(), || server.try_read(&mut rest));
+        assert_eq!(blocked.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(client);
+        server.readable().await.unwrap();
+        let eof = try_read_draining(&server, rest.len(), || server.try_read(&mut rest)).unwrap();
+        assert_eq!(eof, 0, "the end of the stream is read as 0");
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nodelay_without_a_call_each() {
