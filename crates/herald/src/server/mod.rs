@@ -636,12 +636,15 @@ mod tests {
 
     const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A connection whose client sent `bytes`, once the server's side is readable.
+    async fn sent(bytes: &[u8]) -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        client.write_all(bytes).await.unwrap();
+        server.readable().await.unwrap();
         (client, server)
     }
 
@@ -657,9 +660,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_that_empties_the_socket_clears_its_readiness_and_the_next_bytes_raise_it() {
-        let (mut client, server) = pair().await;
-        client.write_all(b"hello").await.unwrap();
-        server.readable().await.unwrap();
+        let (mut client, server) = sent(b"hello").await;
         let mut buf = [0u8; 64];
         let n = try_read_draining(&server, buf.len(), || server.try_read(&mut buf)).unwrap();
         assert_eq!(&buf[..n], b"hello");
@@ -675,9 +676,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_read_keeps_the_readiness_and_an_empty_socket_would_block() {
-        let (mut client, server) = pair().await;
-        client.write_all(b"0123456789").await.unwrap();
-        server.readable().await.unwrap();
+        let (client, server) = sent(b"0123456789").await;
         let mut buf = [0u8; 4];
         let n = try_read_draining(&server, buf.len(), || server.try_read(&mut buf)).unwrap();
         assert_eq!((n, &buf), (4, b"0123"), "a full read");
