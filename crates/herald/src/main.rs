@@ -16,10 +16,10 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_USAGE: u8 = 2;
 
 /// mimalloc (v2, built without transparent huge pages) instead of glibc's malloc: it took 14 % of the
-/// instructions of a connect and 11 % of a delivery, an allocation and its free costing about 50 instructions
-/// instead of 245, for the same memory per connection at 10 000 clients (BENCHMARKS.md, seventh sitting). With
-/// huge pages it asks the kernel for 2 MiB pages, whose faults compact and zero memory: more system time than
-/// the allocations saved, and a larger RSS. `herald::memory` hands its free pages back after a burst.
+/// instructions of a connect and 11 % of a delivery, for the same memory per connection at 10 000 clients
+/// (BENCHMARKS.md, seventh sitting). With huge pages it asks the kernel for 2 MiB pages, whose faults compact and
+/// zero memory: more system time than the allocations saved, and a larger RSS. `herald::memory` hands its free
+/// pages back after a burst.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -478,9 +478,9 @@ pub(crate) fn try_read_draining(
         Ok(())
     });
     match drained {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => Err(e),
-        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-        _ => Ok(got),
+        // The would-block that only cleared the readiness after a read.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        drained => drained.map(|()| got),
     }
 }
 
