@@ -23,6 +23,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod plain;
+mod prefetch;
 pub mod probe;
 pub mod publish;
 pub mod rate;

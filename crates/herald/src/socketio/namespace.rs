@@ -19,6 +19,11 @@ use super::pacer::Pacer;
 use super::plain::{Plain, PlainCache};
 use super::socket::{Send, Socket};
 use crate::engine::Framed;
+use crate::prefetch::prefetch;
+
+/// How many recipients ahead of its delivery a broadcast fetches a session (and twice as far, the socket): enough
+/// for a load from memory to land while the deliveries between run, even the cheapest (a push onto an outbox).
+const PREFETCH_AHEAD: usize = 4;
 
 /// A broadcast's frames: `plain` for every socket, and, when the packet is in its site's recovery log, the
 /// same frames with the offset as last argument for the sockets that may recover.
@@ -259,31 +264,44 @@ impl Namespace {
                 delivered += 1;
             }
         };
-        match target.rooms {
-            [] => sockets.values().for_each(&mut deliver),
+        let recipients: Vec<&Arc<Socket>> = match target.rooms {
+            [] => sockets.values().collect(),
             [room] => {
                 let members = rooms.get(*room);
-                members
-                    .into_iter()
-                    .flat_map(HashMap::values)
-                    .for_each(&mut deliver);
+                // Sized up front: collecting the members of a large room one by one grew it a dozen times.
+                let mut found = Vec::with_capacity(members.map_or(0, HashMap::len) + 1);
+                found.extend(members.into_iter().flat_map(HashMap::values));
                 if let Some(socket) = sockets.get(*room) {
                     if !members.is_some_and(|m| m.contains_key(&socket.key)) {
-                        deliver(socket);
+                        found.push(socket);
                     }
                 }
+                found
             }
             many => {
                 let mut seen = HashSet::new();
+                let mut found = Vec::new();
                 for room in many {
                     let members = rooms.get(*room).into_iter().flat_map(HashMap::values);
                     for socket in members.chain(sockets.get(*room)) {
                         if seen.insert(socket.key) {
-                            deliver(socket);
+                            found.push(socket);
                         }
                     }
                 }
+                found
             }
+        };
+        // The sockets and sessions of a large room are not in cache when a broadcast comes: each is fetched a
+        // few recipients ahead of its delivery (the socket first, then, once it is in, the session it points to).
+        for (i, socket) in recipients.iter().enumerate() {
+            if let Some(ahead) = recipients.get(i + 2 * PREFETCH_AHEAD) {
+                prefetch(&***ahead);
+            }
+            if let Some(near) = recipients.get(i + PREFETCH_AHEAD) {
+                prefetch(&*near.session);
+            }
+            deliver(socket);
         }
         self.pacer.delivered(delivered);
         delivered
