@@ -514,14 +514,28 @@ fn edge(base: Option<f64>, other: Option<f64>, m: &Metric) -> String {
 mod tests {
     use super::*;
 
+    /// A floor run's record: CPU per delivery (µs) and one broadcast's p99 (µs).
+    fn floor(cpu: f64, broadcast_p99: u64) -> String {
+        format!(
+            r#"{{"scenario":"floor","variant":"1000 sockets, 100 msg/s","server":"floor","metrics":{{"cpu_per_delivery_us":{cpu},"broadcast_us":{{"p99":{broadcast_p99}}}}}}}"#
+        )
+    }
+
+    /// herald's record of the fan-out with the floor's sizes and pace (`transport`: the variant's suffix).
+    fn paced(transport: &str, cpu: f64, p99: u64, p999: u64) -> String {
+        format!(
+            r#"{{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s{transport}","server":"herald","metrics":{{"server_cpu_us_per_msg":{cpu},"latency_us":{{"p99":{p99},"p999":{p999}}}}}}}"#
+        )
+    }
+
     #[test]
     fn fan_outs_are_read_against_the_floor_of_their_sitting() {
         let lines = [
-            r#"{"scenario":"floor","variant":"1000 sockets, 100 msg/s","server":"floor","metrics":{"cpu_per_delivery_us":4.0,"broadcast_us":{"p99":5000}}}"#,
-            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":4.4,"latency_us":{"p99":7000,"p999":9000}}}"#,
-            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":4.8,"latency_us":{"p99":8000,"p999":20000}}}"#,
-            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s, SSE","server":"herald","metrics":{"server_cpu_us_per_msg":8.0,"latency_us":{"p99":5000,"p999":6000}}}"#,
-            r#"{"scenario":"fanout","variant":"10000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":1.0,"latency_us":{"p99":1,"p999":1}}}"#,
+            floor(4.0, 5000),
+            paced("", 4.4, 7000, 9000),
+            paced("", 4.8, 8000, 20000),
+            paced(", SSE", 8.0, 5000, 6000),
+            r#"{"scenario":"fanout","variant":"10000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":1.0,"latency_us":{"p99":1,"p999":1}}}"#.to_string(),
         ]
         .join("\n");
         let md = render(&lines).expect("render");
@@ -548,10 +562,10 @@ mod tests {
     #[test]
     fn a_floor_run_in_every_round_is_read_round_by_round() {
         let lines = [
-            r#"{"scenario":"floor","variant":"1000 sockets, 100 msg/s","server":"floor","metrics":{"cpu_per_delivery_us":4.0,"broadcast_us":{"p99":5000}}}"#,
-            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":6.0,"latency_us":{"p99":5000,"p999":6000}}}"#,
-            r#"{"scenario":"floor","variant":"1000 sockets, 100 msg/s","server":"floor","metrics":{"cpu_per_delivery_us":8.0,"broadcast_us":{"p99":10000}}}"#,
-            r#"{"scenario":"fanout","variant":"1000 subs, one room, 100 msg/s","server":"herald","metrics":{"server_cpu_us_per_msg":8.0,"latency_us":{"p99":10000,"p999":12000}}}"#,
+            floor(4.0, 5000),
+            paced("", 6.0, 5000, 6000),
+            floor(8.0, 10000),
+            paced("", 8.0, 10000, 12000),
         ]
         .join("\n");
         let md = render(&lines).expect("render");
