@@ -367,12 +367,13 @@ fn against(server: (&[&Value], &str), floor: (&[&Value], &str)) -> Vec<f64> {
             .map(|(s, f)| s / f)
             .collect()
     } else {
-        let medians = median(&values(server.0, server.1)).zip(median(&values(floor.0, floor.1)));
-        medians
-            .filter(|&(_, f)| f > 0.0)
-            .map(|(s, f)| s / f)
-            .into_iter()
-            .collect()
+        match (
+            median(&values(server.0, server.1)),
+            median(&values(floor.0, floor.1)),
+        ) {
+            (Some(s), Some(f)) if f > 0.0 => vec![s / f],
+            _ => Vec::new(),
+        }
     };
     ratios.sort_by(f64::total_cmp);
     ratios

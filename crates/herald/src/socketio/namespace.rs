@@ -296,7 +296,7 @@ impl Namespace {
         // few recipients ahead of its delivery (the socket first, then, once it is in, the session it points to).
         for (i, socket) in recipients.iter().enumerate() {
             if let Some(ahead) = recipients.get(i + 2 * PREFETCH_AHEAD) {
-                prefetch(&***ahead);
+                prefetch::<Socket>(ahead);
             }
             if let Some(near) = recipients.get(i + PREFETCH_AHEAD) {
                 prefetch(&*near.session);
